@@ -1,0 +1,429 @@
+"""The engine: one recorded forward per input, any number of rule-aware backwards.
+
+:class:`Engine` wraps a model. :meth:`Engine.forward` runs it once with a forward hook on
+every module and the :class:`~cnnscope.engine.rules.RuleMode` active, and returns a
+:class:`Forward`, which keeps the graph. :meth:`Forward.grad` seeds a gradient at any
+recorded layer (or the logits) and returns the gradient at any lower layer or the input,
+under any backward rule; ``k`` seeds go through one batched backward.
+
+Nothing leaks into the caller's objects: hooks are removed, training flags restored and
+the caller's input is copied, even when the model raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import threading
+import weakref
+from collections import OrderedDict, defaultdict
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import CnnscopeError
+from .receptive import Field, ReceptiveFieldMode
+from .rules import RuleMode, RuleState, check_rule
+from .units import INPUT, LOGITS, split_call, unknown_layer
+
+log = logging.getLogger(__name__)
+
+_SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_SHARED_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """An addressable layer: name, module type, output shape (no batch) and field."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    field: Field | None = None
+
+
+def _first_tensor(obj) -> torch.Tensor | None:
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return next((t for t in map(_first_tensor, obj) if t is not None), None)
+    if isinstance(obj, dict):
+        return next((t for t in map(_first_tensor, obj.values()) if t is not None), None)
+    return None
+
+
+@contextlib.contextmanager
+def preserved(module: nn.Module) -> Iterator[None]:
+    """Run in eval mode; restore every submodule's training flag afterwards.
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Dropout()).train()
+    >>> with preserved(net):
+    ...     net.training
+    False
+    >>> net.training
+    True
+    """
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class Forward:
+    """One recorded forward pass: activations plus the graph for rule-aware backwards.
+
+    Do not build it directly: call :meth:`Engine.forward`.
+    """
+
+    def __init__(self, engine: Engine, x: torch.Tensor, output: torch.Tensor, acts, state):
+        self.engine = engine
+        self.input = x
+        self.output = output
+        self._acts: dict[str, torch.Tensor] = acts
+        self._order = {name: i for i, name in enumerate(acts)}
+        self._state = state
+        self._lock = threading.Lock()
+
+    @property
+    def layers(self) -> list[str]:
+        """Recorded layer names in execution order (``input`` first, ``logits`` last)."""
+        return list(self._acts)
+
+    def tensor(self, layer: str) -> torch.Tensor:
+        """The graph-attached activation of ``layer`` (read-only: do not modify it)."""
+        return self._acts[self.resolve(layer)]
+
+    def activation(self, layer: str) -> torch.Tensor:
+        """A detached copy-free view of ``layer``'s activation, batch first."""
+        return self.tensor(layer).detach()
+
+    def resolve(self, layer: str) -> str:
+        """The canonical name of ``layer``; raises ``UnknownLayerError`` with suggestions."""
+        if layer in self._acts:
+            return layer
+        base, call = split_call(layer)
+        for candidate in (base if call == 1 else None, f"{base}#{call}"):
+            if candidate in self._acts:
+                return candidate
+        raise unknown_layer(layer, self._acts)
+
+    def below(self, lower: str, upper: str) -> bool:
+        """Whether ``lower`` runs before ``upper`` in the forward pass."""
+        return self._order[self.resolve(lower)] < self._order[self.resolve(upper)]
+
+    def grad(
+        self,
+        seed_at: str,
+        seed: torch.Tensor,
+        to: str | Sequence[str] = INPUT,
+        rule: str = "gradient",
+        batched: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Backpropagate ``seed`` from layer ``seed_at`` to lower layers under ``rule``.
+
+        Parameters
+        ----------
+        seed_at : str
+            Layer where the gradient is injected (``logits`` for the class scores).
+        seed : torch.Tensor
+            The gradient at ``seed_at``: its activation's shape, or with a leading
+            dimension of ``k`` seeds when ``batched`` is true.
+        to : str, tensor, or sequence of them
+            Lower layer(s) (or ``input``) where the gradient is read; a tensor of the
+            graph (e.g. a parameter that requires grad) is also accepted.
+        rule : {"gradient", "deconvnet", "guided", "guided_neg"}
+            Backward rule of every ReLU-family activation on the way.
+        batched : bool
+            Treat the first dimension of ``seed`` as ``k`` seeds, run in one backward.
+
+        Returns
+        -------
+        torch.Tensor or tuple of torch.Tensor
+            The gradient at each ``to`` layer (with a leading ``k`` when batched).
+
+        Examples
+        --------
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8))
+        >>> seed = torch.ones_like(fwd.activation("1"))
+        >>> fwd.grad("1", seed, rule="guided").shape
+        torch.Size([1, 3, 8, 8])
+        """
+        check_rule(rule)
+        if not self.input.requires_grad:
+            raise CnnscopeError("this forward was recorded without a graph (grad=False)")
+        single = isinstance(to, (str, torch.Tensor))
+        targets = [to] if single else list(to)
+        top = self.resolve(seed_at)
+        inputs = [t if isinstance(t, torch.Tensor) else self._below(t, top) for t in targets]
+        out = self._acts[top]
+        expected = (seed.shape[0], *out.shape) if batched else out.shape
+        if tuple(seed.shape) != tuple(expected):
+            raise CnnscopeError(
+                f"seed shape {tuple(seed.shape)} does not match {top!r}'s {tuple(expected)}"
+            )
+        seed = seed.to(device=out.device, dtype=out.dtype)
+        with self._lock:
+            self._state.rule = rule
+            grads = self._backward(out, inputs, seed, batched)
+        result = tuple(
+            torch.zeros(
+                (seed.shape[0], *t.shape) if batched else t.shape, dtype=t.dtype, device=t.device
+            )
+            if g is None
+            else g
+            for g, t in zip(grads, inputs)
+        )
+        return result[0] if single else result
+
+    def _below(self, layer: str, top: str) -> torch.Tensor:
+        low = self.resolve(layer)
+        if not self._order[low] < self._order[top]:
+            raise CnnscopeError(f"layer {low!r} is not below {top!r}: gradients flow downward")
+        return self._acts[low]
+
+    def _backward(self, out, inputs, seed, batched):
+        if batched:
+            return torch.autograd.grad(
+                out, inputs, seed, retain_graph=True, allow_unused=True, is_grads_batched=True
+            )
+        return torch.autograd.grad(out, inputs, seed, retain_graph=True, allow_unused=True)
+
+    def nbytes(self) -> int:
+        """Approximate memory held: the recorded activations (the graph holds about as much)."""
+        seen, total = set(), 0
+        for t in self._acts.values():
+            key = (t.untyped_storage().data_ptr(), t.device)
+            if key not in seen:
+                seen.add(key)
+                total += t.untyped_storage().nbytes()
+        return 2 * total
+
+
+class Engine:
+    """Record activations of a model and backpropagate under ReLU rules.
+
+    Parameters
+    ----------
+    module : nn.Module
+        The model. It is never modified: it runs in eval mode and its training flags,
+        parameters and hooks are as before after every call.
+    cache_bytes : int
+        Memory bound of the cache of recorded forwards (least recently used go first).
+
+    Examples
+    --------
+    >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten())
+    >>> engine = Engine(net)
+    >>> [info.name for info in engine.layers((8, 8))]
+    ['input', '0', '1', '2', 'logits']
+    """
+
+    def __init__(self, module: nn.Module, *, cache_bytes: int = 1 << 30):
+        self.module = module
+        self.cache_bytes = cache_bytes
+        self._lock = threading.RLock()
+        self._clone: set[tuple[str, int]] = set()
+        self._cache: OrderedDict[tuple, Forward] = OrderedDict()
+        self._layers: dict[tuple[int, int], list[LayerInfo]] = {}
+
+    @classmethod
+    def for_module(cls, module: nn.Module) -> Engine:
+        """The shared engine of ``module`` (one per module object, so its cache is shared).
+
+        Examples
+        --------
+        >>> net = torch.nn.Conv2d(3, 4, 3)
+        >>> Engine.for_module(net) is Engine.for_module(net)
+        True
+        """
+        with _SHARED_LOCK:
+            engine = _SHARED.get(module)
+            if engine is None:
+                engine = _SHARED[module] = cls(module)
+            return engine
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the model's parameters (CPU for a parameterless model)."""
+        param = next(self.module.parameters(), None)
+        return param.device if param is not None else torch.device("cpu")
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        cache: bool = True,
+        layers: Collection[str] | None = None,
+        grad: bool = True,
+    ) -> Forward:
+        """Run (or reuse) the recorded forward pass of ``x`` (N x C x H x W).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input batch. The caller's tensor is copied, never modified.
+        cache : bool
+            Reuse a forward of the same values from a memory-bounded LRU cache.
+        layers : collection of str, optional
+            Record only these layers (faster); by default every module's output.
+        grad : bool
+            Keep the graph for :meth:`Forward.grad`. Without it the pass runs under
+            ``torch.no_grad`` (for dataset passes that only read activations).
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise CnnscopeError("the input must be a 4-D tensor N x C x H x W")
+        only = None if layers is None else frozenset(split_call(n)[0] for n in layers)
+        key = (self._key(x), only, grad) if cache else None
+        with self._lock:
+            if key is not None and key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+            fwd = self._record(x, only, grad)
+            if key is not None:
+                self._cache[key] = fwd
+                self._evict()
+        return fwd
+
+    def clear_cache(self) -> None:
+        """Drop every cached forward."""
+        with self._lock:
+            self._cache.clear()
+
+    def cached_bytes(self) -> int:
+        """Memory held by the cache of forwards (approximate)."""
+        with self._lock:
+            return sum(f.nbytes() for f in self._cache.values())
+
+    def _evict(self) -> None:
+        while len(self._cache) > 1 and self.cached_bytes() > self.cache_bytes:
+            self._cache.popitem(last=False)
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple:
+        data = x.detach().to("cpu", copy=False).contiguous()
+        digest = hashlib.sha1(
+            data.numpy().tobytes()
+            if data.dtype != torch.bfloat16
+            else data.float().numpy().tobytes()
+        ).hexdigest()
+        return (tuple(x.shape), str(x.dtype), digest)
+
+    def _record(self, x: torch.Tensor, only, grad: bool) -> Forward:
+        fwd, mutated = self._record_once(x, only, grad)
+        if mutated - self._clone:
+            # In-place ops overwrote some recorded outputs: give those a private copy.
+            log.debug("cloning outputs mutated in place: %s", sorted(mutated))
+            self._clone |= mutated
+            fwd, _ = self._record_once(x, only, grad)
+        return fwd
+
+    def _record_once(self, x: torch.Tensor, only, grad: bool) -> tuple[Forward, set]:
+        state = RuleState()
+        image = x.detach().to(self.device).clone().requires_grad_(grad)
+        recorder = _Recorder(self._clone, only)
+        mode = RuleMode(state) if grad else contextlib.nullcontext()
+        with self._lock, torch.set_grad_enabled(grad):
+            output = recorder.run(self.module, image, mode)
+        acts = recorder.named(image, output)
+        return Forward(self, image, acts[LOGITS], acts, state), recorder.mutated()
+
+    def layers(self, input_size: tuple[int, int], channels: int = 3) -> list[LayerInfo]:
+        """Every addressable layer for inputs of ``input_size`` (H, W), in execution order."""
+        size = (int(input_size[0]), int(input_size[1]))
+        if size not in self._layers:
+            self._layers[size] = self._trace_layers(size, channels)
+        return self._layers[size]
+
+    def _trace_layers(self, size, channels) -> list[LayerInfo]:
+        x = torch.zeros(1, channels, *size, device=self.device)
+        modules = dict(self.module.named_modules())
+        rf_mode = ReceptiveFieldMode(x)
+        recorder = _Recorder(set(), None)
+        with self._lock, torch.no_grad():
+            acts = recorder.named(x, recorder.run(self.module, x, rf_mode))
+        infos = []
+        for name, tensor in acts.items():
+            base = split_call(name)[0]
+            kind = type(modules[base]).__name__ if base in modules and base else name
+            infos.append(LayerInfo(name, kind, tuple(tensor.shape[1:]), rf_mode.field(tensor)))
+        return infos
+
+    def layer_names(self, input_size: tuple[int, int]) -> list[str]:
+        """Names of :meth:`layers`."""
+        return [info.name for info in self.layers(input_size)]
+
+    def resolve(self, layer: str, input_size: tuple[int, int]) -> str:
+        """Canonical name of ``layer``, or ``UnknownLayerError`` with suggestions."""
+        names = self.layer_names(input_size)
+        if layer in names:
+            return layer
+        base, call = split_call(layer)
+        for candidate in (base if call == 1 else None, f"{base}#{call}"):
+            if candidate in names:
+                return candidate
+        raise unknown_layer(layer, names)
+
+
+class _Recorder:
+    """Forward hooks on every submodule that record each call's output tensor.
+
+    Outputs named in ``clone`` ((module name, call number) pairs) are replaced by a copy,
+    so that an in-place op downstream cannot overwrite the recorded value.
+    """
+
+    def __init__(self, clone: set[tuple[str, int]], only: frozenset[str] | None):
+        self.clone = clone
+        self.only = only
+        self.calls: dict[str, int] = defaultdict(int)
+        self.recorded: list[tuple[str, int, torch.Tensor, int]] = []
+
+    def _hook_for(self, name: str):
+        def hook(_module, _inputs, output):
+            self.calls[name] += 1
+            if not isinstance(output, torch.Tensor):
+                return None
+            self.recorded.append((name, self.calls[name], output, output._version))
+            if (name, self.calls[name]) in self.clone:
+                return output.clone()  # downstream in-place ops change the copy only
+            return None
+
+        return hook
+
+    def run(self, module: nn.Module, x: torch.Tensor, mode) -> torch.Tensor:
+        """Run ``module(x)`` in eval mode under ``mode``; hooks are always removed."""
+        handles = []
+        with preserved(module):
+            try:
+                for name, sub in module.named_modules():
+                    if name and (self.only is None or name in self.only):
+                        with contextlib.suppress(RuntimeError, AttributeError):
+                            handles.append(sub.register_forward_hook(self._hook_for(name)))
+                with mode:
+                    output = _first_tensor(module(x))
+            finally:
+                for handle in handles:
+                    handle.remove()
+        if output is None:
+            raise CnnscopeError("the model returned no tensor")
+        return output
+
+    def named(self, x: torch.Tensor, output: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{layer name: tensor}`` in execution order, ``input`` first, ``logits`` last."""
+        acts = {INPUT: x}
+        for name, call, tensor, _ in self.recorded:
+            acts[name if self.calls[name] == 1 else f"{name}#{call}"] = tensor
+        acts[LOGITS] = output
+        return acts
+
+    def mutated(self) -> set[tuple[str, int]]:
+        """Recorded outputs that an in-place op changed after they were recorded."""
+        return {(n, k) for n, k, t, v in self.recorded if t._version != v}
