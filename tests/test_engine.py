@@ -138,3 +138,68 @@ def test_receptive_fields_of_a_chain():
     assert infos["2"].field.size == (8, 8) and infos["2"].field.stride == (4, 4)
     assert infos["2"].field.offset == (2.5, 2.5)
     assert infos["2"].shape == (4, 7, 4)
+
+
+class _Functional(nn.Module):
+    """One conv, then the activation under test written as a free function."""
+
+    def __init__(self, act):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.conv(x)).sum(dim=(2, 3))
+
+
+_FORMS = {
+    "x.relu()": (lambda z: z.relu(), 0.0, float("inf"), 0.0),
+    "torch.relu_": (lambda z: torch.relu_(z), 0.0, float("inf"), 0.0),
+    "F.relu inplace": (lambda z: torch.nn.functional.relu(z, inplace=True), 0.0, float("inf"), 0.0),
+    "clamp_min_(0)": (lambda z: z.clamp_min_(0), 0.0, float("inf"), 0.0),
+    "clamp(min=0)": (lambda z: z.clamp(min=0), 0.0, float("inf"), 0.0),
+    "F.relu6": (lambda z: torch.nn.functional.relu6(z * 8), 0.0, 6.0, 0.0),
+    "F.hardtanh_": (lambda z: torch.nn.functional.hardtanh_(z), -1.0, 1.0, 0.0),
+    "F.leaky_relu": (lambda z: torch.nn.functional.leaky_relu(z, 0.2), 0.0, float("inf"), 0.2),
+    "F.threshold": (lambda z: torch.nn.functional.threshold(z, 0.0, 0.0), 0.0, float("inf"), 0.0),
+}
+
+
+@pytest.mark.parametrize("form", list(_FORMS))
+@pytest.mark.parametrize("rule", RULES)
+def test_every_functional_form_follows_the_rule(form, rule):
+    act, lo, hi, leak = _FORMS[form]
+    net = _Functional(act)
+    x = torch.randn(1, 2, 5, 6)
+    seed = torch.tensor([[1.0, -2.0, 0.5]])
+    got = Engine(net).forward(x).grad("logits", seed, to="conv", rule=rule)
+    # hand-written: the conv output z, the incoming gradient g (sum over positions)
+    with torch.no_grad():
+        z = net.conv(x)
+        if form == "F.relu6":
+            z, scale = z * 8, 8.0
+        else:
+            scale = 1.0
+    g = seed[:, :, None, None].expand_as(z)
+    slope = torch.where(z > lo, torch.ones_like(z), torch.full_like(z, leak)) * (z < hi)
+    if rule == "gradient":
+        expected = g * slope
+    elif rule == "guided":
+        expected = g * slope * (g > 0)
+    elif rule == "guided_neg":
+        expected = g * slope * (g < 0)
+    else:
+        expected = torch.where(g > 0, g, g * leak)
+    torch.testing.assert_close(got, expected * scale)
+
+
+def test_clamp_with_other_bounds_is_not_a_relu():
+    net = _Functional(lambda z: z.clamp(min=-0.5))
+    x = torch.randn(1, 2, 5, 6)
+    seed = torch.tensor([[1.0, -2.0, 0.5]])
+    fwd = Engine(net).forward(x)
+    torch.testing.assert_close(
+        fwd.grad("logits", seed, to="conv", rule="guided"),
+        fwd.grad("logits", seed, to="conv", rule="gradient"),
+    )

@@ -2,7 +2,7 @@
 
 from .receptive import Field
 from .record import Engine, Forward, LayerInfo, preserved
-from .rules import RULES, RuleMode, RuleState
+from .rules import RULES, RuleState, apply_rule, attach_rules
 from .units import INPUT, LOGITS, Unit
 
 __all__ = [
@@ -13,7 +13,8 @@ __all__ = [
     "LOGITS",
     "LayerInfo",
     "RULES",
-    "RuleMode",
+    "apply_rule",
+    "attach_rules",
     "RuleState",
     "Unit",
     "preserved",

@@ -1,7 +1,8 @@
 """The engine: one recorded forward per input, any number of rule-aware backwards.
 
 :class:`Engine` wraps a model. :meth:`Engine.forward` runs it once with a forward hook on
-every module and the :class:`~cnnscope.engine.rules.RuleMode` active, and returns a
+every module, puts the rule hooks on the ReLU-family nodes of the graph it made
+(:func:`~cnnscope.engine.rules.attach_rules`), and returns a
 :class:`Forward`, which keeps the graph. :meth:`Forward.grad` seeds a gradient at any
 recorded layer (or the logits) and returns the gradient at any lower layer or the input,
 under any backward rule; ``k`` seeds go through one batched backward.
@@ -18,7 +19,7 @@ import logging
 import threading
 import weakref
 from collections import OrderedDict, defaultdict
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,7 @@ from torch import nn
 
 from ..errors import CnnscopeError
 from .receptive import Field, ReceptiveFieldMode
-from .rules import RuleMode, RuleState, check_rule
+from .rules import RuleState, attach_rules, check_rule
 from .units import INPUT, LOGITS, split_call, unknown_layer
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,61 @@ class Forward:
         )
         return result[0] if single else result
 
+    def grad_many(
+        self,
+        seeds: Mapping[str, torch.Tensor],
+        to: str | Sequence[str] = INPUT,
+        rule: str = "gradient",
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Backpropagate seeds at several layers at once (one backward pass).
+
+        The result is the sum of ``grad(layer, seed, to, rule)`` over ``seeds``, computed
+        in one backward, e.g. for an objective that reads several layers.
+
+        Parameters
+        ----------
+        seeds : mapping of str to torch.Tensor
+            ``{layer: gradient at that layer}``, each of the activation's shape.
+        to : str, tensor, or sequence of them
+            Where the gradient is read, as in :meth:`grad`; below every seeded layer.
+        rule : {"gradient", "deconvnet", "guided", "guided_neg"}
+            Backward rule of every ReLU-family activation on the way.
+
+        Examples
+        --------
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8))
+        >>> seeds = {"0": torch.ones(1, 4, 6, 6), "1": torch.ones(1, 4, 6, 6)}
+        >>> fwd.grad_many(seeds).shape
+        torch.Size([1, 3, 8, 8])
+        """
+        check_rule(rule)
+        if not self.input.requires_grad:
+            raise CnnscopeError("this forward was recorded without a graph (grad=False)")
+        if not seeds:
+            raise CnnscopeError("grad_many needs at least one seed")
+        single = isinstance(to, (str, torch.Tensor))
+        targets = [to] if single else list(to)
+        outs, grads_out = [], []
+        for layer, seed in seeds.items():
+            top = self.resolve(layer)
+            out = self._acts[top]
+            if tuple(seed.shape) != tuple(out.shape):
+                raise CnnscopeError(
+                    f"seed shape {tuple(seed.shape)} does not match {top!r}'s {tuple(out.shape)}"
+                )
+            outs.append(out)
+            grads_out.append(seed.to(device=out.device, dtype=out.dtype))
+        lowest = min((self.resolve(n) for n in seeds), key=self._order.__getitem__)
+        inputs = [t if isinstance(t, torch.Tensor) else self._below(t, lowest) for t in targets]
+        with self._lock:
+            self._state.rule = rule
+            grads = torch.autograd.grad(
+                outs, inputs, grads_out, retain_graph=True, allow_unused=True
+            )
+        result = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs))
+        return result[0] if single else result
+
     def _below(self, layer: str, top: str) -> torch.Tensor:
         low = self.resolve(layer)
         if not self._order[low] < self._order[top]:
@@ -264,6 +320,7 @@ class Engine:
         cache: bool = True,
         layers: Collection[str] | None = None,
         grad: bool = True,
+        truncate: bool = False,
     ) -> Forward:
         """Run (or reuse) the recorded forward pass of ``x`` (N x C x H x W).
 
@@ -278,16 +335,27 @@ class Engine:
         grad : bool
             Keep the graph for :meth:`Forward.grad`. Without it the pass runs under
             ``torch.no_grad`` (for dataset passes that only read activations).
+        truncate : bool
+            With ``layers``: stop the pass as soon as every one of them is recorded,
+            skipping the rest of the model (``logits`` and later layers are then absent
+            unless asked for).
         """
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise CnnscopeError("the input must be a 4-D tensor N x C x H x W")
         only = None if layers is None else frozenset(split_call(n)[0] for n in layers)
-        key = (self._key(x), only, grad) if cache else None
+        stop = None
+        if truncate and layers is not None and LOGITS not in layers:
+            stop = {}
+            for base, call in map(split_call, layers):
+                stop[base] = max(call, stop.get(base, 0))
+            stop.pop(INPUT, None)
+            only = only - {INPUT}
+        key = (self._key(x), only, grad, stop is not None) if cache else None
         with self._lock:
             if key is not None and key in self._cache:
                 self._cache.move_to_end(key)
                 return self._cache[key]
-            fwd = self._record(x, only, grad)
+            fwd = self._record(x, only, grad, stop)
             if key is not None:
                 self._cache[key] = fwd
                 self._evict()
@@ -317,24 +385,112 @@ class Engine:
         ).hexdigest()
         return (tuple(x.shape), str(x.dtype), digest)
 
-    def _record(self, x: torch.Tensor, only, grad: bool) -> Forward:
-        fwd, mutated = self._record_once(x, only, grad)
+    def _record(self, x: torch.Tensor, only, grad: bool, stop=None) -> Forward:
+        fwd, mutated = self._record_once(x, only, grad, stop)
         if mutated - self._clone:
             # In-place ops overwrote some recorded outputs: give those a private copy.
             log.debug("cloning outputs mutated in place: %s", sorted(mutated))
             self._clone |= mutated
-            fwd, _ = self._record_once(x, only, grad)
+            fwd, _ = self._record_once(x, only, grad, stop)
         return fwd
 
-    def _record_once(self, x: torch.Tensor, only, grad: bool) -> tuple[Forward, set]:
+    def _record_once(self, x: torch.Tensor, only, grad: bool, stop=None) -> tuple[Forward, set]:
         state = RuleState()
         image = x.detach().to(self.device).clone().requires_grad_(grad)
-        recorder = _Recorder(self._clone, only)
-        mode = RuleMode(state) if grad else contextlib.nullcontext()
+        recorder = _Recorder(self._clone, only, stop)
         with self._lock, torch.set_grad_enabled(grad):
-            output = recorder.run(self.module, image, mode)
+            output = recorder.run(self.module, image)
         acts = recorder.named(image, output)
-        return Forward(self, image, acts[LOGITS], acts, state), recorder.mutated()
+        if grad:
+            attach_rules(acts.values(), state)
+        return Forward(self, image, acts.get(LOGITS), acts, state), recorder.mutated()
+
+    def intervene(
+        self,
+        x: torch.Tensor,
+        edits: Mapping[str, Callable[[torch.Tensor], torch.Tensor]],
+        read: Sequence[str] = (LOGITS,),
+    ) -> dict[str, torch.Tensor]:
+        """Run ``x`` with some layers' outputs replaced, and read other layers.
+
+        A forward pass without graph or cache: each ``edits[layer]`` receives that
+        layer's output (batch first) and returns the tensor used downstream instead.
+        Use it for ablations, e.g. zeroing channels, with one row of ``x`` per variant.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The input batch (N x C x H x W); the caller's tensor is not modified.
+        edits : mapping of layer name to callable
+            ``fn(output) -> new output`` per layer (``input`` edits the input itself).
+        read : sequence of str
+            Layers whose (edited) outputs are returned; ``logits`` is the model output.
+
+        Returns
+        -------
+        dict of str to torch.Tensor
+            Detached copies of the ``read`` layers' outputs, keyed as given.
+
+        Examples
+        --------
+        >>> net = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 1))
+        >>> def zero(t):
+        ...     return t * 0
+        >>> out = Engine(net).intervene(torch.randn(2, 3), {"1": zero}, read=["1", "logits"])
+        >>> out["1"].abs().sum().item()
+        0.0
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            raise CnnscopeError("the input must be a batch tensor N x ...")
+        size = tuple(x.shape[-2:]) if x.dim() == 4 else None
+        names = self.layer_names(size, x.shape[1]) if size else None
+
+        def canonical(name: str) -> tuple[str, int]:
+            full = self.resolve(name, size, x.shape[1]) if names is not None else name
+            return split_call(full)
+
+        edit_at = {canonical(n): fn for n, fn in edits.items() if n not in (INPUT, LOGITS)}
+        read_at = {canonical(n): n for n in read if n not in (INPUT, LOGITS)}
+        calls: dict[str, int] = defaultdict(int)
+        out: dict[str, torch.Tensor] = {}
+
+        def hook_for(name: str):
+            def hook(_module, _inputs, output):
+                calls[name] += 1
+                key = (name, calls[name])
+                if not isinstance(output, torch.Tensor):
+                    return None
+                if key in edit_at:
+                    output = edit_at[key](output)
+                if key in read_at:
+                    out[read_at[key]] = output.detach().clone()
+                return output if key in edit_at else None
+
+            return hook
+
+        wanted = {n for n, _ in edit_at} | {n for n, _ in read_at}
+        image = x.detach().to(self.device).clone()
+        if INPUT in edits:
+            image = edits[INPUT](image)
+        handles = []
+        with self._lock, preserved(self.module), torch.no_grad():
+            try:
+                for name, sub in self.module.named_modules():
+                    if name in wanted:
+                        handles.append(sub.register_forward_hook(hook_for(name)))
+                output = _first_tensor(self.module(image))
+            finally:
+                for handle in handles:
+                    handle.remove()
+        if output is None:
+            raise CnnscopeError("the model returned no tensor")
+        if LOGITS in edits:
+            output = edits[LOGITS](output)
+        if INPUT in read:
+            out[INPUT] = image.detach().clone()
+        if LOGITS in read:
+            out[LOGITS] = output.detach().clone()
+        return {n: out[n] for n in read if n in out}
 
     def layers(self, input_size: tuple[int, int], channels: int = 3) -> list[LayerInfo]:
         """Every addressable layer for inputs of ``input_size`` (H, W), in execution order."""
@@ -357,13 +513,13 @@ class Engine:
             infos.append(LayerInfo(name, kind, tuple(tensor.shape[1:]), rf_mode.field(tensor)))
         return infos
 
-    def layer_names(self, input_size: tuple[int, int]) -> list[str]:
+    def layer_names(self, input_size: tuple[int, int], channels: int = 3) -> list[str]:
         """Names of :meth:`layers`."""
-        return [info.name for info in self.layers(input_size)]
+        return [info.name for info in self.layers(input_size, channels)]
 
-    def resolve(self, layer: str, input_size: tuple[int, int]) -> str:
+    def resolve(self, layer: str, input_size: tuple[int, int], channels: int = 3) -> str:
         """Canonical name of ``layer``, or ``UnknownLayerError`` with suggestions."""
-        names = self.layer_names(input_size)
+        names = self.layer_names(input_size, channels)
         if layer in names:
             return layer
         base, call = split_call(layer)
@@ -373,6 +529,10 @@ class Engine:
         raise unknown_layer(layer, names)
 
 
+class _Truncated(Exception):
+    """Raised by a recording hook to end a truncated forward pass early."""
+
+
 class _Recorder:
     """Forward hooks on every submodule that record each call's output tensor.
 
@@ -380,9 +540,15 @@ class _Recorder:
     so that an in-place op downstream cannot overwrite the recorded value.
     """
 
-    def __init__(self, clone: set[tuple[str, int]], only: frozenset[str] | None):
+    def __init__(
+        self,
+        clone: set[tuple[str, int]],
+        only: frozenset[str] | None,
+        stop: dict[str, int] | None = None,
+    ):
         self.clone = clone
         self.only = only
+        self.stop = stop  # {module name: call}: end the pass once all are recorded
         self.calls: dict[str, int] = defaultdict(int)
         self.recorded: list[tuple[str, int, torch.Tensor, int]] = []
 
@@ -392,14 +558,21 @@ class _Recorder:
             if not isinstance(output, torch.Tensor):
                 return None
             self.recorded.append((name, self.calls[name], output, output._version))
+            if self.stop and all(self.calls[n] >= k for n, k in self.stop.items()):
+                raise _Truncated
             if (name, self.calls[name]) in self.clone:
                 return output.clone()  # downstream in-place ops change the copy only
             return None
 
         return hook
 
-    def run(self, module: nn.Module, x: torch.Tensor, mode) -> torch.Tensor:
-        """Run ``module(x)`` in eval mode under ``mode``; hooks are always removed."""
+    def run(
+        self, module: nn.Module, x: torch.Tensor, mode=contextlib.nullcontext()
+    ) -> torch.Tensor | None:
+        """Run ``module(x)`` in eval mode under ``mode``; hooks are always removed.
+
+        Returns ``None`` when the pass was truncated (see ``Engine.forward``).
+        """
         handles = []
         with preserved(module):
             try:
@@ -409,6 +582,8 @@ class _Recorder:
                             handles.append(sub.register_forward_hook(self._hook_for(name)))
                 with mode:
                     output = _first_tensor(module(x))
+            except _Truncated:
+                return None
             finally:
                 for handle in handles:
                     handle.remove()
@@ -421,7 +596,8 @@ class _Recorder:
         acts = {INPUT: x}
         for name, call, tensor, _ in self.recorded:
             acts[name if self.calls[name] == 1 else f"{name}#{call}"] = tensor
-        acts[LOGITS] = output
+        if output is not None:
+            acts[LOGITS] = output
         return acts
 
     def mutated(self) -> set[tuple[str, int]]:

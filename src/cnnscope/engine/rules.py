@@ -1,13 +1,15 @@
-"""Backward rules for every ReLU-family call, wherever it happens.
+"""Backward rules for every ReLU-family call, wherever it happened in the forward.
 
-A :class:`RuleMode` (a ``TorchFunctionMode``) is active while the engine records a
-forward pass. It routes ``relu``, ``relu6``, ``hardtanh``, ``leaky_relu`` and
-``clamp(min=0)``, as modules, functional calls, tensor methods or in-place variants,
-through one custom autograd function, :class:`_PiecewiseLinear`. Its backward reads
-the rule to apply from a :class:`RuleState` shared by the whole recorded graph, so one
-forward serves every rule: set ``state.rule`` and call ``torch.autograd.grad``.
+After a recorded forward, :func:`attach_rules` walks the autograd graph once and puts a
+hook on every node that a ReLU-family op left behind: ``relu``, ``relu6``,
+``hardtanh``, ``leaky_relu``, ``threshold(0, 0)`` and ``clamp(min=0)``, whether it ran
+as a module, a functional call, a tensor method or an in-place variant, and however
+many times one module object was reused. The graph is the ground truth of what ran,
+so nothing is missed and the forward itself runs at full speed, untouched.
 
-With ``x`` the activation's input, ``f'`` its true derivative and ``g`` the incoming
+Each hook reads the rule in force from a :class:`RuleState` shared by the whole graph,
+so one forward serves every rule: set ``state.rule`` and call ``torch.autograd.grad``.
+With ``f'`` the activation's true derivative at its input and ``g`` the incoming
 gradient, the rules are:
 
 ============  ===========================================
@@ -20,12 +22,10 @@ guided_neg    ``g * f'(x) * [g < 0]``
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.overrides import TorchFunctionMode
 
 RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided", "guided_neg")
 
@@ -38,7 +38,7 @@ class RuleState:
 
 
 def check_rule(rule: str) -> str:
-    """Return ``rule`` if it is a known backward rule, else raise ``ValueError``."""
+    """Return ``rule`` if it is a known backward rule, else raise ``CnnscopeError``."""
     if rule not in RULES:
         from ..errors import CnnscopeError
 
@@ -47,140 +47,88 @@ def check_rule(rule: str) -> str:
 
 
 def apply_rule(
-    rule: str, grad: torch.Tensor, slope_mask: torch.Tensor, leak: float = 0.0
+    rule: str, grad_in: torch.Tensor, grad_out: torch.Tensor, leak: float = 0.0
 ) -> torch.Tensor:
-    """Apply a backward ``rule`` to ``grad``.
-
-    ``slope_mask`` is the true derivative of the activation at its input; ``leak`` the
-    slope of a leaky unit below zero, used by ``deconvnet``, which ignores the input.
-    """
-    if rule == "gradient":
-        return grad * slope_mask
-    if rule == "guided":
-        return grad * slope_mask * (grad > 0)
-    if rule == "guided_neg":
-        return grad * slope_mask * (grad < 0)
-    # deconvnet ignores the forward input: only the sign of the gradient matters.
-    return torch.where(grad > 0, grad, grad * leak)
-
-
-class _PiecewiseLinear(torch.autograd.Function):
-    """``clamp(x, lo, hi)`` with slope ``leak`` below ``lo``, backward under a rule."""
-
-    @staticmethod
-    def forward(x, lo, hi, leak, inplace, state):  # noqa: D102
-        if leak:
-            y = torch.where(x > lo, x, x * leak)
-            return x.copy_(y) if inplace else y
-        if inplace:
-            return x.clamp_(lo, hi)
-        return x.clamp(lo, hi)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):  # noqa: D102
-        _, lo, hi, leak, inplace, state = inputs
-        if inplace:
-            ctx.mark_dirty(inputs[0])
-        ctx.save_for_backward(output)
-        ctx.lo, ctx.hi, ctx.leak, ctx.state = lo, hi, leak, state
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        (out,) = ctx.saved_tensors
-        inside = (out > ctx.lo) & (out < ctx.hi)
-        slope = inside.to(grad.dtype)
-        if ctx.leak:
-            slope = torch.where(out > ctx.lo, slope, torch.full_like(slope, ctx.leak))
-        return apply_rule(ctx.state.rule, grad, slope, ctx.leak), None, None, None, None, None
-
-
-def _arg(args, kwargs, index, name, default):
-    if len(args) > index:
-        return args[index]
-    return kwargs.get(name, default)
-
-
-_INF = math.inf
-
-# (function) -> (lo, hi, leak, inplace) read from the call's arguments, or None to pass through.
-_RELU = {torch.relu, torch.Tensor.relu, torch.nn.functional.relu}
-_RELU_ = {torch.relu_, torch.Tensor.relu_, torch.nn.functional.relu_}
-_CLAMP = {torch.clamp, torch.Tensor.clamp, torch.clip, torch.Tensor.clip}
-_CLAMP_ = {torch.clamp_, torch.Tensor.clamp_, torch.clip_, torch.Tensor.clip_}
-_CLAMP_MIN = {torch.clamp_min, torch.Tensor.clamp_min}
-_CLAMP_MIN_ = {torch.clamp_min_, torch.Tensor.clamp_min_}
-
-
-def _scalar(v) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, (int, float)):
-        return float(v)
-    return None  # tensor bounds are not ReLU-like
-
-
-def _classify(func, args, kwargs):
-    """Return ``(lo, hi, leak, inplace)`` if ``func`` is a ReLU-family call, else None."""
-    if func in _RELU:
-        return 0.0, _INF, 0.0, bool(_arg(args, kwargs, 1, "inplace", False)) and func is F.relu
-    if func in _RELU_:
-        return 0.0, _INF, 0.0, True
-    if func is F.relu6:
-        return 0.0, 6.0, 0.0, bool(_arg(args, kwargs, 1, "inplace", False))
-    if func in (F.hardtanh, F.hardtanh_):
-        lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
-        hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
-        inplace = func is F.hardtanh_ or bool(_arg(args, kwargs, 3, "inplace", False))
-        return lo, hi, 0.0, inplace
-    if func in (F.leaky_relu, F.leaky_relu_):
-        leak = float(_arg(args, kwargs, 1, "negative_slope", 0.01))
-        inplace = func is F.leaky_relu_ or bool(_arg(args, kwargs, 2, "inplace", False))
-        return 0.0, _INF, leak, inplace
-    if func in _CLAMP or func in _CLAMP_:
-        lo = _scalar(_arg(args, kwargs, 1, "min", None))
-        hi_raw = _arg(args, kwargs, 2, "max", None)
-        hi = _scalar(hi_raw)
-        if lo != 0.0 or (hi_raw is not None and hi is None):
-            return None
-        return 0.0, _INF if hi is None else hi, 0.0, func in _CLAMP_
-    if func in _CLAMP_MIN or func in _CLAMP_MIN_:
-        if _scalar(_arg(args, kwargs, 1, "min", None)) != 0.0:
-            return None
-        return 0.0, _INF, 0.0, func in _CLAMP_MIN_
-    return None
-
-
-class RuleMode(TorchFunctionMode):
-    """Route every ReLU-family call through a rule-aware autograd function.
+    """The gradient an activation passes down under ``rule``.
 
     Parameters
     ----------
-    state : RuleState
-        Shared holder of the rule applied at backward time.
+    rule : str
+        One of :data:`RULES`.
+    grad_in : torch.Tensor
+        The true gradient at the activation's input, ``g * f'(x)``.
+    grad_out : torch.Tensor
+        The incoming gradient ``g`` at the activation's output.
+    leak : float
+        Slope below zero of a leaky unit (used by ``deconvnet``, which ignores ``x``).
 
     Examples
     --------
-    >>> import torch
-    >>> state = RuleState()
+    >>> g = torch.tensor([1.0, -1.0, 2.0])
+    >>> true = torch.tensor([0.0, -1.0, 2.0])  # f'(x) = [0, 1, 1]
+    >>> apply_rule("guided", true, g).tolist(), apply_rule("deconvnet", true, g).tolist()
+    ([0.0, -0.0, 2.0], [1.0, -0.0, 2.0])
+    """
+    if rule == "gradient":
+        return grad_in
+    if rule == "guided":
+        return grad_in * (grad_out > 0)
+    if rule == "guided_neg":
+        return grad_in * (grad_out < 0)
+    return torch.where(grad_out > 0, grad_out, grad_out * leak)
+
+
+def _leak(node) -> float | None:
+    """The below-zero slope of a ReLU-family graph node, or None for any other node."""
+    name = type(node).__name__
+    if name in ("ReluBackward0", "ReluBackward1", "HardtanhBackward0", "HardtanhBackward1"):
+        return 0.0
+    if name.startswith("LeakyReluBackward"):
+        return float(node._saved_negative_slope)
+    if name in ("ClampBackward1", "ClampMinBackward0"):
+        low = node._saved_min
+        return 0.0 if low is not None and float(low) == 0.0 else None
+    if name == "ThresholdBackward0":
+        return 0.0 if float(node._saved_threshold) == 0.0 else None
+    return None
+
+
+def _rule_hook(state: RuleState, leak: float):
+    def hook(grad_inputs, grad_outputs):
+        if state.rule == "gradient" or grad_inputs[0] is None or grad_outputs[0] is None:
+            return None
+        return (apply_rule(state.rule, grad_inputs[0], grad_outputs[0], leak), *grad_inputs[1:])
+
+    return hook
+
+
+def attach_rules(tensors: Iterable[torch.Tensor], state: RuleState) -> int:
+    """Hook every ReLU-family node of the graph behind ``tensors``; return how many.
+
+    The hooks live on this graph only (made by one forward pass); the model is not
+    touched.
+
+    Examples
+    --------
     >>> x = torch.tensor([-1.0, 2.0], requires_grad=True)
-    >>> with RuleMode(state):
-    ...     y = torch.relu(x)
-    >>> state.rule = "guided"
+    >>> y = torch.relu(x) * 3
+    >>> state = RuleState("guided")
+    >>> attach_rules([y], state)
+    1
     >>> torch.autograd.grad(y, x, torch.tensor([1.0, -1.0]))[0]
     tensor([0., -0.])
     """
-
-    def __init__(self, state: RuleState):
-        super().__init__()
-        self.state = state
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        spec = _classify(func, args, kwargs)
-        x = args[0] if args else kwargs.get("input")
-        if spec is None or not isinstance(x, torch.Tensor) or not torch.is_grad_enabled():
-            return func(*args, **kwargs)
-        if not (x.requires_grad and x.is_floating_point()):
-            return func(*args, **kwargs)
-        lo, hi, leak, inplace = spec
-        return _PiecewiseLinear.apply(x, lo, hi, leak, inplace, self.state)
+    seen: dict[int, object] = {}  # keeps each node alive, so that ids stay unique
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    hooked = 0
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen[id(node)] = node
+        leak = _leak(node)
+        if leak is not None:
+            node.register_hook(_rule_hook(state, leak))
+            hooked += 1
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return hooked
