@@ -203,3 +203,15 @@ def test_clamp_with_other_bounds_is_not_a_relu():
         fwd.grad("logits", seed, to="conv", rule="guided"),
         fwd.grad("logits", seed, to="conv", rule="gradient"),
     )
+
+
+def test_cache_notices_weight_edits():
+    net = MixedNet()
+    engine = Engine(net)
+    x = torch.randn(1, 3, *INPUT_SIZE)
+    first = engine.forward(x)
+    with torch.no_grad():
+        net.fc.bias.add_(1.0)
+    second = engine.forward(x)
+    assert second is not first
+    torch.testing.assert_close(second.activation("logits"), first.activation("logits") + 1.0)

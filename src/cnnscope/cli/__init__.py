@@ -18,7 +18,10 @@ from ..errors import CnnscopeError
 log = logging.getLogger("cnnscope")
 
 #: Modules with a ``register(subparsers)`` function, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("cnnscope.cli.core",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "cnnscope.cli.core",
+    "cnnscope.views.cli",
+)
 
 
 class _Parser(argparse.ArgumentParser):

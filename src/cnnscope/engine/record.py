@@ -350,7 +350,7 @@ class Engine:
                 stop[base] = max(call, stop.get(base, 0))
             stop.pop(INPUT, None)
             only = only - {INPUT}
-        key = (self._key(x), only, grad, stop is not None) if cache else None
+        key = (self._key(x), self._weights_state(), only, grad, stop is not None) if cache else None
         with self._lock:
             if key is not None and key in self._cache:
                 self._cache.move_to_end(key)
@@ -384,6 +384,12 @@ class Engine:
             else data.float().numpy().tobytes()
         ).hexdigest()
         return (tuple(x.shape), str(x.dtype), digest)
+
+    def _weights_state(self) -> tuple:
+        """Identity and version of every parameter and buffer: a cached forward is stale
+        once a weight is edited in place (version) or replaced (storage)."""
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        return tuple((t.data_ptr(), t._version) for t in tensors)
 
     def _record(self, x: torch.Tensor, only, grad: bool, stop=None) -> Forward:
         fwd, mutated = self._record_once(x, only, grad, stop)
