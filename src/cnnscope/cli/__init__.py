@@ -20,6 +20,8 @@ log = logging.getLogger("cnnscope")
 #: Modules with a ``register(subparsers)`` function, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "cnnscope.cli.core",
+    "cnnscope.tree.cli",
+    "cnnscope.index.cli",
     "cnnscope.views.cli",
 )
 

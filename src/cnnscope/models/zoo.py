@@ -163,7 +163,10 @@ def _load_builtin(name: str, weights: str | Path | None, pre: Preprocessing) -> 
                 _CACHE[name] = efficientnet_lite(name)
             module = _CACHE[name]
     n = module.classifier.out_features
-    stages = [f"blocks.{i}" for i in reversed(stage_last_blocks(module.configs))]
+    # The expanded (ReLU6) input of each stage's first block: sparse units, and a cut of
+    # the network (no residual bypasses it), chosen by looking at trees (docs/benchmarks/tree.md).
+    starts = [i + 1 for i in reversed(stage_last_blocks(module.configs)[:-1])]
+    stages = [f"blocks.{i}.expand_act" for i in starts]
     return LoadedModel(
         module=module,
         preprocess_config=pre,

@@ -1,0 +1,142 @@
+"""In-process node expansion of the neuron tree vs one forward+backward of the model.
+
+A node expansion is what the explorer does when a node is clicked: its children
+(:meth:`Explorer.children`) plus their reconstructions (:meth:`Explorer.reconstructions`).
+
+- cold: a new image (the engine's forward cache is cleared), root ``logits:top1``;
+- warm: the image's forward and the node's path are cached (a node at depth 1-3 that an
+  earlier expansion produced).
+
+The reference is one forward+backward of the plain model on one image (autograd, no
+hooks), and, for information, the engine's recorded forward plus one backward. All are
+timed interleaved in one run; medians and ratios are printed and written as Markdown.
+
+Run: ``python bench/tree.py [--reps 15] [--k 5] [--out docs/benchmarks/tree.md]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from functools import partial
+
+import torch
+
+from cnnscope.engine import Engine, Unit
+from cnnscope.images import load_gallery_image
+from cnnscope.models import load_model
+from cnnscope.tree import Explorer
+
+
+def _time(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of ``fn()``."""
+    w, c = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w, time.process_time() - c
+
+
+def _store(out: dict, key: str, fn, *args, **kwargs) -> None:
+    out[key] = fn(*args, **kwargs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=15)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--images", default="chelsea,coffee,rocket,astronaut")
+    parser.add_argument("--out", default=None, help="write a Markdown table here")
+    args = parser.parse_args()
+
+    model = load_model()
+    engine = Engine.for_module(model.module)
+    ex = Explorer(model)
+    images = [ex.input(load_gallery_image(n)) for n in args.images.split(",")]
+    k = args.k
+
+    def plain_fwd_bwd(x):
+        xi = x.clone().requires_grad_(True)
+        out = model.module(xi)
+        out[0, int(out[0].argmax())].backward()
+
+    def engine_fwd_bwd(x):
+        fwd = engine.forward(x, cache=False)
+        seed = torch.zeros_like(fwd.activation("logits"))
+        seed[0, int(fwd.activation("logits")[0].argmax())] = 1.0
+        fwd.grad("logits", seed, rule="guided")
+
+    def expand(x, path):
+        kids = ex.children(x, path, k=k)
+        ex.reconstructions(x, [n.path for n in kids])
+        return kids
+
+    # warm-up: one of each (allocator, lazy init)
+    plain_fwd_bwd(images[0])
+    engine_fwd_bwd(images[0])
+    engine.clear_cache()
+    expand(images[0], (Unit("logits", 0),))
+
+    names = ["plain", "recorded", "cold", "warm", "children", "recon", "separate"]
+    t: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    for rep in range(args.reps):
+        x = images[rep % len(images)]
+        t["plain"].append(_time(partial(plain_fwd_bwd, x)))
+        t["recorded"].append(_time(partial(engine_fwd_bwd, x)))
+        engine.clear_cache()  # a new image: nothing cached
+        root = (Unit("logits", int(model.module(x)[0].argmax())),)
+        out: dict[str, list] = {}
+        run = partial(_store, out)
+        t["cold"].append(_time(partial(run, "cold", expand, x, root)))
+        # warm: expand a node produced by the previous expansion (its seed is cached)
+        node = out["cold"][rep % len(out["cold"])].path
+        t["warm"].append(_time(partial(run, "warm", expand, x, node)))
+        deeper = out["warm"][0].path
+        t["children"].append(_time(partial(run, "kids", ex.children, x, deeper, k=k)))
+        paths = [n.path for n in out["kids"]]
+        t["recon"].append(_time(partial(ex.input_gradients, x, paths)))
+        fwd = ex.forward(x)
+        seeds = [ex.node_seed(fwd, p, "guided") for p in paths]
+        t["separate"].append(
+            _time(partial(lambda f, ss: [f.grad(a, s, rule="guided") for a, s in ss], fwd, seeds))
+        )
+
+    def med(key: str, which: int) -> float:
+        return statistics.median(v[which] for v in t[key])
+
+    rows = [
+        ("plain", "one forward+backward, plain model (reference)"),
+        ("recorded", "one recorded forward + one backward (engine)"),
+        ("cold", f"node expansion, cold (new image; children + {k} reconstructions)"),
+        ("warm", f"node expansion, warm (cached image and path; children + {k} reconstructions)"),
+        ("children", "  of which: children (one backward to the next chain layer)"),
+        ("recon", f"  of which: {k} reconstructions, one batched backward"),
+        ("separate", f"  for comparison: {k} reconstructions as {k} separate backwards"),
+    ]
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, load average {load:.1f} at the end; "
+        f"EfficientNet-Lite0, 224x224, k={k}, rule guided, {args.reps} reps interleaved over "
+        f"{len(images)} gallery images; medians. CPU = this process's CPU time (robust to "
+        "other processes sharing the cores); wall = elapsed time.",
+        "",
+        "| operation | wall (ms) | ratio (wall) | CPU (ms) | ratio (CPU) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, name in rows:
+        w, c = med(key, 0), med(key, 1)
+        lines.append(
+            f"| {name} | {1000 * w:.0f} | {w / med('plain', 0):.2f}x | {1000 * c:.0f} | "
+            f"{c / med('plain', 1):.2f}x |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,268 @@
+"""The on-disk format of a dataset index: atomic, versioned bundles of JSON + ``.npz``.
+
+An index is a folder. Its state is one *bundle*: a JSON manifest (``index.json``) that
+names an ``.npz`` file of arrays (``topk-<digest>.npz``) and gives the SHA-256 of the
+arrays. The arrays are written first under a content-addressed name, then the manifest
+replaces the old one with :func:`os.replace`, so a reader always sees a complete old or
+a complete new index, whatever moment the writer is killed at. Build checkpoints are
+bundles of the same kind (``.building/rank<R>.json``). See ``docs/index-format.md``.
+
+Every write goes to a temporary file in the same folder, is flushed and ``fsync``'d, and
+is renamed over the target; the folder itself is then ``fsync``'d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import secrets
+import signal
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import CnnscopeError
+
+__all__ = [
+    "FORMAT",
+    "MANIFEST",
+    "VERSION",
+    "IndexFormatError",
+    "array_digest",
+    "atomic_write",
+    "crash_point",
+    "read_bundle",
+    "write_bundle",
+]
+
+log = logging.getLogger(__name__)
+
+#: Value of the manifest's ``format`` field.
+FORMAT = "cnnscope-index"
+#: Version of the layout written by this code; readers refuse newer major versions.
+VERSION = 1
+#: File name of the manifest inside an index folder.
+MANIFEST = "index.json"
+#: Environment variable naming a point where the writer kills itself (tests only).
+KILL_ENV = "CNNSCOPE_INDEX_KILL_AT"
+
+
+class IndexFormatError(CnnscopeError):
+    """A path is not a cnnscope index, or the index is damaged or too new."""
+
+
+def crash_point(name: str) -> None:
+    """Kill this process with SIGKILL if ``$CNNSCOPE_INDEX_KILL_AT`` equals ``name``.
+
+    A fault-injection hook for the resume tests: it makes "killed at that exact point"
+    reproducible. It does nothing unless the variable is set.
+
+    Examples
+    --------
+    >>> crash_point("nowhere")  # no-op unless CNNSCOPE_INDEX_KILL_AT=nowhere
+    """
+    if os.environ.get(KILL_ENV) == name:
+        log.warning("%s=%s: killing this process", KILL_ENV, name)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes, *, kill_point: str | None = None) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
+
+    Parameters
+    ----------
+    path
+        Target file; its folder must exist.
+    data
+        The complete new contents.
+    kill_point
+        Name passed to :func:`crash_point` after the temporary file is complete but
+        before it replaces ``path`` (tests only).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "x.txt"
+    >>> atomic_write(p, b"hello"); p.read_bytes()
+    b'hello'
+    """
+    path = Path(path)
+    # unique per process and call (two threads may write the same target)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if kill_point:
+            crash_point(kill_point)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def array_digest(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of named arrays (names, dtypes, shapes and bytes), independent of file layout.
+
+    Examples
+    --------
+    >>> a = array_digest({"x": np.zeros(3, np.float32)})
+    >>> a == array_digest({"x": np.zeros(3, np.float32)}), a == array_digest({"x": np.ones(3)})
+    (True, False)
+    """
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        arr = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{arr.dtype.str}|{arr.shape}\n".encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
+    return buf.getvalue()
+
+
+def write_bundle(
+    folder: str | os.PathLike,
+    stem: str,
+    meta: dict,
+    arrays: Mapping[str, np.ndarray],
+    *,
+    arrays_prefix: str | None = None,
+    kill_point: str | None = None,
+) -> Path:
+    """Atomically replace bundle ``stem`` in ``folder``: ``<stem>.json`` + its ``.npz``.
+
+    The arrays go to ``<prefix>-<digest16>.npz`` first (a new name, so the old bundle
+    stays valid), then the manifest is replaced, then unreferenced ``.npz`` files of the
+    same prefix are removed. ``meta`` gains an ``arrays`` entry with the file name and
+    digest.
+
+    Returns
+    -------
+    Path
+        The manifest file.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp())
+    >>> _ = write_bundle(d, "state", {"n": 1}, {"a": np.arange(3)})
+    >>> meta, arrays = read_bundle(d, "state")
+    >>> meta["n"], arrays["a"].tolist()
+    (1, [0, 1, 2])
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    prefix = arrays_prefix or stem
+    digest = array_digest(arrays)
+    npz = folder / f"{prefix}-{digest[:16]}.npz"
+    if not (npz.is_file() and _digest_of_file(npz) == digest):
+        atomic_write(npz, _npz_bytes(arrays))
+    meta = {**meta, "arrays": {"file": npz.name, "sha256": digest}}
+    if kill_point:
+        crash_point(kill_point)
+    manifest = folder / f"{stem}.json"
+    atomic_write(
+        manifest,
+        (json.dumps(meta, indent=1, sort_keys=False) + "\n").encode("utf-8"),
+        kill_point=f"{kill_point}-tmp" if kill_point else None,
+    )
+    for old in folder.glob(f"{prefix}-*.npz"):
+        if old.name != npz.name:
+            old.unlink(missing_ok=True)
+    return manifest
+
+
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {name: data[name] for name in data.files}
+
+
+def _digest_of_file(path: Path) -> str | None:
+    try:
+        return array_digest(_load_npz(path))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+        return None
+
+
+def read_bundle(folder: str | os.PathLike, stem: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read bundle ``stem`` from ``folder`` and check its arrays against the digest.
+
+    Raises
+    ------
+    IndexFormatError
+        If the manifest is missing or unreadable, or the arrays are missing or damaged.
+    """
+    folder = Path(folder)
+    manifest = folder / f"{stem}.json"
+    try:
+        meta = json.loads(manifest.read_text("utf-8"))
+    except FileNotFoundError:
+        raise IndexFormatError(f"{manifest} not found") from None
+    except (OSError, ValueError) as exc:
+        raise IndexFormatError(f"{manifest} is unreadable: {exc}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), dict):
+        raise IndexFormatError(f"{manifest} is not a cnnscope manifest")
+    name = str(meta["arrays"].get("file", ""))
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise IndexFormatError(f"{manifest} names a bad arrays file {name!r}")
+    try:
+        arrays = _load_npz(folder / name)
+    except FileNotFoundError:
+        raise IndexFormatError(f"{folder / name} is missing (the index is damaged)") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise IndexFormatError(f"{folder / name} is damaged: {exc}") from None
+    if array_digest(arrays) != meta["arrays"].get("sha256"):
+        raise IndexFormatError(f"{folder / name} does not match its manifest (damaged index)")
+    return meta, arrays
+
+
+def remove_stale_temps(folder: str | os.PathLike, prefix: str = "") -> None:
+    """Delete temporary files of dead writers (``.<name>.<pid>.<random>.tmp``).
+
+    Only names starting with ``prefix`` are considered; files of live processes of this
+    machine are kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for tmp in folder.glob(f".{prefix}*.tmp"):
+        try:
+            pid = int(tmp.name.rsplit(".", 3)[-3])
+        except (ValueError, IndexError):
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,752 @@
+"""The neuron tree of one image: path-conditioned children, reconstructions, ablations.
+
+This is seed cnn_treevis's ``VisTree`` rebuilt on the engine, for any PyTorch CNN.
+
+A *chain* is a list of layers, top first (the logits, the head, stage outputs...). A
+*path* is a root unit followed by one channel of each next lower chain layer. The path
+defines a gradient:
+
+- the root is seeded with 1 at its maximum (or given) position, or at its logit. For an
+  activation layer (ReLU6...) the seed goes in just below the activation, at the
+  pre-activation maximum: a unit saturated at 6 would otherwise pass no gradient;
+- the gradient is read at the output of the next chain layer, i.e. after the backward
+  rule of every activation above it. Only the node's channel is kept, rescaled by a
+  gain, and it goes on down from there (through the node's own activation, under the
+  rule).
+
+The children of the last node are the channels ``c`` of the next chain layer ranked by
+``mean over positions of A_c * G_c`` (``A`` that layer's output, ``G`` the path's
+gradient there), the first-order share of ``c`` in the node; for the logit root and the
+head this is exact. A node's reconstruction is the path's gradient at the input.
+
+Cost: one recorded forward per image (the engine caches it), then one backward to
+score a node's children and one batched backward for the reconstructions of all of
+them. The masked seed of every node is cached, so expanding a node never recomputes
+the path above it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..engine import INPUT, LOGITS, Engine, Forward, Unit, apply_rule
+from ..engine.rules import check_rule
+from ..engine.units import split_call
+from ..errors import CnnscopeError, UnitSpecError
+from ..render import gradient_image
+from .paths import Path, format_path, parse_path
+
+log = logging.getLogger(__name__)
+
+GAINS: tuple[str, ...] = ("auto", "fixed", "none")
+SCORINGS: tuple[str, ...] = ("path", "local")
+SIGNS: tuple[str, ...] = ("pos", "neg", "abs")
+
+#: Activation modules whose input is the place to read a chain layer's gradient.
+_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
+#: Floats per chunk of seeds in :meth:`Explorer.parents` (bounds its memory).
+_PARENT_CHUNK_FLOATS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a tree.
+
+    Attributes
+    ----------
+    unit : Unit
+        The channel (and, for a root, the position).
+    weight : float
+        Its signed contribution ``mean(A_c * G_c)`` to the node above (children), or the
+        node's contribution to this unit (parents).
+    path : Path
+        The path from the root to this node (for parents: ``(parent, unit)``, so that
+        re-rooting at the parent shows ``unit`` as its child).
+    sign : str
+        ``"pos"`` for an excitatory edge (weight >= 0), ``"neg"`` for an inhibitory one.
+    """
+
+    unit: Unit
+    weight: float
+    path: Path
+    sign: str
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict: unit and path as text.
+
+        Examples
+        --------
+        >>> Node(Unit("blocks.15", 3), 0.5, (Unit("logits", 1), Unit("blocks.15", 3)), "pos").to_dict()
+        {'unit': 'blocks.15:3', 'weight': 0.5, 'path': 'logits:1/blocks.15:3', 'sign': 'pos'}
+        """
+        return {
+            "unit": str(self.unit),
+            "weight": self.weight,
+            "path": format_path(self.path),
+            "sign": self.sign,
+        }
+
+
+def _choice(value: str, allowed: Sequence[str], what: str) -> str:
+    if value not in allowed:
+        raise CnnscopeError(f"unknown {what} {value!r}: choose one of {', '.join(allowed)}")
+    return value
+
+
+class Explorer:
+    """Path-conditioned neuron trees of a model on single images.
+
+    Parameters
+    ----------
+    model : LoadedModel
+        The model (see :func:`cnnscope.models.load_model`).
+    chain : list of str, optional
+        Layers of the tree, top first; ``model.default_chain`` by default. The model's
+        logits layer is called ``logits``. Names are validated and put in execution order.
+    cache_bytes : int
+        Memory bound of the cached node seeds per image.
+
+    Examples
+    --------
+    >>> from cnnscope.models import load_model
+    >>> from cnnscope.images import load_gallery_image
+    >>> ex = Explorer(load_model())
+    >>> x = ex.input(load_gallery_image("chelsea"))
+    >>> root = parse_path("logits:285")
+    >>> [n.unit.layer for n in ex.children(x, root, k=2)]
+    ['head_act', 'head_act']
+    """
+
+    def __init__(self, model, chain: Sequence[str] | None = None, *, cache_bytes: int = 64 << 20):
+        self.model = model
+        self.engine = Engine.for_module(model.module)
+        self.input_size = tuple(model.preprocess_config.input_size)
+        self.cache_bytes = cache_bytes
+        infos = self.engine.layers(self.input_size)
+        self._order = {info.name: i for i, info in enumerate(infos)}
+        self._shape = {info.name: info.shape for info in infos}
+        self._modules = dict(model.module.named_modules())
+        names = list(chain) if chain else list(model.default_chain)
+        if not names:
+            raise CnnscopeError("empty layer chain: give at least one layer")
+        resolved = []
+        for name in names:
+            layer = self.canonical(name)
+            if layer == INPUT:
+                raise CnnscopeError("the input cannot be a layer of the chain")
+            if layer not in resolved:
+                resolved.append(layer)
+        resolved.sort(key=lambda n: -self._order[n])
+        self.chain: list[str] = resolved
+        self._grad_at: dict[str, str] = {}
+        self._seeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ names
+    def canonical(self, layer: str) -> str:
+        """The canonical name of ``layer`` (the model's logits layer is ``logits``).
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> Explorer(load_model()).canonical("classifier")
+        'logits'
+        """
+        if layer == LOGITS or (self.model.logits_layer and layer == self.model.logits_layer):
+            return LOGITS
+        name = self.engine.resolve(layer, self.input_size)
+        return LOGITS if name == self.model.logits_layer else name
+
+    def below(self, layer: str) -> str | None:
+        """The next lower chain layer under ``layer``, or None at the bottom."""
+        order = self._order[self.canonical(layer)]
+        return next((n for n in self.chain if self._order[n] < order), None)
+
+    def above(self, layer: str) -> str | None:
+        """The next higher chain layer over ``layer``, or None at the top."""
+        order = self._order[self.canonical(layer)]
+        return next((n for n in reversed(self.chain) if self._order[n] > order), None)
+
+    def check_path(self, path: Path | str) -> Path:
+        """Validate ``path`` (or its text) against the model and the chain.
+
+        Returns the path with canonical layer names. Raises ``UnitSpecError`` (bad unit,
+        channel or position, or a node not in the next chain layer) or
+        ``UnknownLayerError``.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> Explorer(load_model()).check_path("classifier:285")
+        (Unit(layer='logits', channel=285, pos=None),)
+        """
+        if isinstance(path, str):
+            path = parse_path(path)
+        if not path or not all(isinstance(u, Unit) for u in path):
+            raise UnitSpecError("a tree path is a non-empty sequence of units")
+        out = []
+        for i, unit in enumerate(path):
+            layer = self.canonical(unit.layer)
+            if layer == INPUT:
+                raise UnitSpecError("the input has no units to explore")
+            if i:
+                expected = self.below(out[-1].layer)
+                if layer != expected:
+                    raise UnitSpecError(
+                        f"bad tree path {format_path(tuple(path))!r}: after {out[-1].layer} "
+                        f"comes {expected or 'nothing (bottom of the chain)'}, not {layer}"
+                    )
+                if unit.pos is not None:
+                    raise UnitSpecError("only the root of a tree path may carry a position")
+            shape = self._shape[layer]
+            if not shape or unit.channel >= shape[0]:
+                n = shape[0] if shape else 0
+                raise UnitSpecError(f"channel {unit.channel} out of range for {layer} (0-{n - 1})")
+            if unit.pos is not None:
+                if len(shape) != 3:
+                    raise UnitSpecError(f"{layer} has no spatial positions (@Y,X)")
+                y, x = unit.pos
+                if not (0 <= y < shape[1] and 0 <= x < shape[2]):
+                    raise UnitSpecError(
+                        f"position {y},{x} out of range for {layer} ({shape[1]}x{shape[2]})"
+                    )
+            out.append(Unit(layer, unit.channel, unit.pos))
+        return tuple(out)
+
+    # ------------------------------------------------------------------ image
+    def input(self, image: Image.Image) -> torch.Tensor:
+        """The model input (1 x 3 x H x W) for a PIL image."""
+        return self.model.preprocess(image)
+
+    def forward(self, x: torch.Tensor) -> Forward:
+        """The engine's recorded (cached) forward of the single image ``x``."""
+        if isinstance(x, torch.Tensor) and x.dim() == 3:
+            x = x.unsqueeze(0)
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[0] != 1:
+            raise CnnscopeError("the explorer takes one image: a 1 x C x H x W tensor")
+        if tuple(x.shape[-2:]) != self.input_size:
+            raise CnnscopeError(
+                f"input size {tuple(x.shape[-2:])} differs from the model's {self.input_size}"
+            )
+        return self.engine.forward(x)
+
+    def predictions(self, x: torch.Tensor, k: int = 5) -> list[dict]:
+        """The top-``k`` classes: ``[{index, label, probability}]``.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> ex.predictions(ex.input(load_gallery_image("chelsea")), k=1)[0]["index"]
+        285
+        """
+        logits = self.forward(x).activation(LOGITS).reshape(-1).float()
+        probs = torch.softmax(logits, 0)
+        values, idx = probs.topk(max(1, min(int(k), probs.numel())))
+        return [
+            {"index": int(i), "label": self.model.label(int(i)), "probability": float(v)}
+            for v, i in zip(values, idx)
+        ]
+
+    def overview(self, x: torch.Tensor, per_layer: int = 8) -> list[dict]:
+        """The top units of each chain layer by spatial-max activation.
+
+        Returns ``[{"layer": name, "units": [{"unit": "LAYER:C", "score": float}]}]``,
+        top layer first.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> ov = ex.overview(ex.input(load_gallery_image("chelsea")), per_layer=2)
+        >>> ov[0]["units"][0]["unit"]
+        'logits:285'
+        """
+        fwd = self.forward(x)
+        out = []
+        for layer in self.chain:
+            act = fwd.activation(layer)[0]
+            scores = act.reshape(act.shape[0], -1).amax(1).double()
+            pre = fwd.activation(self.grad_layer(fwd, layer))[0]
+            tie = pre.reshape(pre.shape[0], -1).amax(1).double()
+            # ReLU6 units tie at 6: break ties by the pre-activation maximum
+            order = torch.from_numpy(np.lexsort((-tie.cpu().numpy(), -scores.cpu().numpy())))
+            top = order[: max(1, min(int(per_layer), len(order)))].tolist()
+            units = [{"unit": str(Unit(layer, c)), "score": float(scores[c])} for c in top]
+            out.append({"layer": layer, "units": units})
+        return out
+
+    # ------------------------------------------------------------------ gradients
+    def grad_layer(self, fwd: Forward, layer: str) -> str:
+        """Where a chain layer's gradient is read: after its own ReLU rule if it has one.
+
+        For an activation module (ReLU, ReLU6, ...) whose input is the layer recorded just
+        before it, that input (its pre-activation); otherwise the layer itself (e.g. a
+        block output, which ends with a linear projection).
+        """
+        if layer in self._grad_at:
+            return self._grad_at[layer]
+        at = layer
+        module = self._modules.get(split_call(layer)[0])
+        names = fwd.layers
+        if isinstance(module, _ACTIVATIONS) and layer in names and names.index(layer) > 0:
+            prev = names[names.index(layer) - 1]
+            pre, post = fwd.activation(prev), fwd.activation(layer)
+            if prev != INPUT and pre.shape == post.shape:
+                with torch.no_grad():
+                    again = module(pre.clone())
+                tol = 1e-5 * (1.0 + float(post.abs().max()))
+                if torch.allclose(again, post, atol=tol, rtol=0):
+                    at = prev
+        log.debug("gradient of chain layer %s read at %s", layer, at)
+        self._grad_at[layer] = at
+        return at
+
+    def _root_seed(self, fwd: Forward, unit: Unit) -> tuple[str, torch.Tensor]:
+        """A unit seeded alone: 1 at its position (default: its maximum), or its logit.
+
+        For an activation layer the seed goes in just below the activation, at the
+        maximum of the pre-activation: a ReLU6 unit saturated at its maximum would
+        otherwise pass no gradient at all.
+        """
+        at = self.grad_layer(fwd, unit.layer)
+        pre = fwd.activation(at)
+        seed = torch.zeros_like(pre)
+        if pre.dim() == 2:
+            seed[0, unit.channel] = 1.0
+            return at, seed
+        if unit.pos is not None and pre.dim() == 4:
+            index = unit.pos[0] * pre.shape[3] + unit.pos[1]
+        else:
+            index = int(pre[0, unit.channel].reshape(-1).argmax())
+        seed[0, unit.channel].view(-1)[index] = 1.0
+        return at, seed
+
+    def position(self, x: torch.Tensor, unit: Unit | str) -> tuple[int, int] | None:
+        """Where a unit is seeded as a root: its given position or its maximum (None for FC).
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> ex.position(ex.input(load_gallery_image("chelsea")), "blocks.15:3")
+        (3, 4)
+        """
+        (unit,) = self.check_path((Unit.parse(unit) if isinstance(unit, str) else unit,))
+        if unit.pos is not None:
+            return unit.pos
+        at, seed = self._root_seed(self.forward(x), unit)
+        if seed.dim() != 4:
+            return None
+        index = int(seed[0, unit.channel].reshape(-1).argmax())
+        return divmod(index, seed.shape[3])
+
+    def _gain(self, grad: torch.Tensor, channel: int, gain: str) -> float:
+        if gain == "none":
+            return 1.0
+        if gain == "fixed":
+            return float(grad.shape[1])  # one kept channel of C: a per-layer constant
+        kept = float(grad[:, channel].abs().sum())
+        return float(grad.abs().sum()) / kept if kept > 0 else 0.0
+
+    def _keep(self, grad: torch.Tensor, channel: int, gain: str) -> torch.Tensor:
+        seed = torch.zeros_like(grad)
+        seed[:, channel] = grad[:, channel] * self._gain(grad, channel, gain)
+        return seed
+
+    def _enter(
+        self, fwd: Forward, layer: str, seed: torch.Tensor, rule: str
+    ) -> tuple[str, torch.Tensor]:
+        """Move a node's kept gradient below the node's own activation, if it has one.
+
+        The activation is crossed under ``rule`` as a ReLU (slope 1 wherever the unit is
+        on, clipped at the top or not): a node is shown as what drives it, also where a
+        ReLU6 saturates, as with the seed's plain ReLUs.
+        """
+        at = self.grad_layer(fwd, layer)
+        if at == layer:
+            return layer, seed
+        module = self._modules[split_call(layer)[0]]
+        low = float(getattr(module, "min_val", 0.0))
+        leak = float(getattr(module, "negative_slope", 0.0))
+        pre = fwd.activation(at)
+        slope = (pre > low).to(seed.dtype)
+        if leak:
+            slope = torch.where(pre > low, slope, torch.full_like(slope, leak))
+        return at, apply_rule(rule, seed * slope, seed, leak)
+
+    def _cache(self, fwd: Forward) -> OrderedDict:
+        with self._lock:
+            cache = self._seeds.get(fwd)
+            if cache is None:
+                cache = self._seeds[fwd] = OrderedDict()
+            return cache
+
+    def _put(self, fwd: Forward, key, value: tuple[str, torch.Tensor]) -> None:
+        with self._lock:
+            cache = self._cache(fwd)
+            cache[key] = value
+            cache.move_to_end(key)
+            total = sum(v[1].numel() * v[1].element_size() for v in cache.values())
+            while len(cache) > 1 and total > self.cache_bytes:
+                _, old = cache.popitem(last=False)
+                total -= old[1].numel() * old[1].element_size()
+
+    def _seed(self, fwd: Forward, path: Path, rule: str, gain: str) -> tuple[str, torch.Tensor]:
+        """The path's gradient seed: (layer, tensor) at its last node, cached."""
+        key = (path, rule, gain)
+        with self._lock:
+            cache = self._cache(fwd)
+            if key in cache:
+                cache.move_to_end(key)
+                return cache[key]
+        if len(path) == 1:
+            value = self._root_seed(fwd, path[0])
+        else:
+            at, seed = self._seed(fwd, path[:-1], rule, gain)
+            node = path[-1]
+            grad = fwd.grad(at, seed, to=node.layer, rule=rule)
+            value = self._enter(fwd, node.layer, self._keep(grad, node.channel, gain), rule)
+        self._put(fwd, key, value)
+        return value
+
+    def node_seed(
+        self, fwd: Forward, path: Path, rule: str, gain: str = "auto", scoring: str = "path"
+    ) -> tuple[str, torch.Tensor]:
+        """The gradient seed ``(layer, tensor)`` of the last node of a checked ``path``."""
+        if scoring == "local":
+            return self._root_seed(fwd, Unit(path[-1].layer, path[-1].channel, path[-1].pos))
+        return self._seed(fwd, path, rule, gain)
+
+    # ------------------------------------------------------------------ tree
+    def children(
+        self,
+        x: torch.Tensor,
+        path: Path | str,
+        k: int = 5,
+        rule: str = "guided",
+        scoring: str = "path",
+        gain: str = "auto",
+        sign: str = "pos",
+    ) -> list[Node]:
+        """The top-``k`` children of the last node of ``path`` in the next chain layer.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            The image (1 x 3 x H x W).
+        path : Path or str
+            Root first.
+        k : int
+            How many children.
+        rule : {"gradient", "deconvnet", "guided", "guided_neg"}
+            Backward rule of every ReLU on the way.
+        scoring : {"path", "local"}
+            ``path``: the gradient conditioned on the whole path (seed cnn_treevis);
+            ``local``: the node seeded alone at its maximum.
+        gain : {"auto", "fixed", "none"}
+            Rescaling of each kept channel: the whole layer's L1 mass, the layer's
+            channel count, or 1. It changes the weights' scale, never their order.
+        sign : {"pos", "neg", "abs"}
+            ``pos``: the largest positive ``mean(A_c G_c)`` (excitatory children: what
+            seed cnn_treevis's ``|.|`` selects under guided backprop, where no
+            contribution is negative); ``neg``: the most negative ``mean(A_c G_c)``
+            under the true gradient (inhibitory children); ``abs``: the largest
+            ``|mean(A_c G_c)|`` of either sign (the seed's formula taken literally).
+
+        Returns
+        -------
+        list of Node
+            Best first; empty at the bottom of the chain.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> kids = ex.children(x, "logits:285", k=3)
+        >>> len(kids), kids[0].path[0]
+        (3, Unit(layer='logits', channel=285, pos=None))
+        """
+        check_rule(rule)
+        _choice(scoring, SCORINGS, "scoring")
+        _choice(gain, GAINS, "gain")
+        _choice(sign, SIGNS, "sign")
+        if int(k) < 1:
+            raise CnnscopeError(f"k must be at least 1, not {k}")
+        path = self.check_path(path)
+        lower = self.below(path[-1].layer)
+        if lower is None:
+            return []
+        fwd = self.forward(x)
+        rule = "gradient" if sign == "neg" else rule
+        at, seed = self.node_seed(fwd, path, rule, gain, scoring)
+        grad = fwd.grad(at, seed, to=lower, rule=rule)
+        act = fwd.activation(lower)
+        channels = act.shape[1]
+        contrib = (act * grad).reshape(channels, -1).mean(1).double()
+        if sign == "abs":
+            order = torch.argsort(contrib.abs(), descending=True, stable=True)
+        elif sign == "pos":
+            order = torch.argsort(contrib, descending=True, stable=True)
+            order = order[contrib[order] > 0]
+        else:
+            order = torch.argsort(contrib, stable=True)
+            order = order[contrib[order] < 0]
+        nodes = []
+        for c in order[: int(k)].tolist():
+            child = path + (Unit(lower, c),)
+            if scoring == "path":
+                entered = self._enter(fwd, lower, self._keep(grad, c, gain), rule)
+                self._put(fwd, (child, rule, gain), entered)
+            w = float(contrib[c])
+            nodes.append(Node(Unit(lower, c), w, child, "pos" if w >= 0 else "neg"))
+        return nodes
+
+    def input_gradients(
+        self,
+        x: torch.Tensor,
+        paths: Sequence[Path | str],
+        rule: str = "guided",
+        gain: str = "auto",
+        scoring: str = "path",
+    ) -> torch.Tensor:
+        """The input gradients (n x 3 x H x W) of ``paths``: one batched backward per seed layer.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> ex.input_gradients(x, ["logits:285", "logits:281"]).shape
+        torch.Size([2, 3, 224, 224])
+        """
+        check_rule(rule)
+        _choice(gain, GAINS, "gain")
+        _choice(scoring, SCORINGS, "scoring")
+        checked = [self.check_path(p) for p in paths]
+        if not checked:
+            return torch.zeros(0, 3, *self.input_size)
+        fwd = self.forward(x)
+        seeds = [self.node_seed(fwd, p, rule, gain, scoring) for p in checked]
+        out: list[torch.Tensor | None] = [None] * len(seeds)
+        groups: dict[str, list[int]] = {}
+        for i, (at, _) in enumerate(seeds):
+            groups.setdefault(at, []).append(i)
+        for at, idx in groups.items():
+            stacked = torch.stack([seeds[i][1] for i in idx])
+            grads = fwd.grad(at, stacked, to=INPUT, rule=rule, batched=True)
+            for j, i in enumerate(idx):
+                out[i] = grads[j, 0]
+        return torch.stack(out).detach().cpu()
+
+    def reconstructions(
+        self,
+        x: torch.Tensor,
+        paths: Sequence[Path | str],
+        rule: str = "guided",
+        gain: str = "auto",
+        scoring: str = "path",
+    ) -> list[np.ndarray]:
+        """Reconstructions (H x W x 3 uint8) of ``paths``, batched.
+
+        Each is the path's gradient at the input, each map scaled by its own percentile
+        (see :func:`cnnscope.render.gradient_image`), so deep paths neither saturate nor
+        vanish.
+        """
+        grads = self.input_gradients(x, paths, rule, gain, scoring)
+        return [render_gradient(g) for g in grads]
+
+    def reconstruction(
+        self,
+        x: torch.Tensor,
+        path: Path | str,
+        rule: str = "guided",
+        gain: str = "auto",
+        scoring: str = "path",
+    ) -> np.ndarray:
+        """The reconstruction (H x W x 3 uint8) of one path.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> ex.reconstruction(ex.input(load_gallery_image("chelsea")), "logits:285").shape
+        (224, 224, 3)
+        """
+        return self.reconstructions(x, [path], rule, gain, scoring)[0]
+
+    def faithfulness(
+        self,
+        x: torch.Tensor,
+        path: Path | str,
+        children: Sequence[Unit | str],
+        draws: int = 8,
+        seed: int = 0,
+        rule: str = "guided",
+        scoring: str = "path",
+    ) -> dict:
+        """How much zeroing ``children`` lowers the last node of ``path``, vs random channels.
+
+        ``children`` (channels of the next chain layer) are set to zero at their layer;
+        in ``draws`` other rows of the same batched forward, as many random other
+        channels of that layer are. Two readings of the node are compared:
+
+        - ``max``: its activation at its position (root) or spatial maximum, or its
+          logit (for an activation layer, the pre-activation there);
+        - ``path``: the quantity its children were scored for: the sum of its
+          activation (pre-activation) times its path-conditioned seed. For a root, or
+          with ``scoring="local"``, it is the ``max`` reading.
+
+        Returns
+        -------
+        dict
+            For the reading that matches ``scoring``: ``drop``, the relative drop
+            ``(a - a_zeroed) / |a|`` when zeroing the children; ``random_drop`` and
+            ``random_std``, the mean and standard deviation of the drop over the random
+            draws; ``value``, ``a``. Also ``target`` (``path`` or ``max``), ``max`` (the
+            same four numbers for the ``max`` reading), ``draws`` and ``layer``.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> kids = [n.unit for n in ex.children(x, "logits:285", k=5)]
+        >>> f = ex.faithfulness(x, "logits:285", kids)
+        >>> f["drop"] > f["random_drop"] + 3 * f["random_std"]
+        True
+        """
+        check_rule(rule)
+        _choice(scoring, SCORINGS, "scoring")
+        path = self.check_path(path)
+        parent = path[-1]
+        lower = self.below(parent.layer)
+        if lower is None:
+            raise UnitSpecError(f"{parent} is at the bottom of the chain: it has no children")
+        units = [Unit.parse(u.replace("~", "#")) if isinstance(u, str) else u for u in children]
+        if not units:
+            raise UnitSpecError("faithfulness needs at least one child")
+        chans = []
+        for u in units:
+            if self.canonical(u.layer) != lower:
+                raise UnitSpecError(f"child {u} is not in {lower}, the layer below {parent}")
+            if not 0 <= u.channel < self._shape[lower][0]:
+                raise UnitSpecError(f"channel {u.channel} out of range for {lower}")
+            chans.append(u.channel)
+        chans = sorted(set(chans))
+        draws = max(1, min(int(draws), 256))
+        fwd = self.forward(x)
+        n_chan = self._shape[lower][0]
+        others = np.setdiff1d(np.arange(n_chan), chans)
+        pool = others if len(others) >= len(chans) else np.arange(n_chan)
+        rng = np.random.default_rng(seed)
+        mask = torch.ones(draws + 2, n_chan)
+        mask[1, chans] = 0.0
+        for d in range(draws):
+            mask[d + 2, rng.choice(pool, len(chans), replace=False)] = 0.0
+
+        def zero(t: torch.Tensor) -> torch.Tensor:
+            return t * mask.to(t).view(mask.shape[0], n_chan, *([1] * (t.dim() - 2)))
+
+        batch = fwd.input.detach().repeat(draws + 2, *([1] * (fwd.input.dim() - 1)))
+        at, root = self._root_seed(fwd, parent)
+        out = self.engine.intervene(batch, {lower: zero}, read=[at])[at].double().cpu()
+        rows = out.shape[0]
+        at_max = (out * root.double().cpu()).reshape(rows, -1).sum(1)
+        result = {"max": _drops(at_max), "draws": draws, "layer": lower}
+        if scoring == "path" and len(path) > 1:
+            _, own = self.node_seed(fwd, path, rule, "none", "path")
+            along = (out * own.double().cpu()).reshape(rows, -1).sum(1)
+            result.update(_drops(along), target="path")
+        else:
+            result.update(result["max"], target="max")
+        return result
+
+    def parents(
+        self, x: torch.Tensor, unit: Unit | str, k: int = 5, rule: str = "guided"
+    ) -> list[Node]:
+        """Drill up: the units of the chain layer above that ``unit`` feeds most.
+
+        Each channel ``p`` of the layer above is seeded alone at its maximum (its logit);
+        ``unit``'s weight for it is ``mean(A_u * G_u)``, as it would be as ``p``'s child
+        under local scoring. The top ``k`` by magnitude are returned; each node's path is
+        ``(parent, unit)``. All seeds go through batched backwards in memory-bounded chunks.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> ex.parents(x, "head_act:0", k=1)[0].unit.layer
+        'logits'
+        """
+        check_rule(rule)
+        if isinstance(unit, str):
+            unit = Unit.parse(unit.replace("~", "#"))
+        (unit,) = self.check_path((unit,))
+        upper = self.above(unit.layer)
+        if upper is None:
+            return []
+        fwd = self.forward(x)
+        act_u = fwd.activation(unit.layer)[0, unit.channel].reshape(1, -1)
+        at = self.grad_layer(fwd, upper)
+        pre = fwd.activation(at)
+        n_par = pre.shape[1]
+        per = max(1, _PARENT_CHUNK_FLOATS // max(pre.numel(), fwd.activation(unit.layer).numel()))
+        weights = torch.zeros(n_par, dtype=torch.float64)
+        flat = pre[0].reshape(n_par, -1)
+        best = flat.argmax(1)
+        for start in range(0, n_par, per):
+            idx = torch.arange(start, min(n_par, start + per))
+            seeds = torch.zeros(len(idx), n_par, flat.shape[1], dtype=pre.dtype, device=pre.device)
+            seeds[torch.arange(len(idx)), idx, best[idx]] = 1.0
+            seeds = seeds.view(len(idx), *pre.shape)
+            grads = fwd.grad(at, seeds, to=unit.layer, rule=rule, batched=True)
+            g = grads[:, 0, unit.channel].reshape(len(idx), -1)
+            weights[idx] = (g * act_u).mean(1).double().cpu()
+        order = torch.argsort(weights.abs(), descending=True, stable=True)[: max(1, int(k))]
+        child = Unit(unit.layer, unit.channel)
+        nodes = []
+        for p in order.tolist():
+            w = float(weights[p])
+            parent = Unit(upper, p)
+            nodes.append(Node(parent, w, (parent, child), "pos" if w >= 0 else "neg"))
+        return nodes
+
+
+def _drops(values: torch.Tensor) -> dict:
+    """Relative drops of rows 1.. (children, then random draws) against row 0 (clean)."""
+    clean = float(values[0])
+    scale = abs(clean) if abs(clean) > 1e-12 else 1.0
+    drops = (clean - values[1:]) / scale
+    rand = drops[1:]
+    return {
+        "drop": float(drops[0]),
+        "random_drop": float(rand.mean()),
+        "random_std": float(rand.std(unbiased=False)),
+        "value": clean,
+    }
+
+
+def render_gradient(grad: torch.Tensor) -> np.ndarray:
+    """An input gradient (3 x H x W) as the tree's picture (H x W x 3 uint8)."""
+    return gradient_image(grad)

@@ -1,0 +1,254 @@
+"""A neuron tree as one self-contained HTML file: images inlined, no server, no network."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from ..engine import Unit
+from ..errors import CnnscopeError
+from ..render import png_bytes
+from .explorer import Explorer, Node
+from .paths import Path, format_path
+
+log = logging.getLogger(__name__)
+
+#: Most nodes an export may hold (a bigger tree is unreadable and slow).
+MAX_NODES = 1500
+
+
+@dataclass
+class TreeNode:
+    """A node of an exported tree, with its picture and its children."""
+
+    unit: Unit
+    path: Path
+    weight: float | None
+    sign: str
+    picture: np.ndarray | None = None
+    children: list[TreeNode] = field(default_factory=list)
+    faithfulness: dict | None = None
+
+
+def build_tree(
+    explorer: Explorer,
+    x: torch.Tensor,
+    root: Path,
+    depth: int,
+    k: int,
+    rule: str = "guided",
+    gain: str = "auto",
+    scoring: str = "path",
+    sign: str = "pos",
+    faithfulness: bool = True,
+    progress: bool = False,
+    draws: int = 8,
+) -> TreeNode:
+    """Expand ``root`` ``depth`` levels down, ``k`` children per node, with pictures.
+
+    Each level costs one backward per expanded node (its children) and one batched
+    backward for all the level's reconstructions.
+
+    Examples
+    --------
+    >>> from cnnscope.models import load_model
+    >>> from cnnscope.images import load_gallery_image
+    >>> ex = Explorer(load_model())
+    >>> x = ex.input(load_gallery_image("chelsea"))
+    >>> tree = build_tree(ex, x, ex.check_path("logits:285"), depth=1, k=2, faithfulness=False)
+    >>> len(tree.children)
+    2
+    """
+    if depth < 0:
+        raise CnnscopeError(f"depth must be >= 0, not {depth}")
+    if k < 1:
+        raise CnnscopeError(f"k must be >= 1, not {k}")
+    total = sum(k**d for d in range(depth + 1))
+    if total > MAX_NODES:
+        raise CnnscopeError(
+            f"a tree of depth {depth} with k={k} has up to {total} nodes (limit {MAX_NODES}): "
+            "lower --depth or --k"
+        )
+    top = TreeNode(root[-1], root, None, "pos")
+    level = [top]
+    pictures_of = [top]
+    bar = tqdm(total=total, desc="tree", unit="node", disable=not progress)
+    for d in range(depth + 1):
+        # one batched backward for the whole level's reconstructions
+        pics = explorer.reconstructions(x, [n.path for n in pictures_of], rule, gain, scoring)
+        for node, pic in zip(pictures_of, pics):
+            node.picture = pic
+        bar.update(len(pictures_of))
+        if d == depth:
+            break
+        nxt = []
+        for node in level:
+            kids: list[Node] = explorer.children(x, node.path, k, rule, scoring, gain, sign)
+            node.children = [TreeNode(c.unit, c.path, c.weight, c.sign) for c in kids]
+            if faithfulness and kids:
+                node.faithfulness = explorer.faithfulness(
+                    x, node.path, [c.unit for c in kids], draws, rule=rule, scoring=scoring
+                )
+            nxt.extend(node.children)
+        level = pictures_of = nxt
+        if not level:
+            break
+    bar.close()
+    return top
+
+
+def _data_uri(picture: np.ndarray, fmt: str = "jpeg") -> str:
+    """``picture`` (H x W x 3 uint8) as a data: URI (JPEG keeps a deep tree small)."""
+    if fmt == "png":
+        data = png_bytes(picture)
+    else:
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(picture, dtype=np.uint8)).save(buf, "JPEG", quality=88)
+        data = buf.getvalue()
+    return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:+.0f}%"
+
+
+def _node_html(node: TreeNode, depth: int) -> str:
+    esc = html.escape
+    label = esc(str(node.unit))
+    weight = "" if node.weight is None else f'<span class="w">w={node.weight:.3g}</span>'
+    title = esc(format_path(node.path))
+    kind = "neg" if node.sign == "neg" else "pos"
+    pic = (
+        f'<img src="{_data_uri(node.picture)}" alt="{label}" title="{title}">'
+        if node.picture is not None
+        else ""
+    )
+    box = (
+        f'<div class="node {kind}" data-path="{title}" tabindex="0">'
+        f'<div class="head"><span class="u">{label}</span>{weight}</div>{pic}</div>'
+    )
+    if not node.children:
+        return f'<li class="leaf">{box}</li>'
+    edge = ""
+    f = node.faithfulness
+    if f:
+        edge = (
+            f'<div class="faith" title="relative drop of this node when its children are '
+            f'zeroed, vs as many random channels ({f["draws"]} draws)">zero these: '
+            f"<b>{_pct(-f['drop'])}</b> · random {_pct(-f['random_drop'])}"
+            f" ± {100 * f['random_std']:.0f}%</div>"
+        )
+    kids = "".join(_node_html(c, depth + 1) for c in node.children)
+    return f'<li>{box}<div class="kids">{edge}<ul>{kids}</ul></div></li>'
+
+
+_CSS = """
+:root { --bg:#fafaf7; --fg:#222; --muted:#777; --pos:#2e7d32; --neg:#c62828; --line:#b9b9b0; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 13px/1.4 system-ui, sans-serif; background: var(--bg); color: var(--fg); }
+header { display: flex; gap: 16px; align-items: flex-start; padding: 12px 16px;
+  border-bottom: 1px solid #ddd; background: #fff; position: sticky; left: 0; }
+header img { width: 112px; height: 112px; border-radius: 4px; }
+header h1 { font-size: 16px; margin: 0 0 4px; }
+header table { border-collapse: collapse; }
+header td { padding: 0 8px 0 0; }
+.muted { color: var(--muted); }
+main { padding: 16px; overflow: auto; }
+ul { list-style: none; margin: 0; padding: 0; }
+.tree li { display: flex; align-items: center; position: relative; padding: 4px 0 4px 24px; }
+.tree > li { padding-left: 0; }
+.tree ul > li::before { content: ""; position: absolute; left: 0; top: 50%; width: 24px;
+  border-top: 1px solid var(--line); }
+.tree ul > li::after { content: ""; position: absolute; left: 0; top: 0; bottom: 0;
+  border-left: 1px solid var(--line); }
+.tree ul > li:first-child::after { top: 50%; }
+.tree ul > li:last-child::after { bottom: 50%; }
+.tree ul > li:only-child::after { display: none; }
+.kids { display: flex; flex-direction: column; padding-left: 24px; position: relative; }
+.kids::before { content: ""; position: absolute; left: 0; top: 50%; width: 24px;
+  border-top: 1px solid var(--line); }
+.faith { font-size: 11px; color: var(--muted); margin: 0 0 2px 24px; }
+.faith b { color: var(--fg); }
+.node { background: #fff; border: 2px solid var(--pos); border-radius: 6px; padding: 4px;
+  width: 168px; cursor: pointer; position: relative; z-index: 1; transition: transform .15s; }
+.node.neg { border-color: var(--neg); border-style: dashed; }
+.node img { width: 156px; height: 156px; display: block; image-rendering: auto; }
+.node:hover { transform: scale(1.9); z-index: 10; box-shadow: 0 4px 16px rgba(0,0,0,.25); }
+.head { display: flex; justify-content: space-between; gap: 4px; font-size: 11px;
+  white-space: nowrap; overflow: hidden; }
+.u { font-weight: 600; overflow: hidden; text-overflow: ellipsis; }
+.w { color: var(--muted); }
+li.collapsed > .kids { display: none; }
+li.collapsed > .node { box-shadow: 4px 4px 0 #ccc; }
+.legend span { display: inline-block; width: 12px; height: 12px; margin: 0 4px -2px 8px;
+  border: 2px solid var(--pos); }
+.legend span.neg { border: 2px dashed var(--neg); }
+"""
+
+_JS = """
+document.querySelectorAll('.tree li').forEach(function (li) {
+  var node = li.querySelector(':scope > .node');
+  if (!li.querySelector(':scope > .kids')) return;
+  function toggle() { li.classList.toggle('collapsed'); }
+  node.addEventListener('click', toggle);
+  node.addEventListener('keydown', function (e) { if (e.key === 'Enter') toggle(); });
+});
+"""
+
+
+def tree_html(
+    tree: TreeNode,
+    image: np.ndarray,
+    predictions: list[dict],
+    settings: dict,
+    title: str = "cnnscope neuron tree",
+) -> str:
+    """The whole page: header (image, predictions, settings) and the tree.
+
+    Examples
+    --------
+    >>> pic = np.zeros((8, 8, 3), np.uint8)
+    >>> node = TreeNode(Unit("logits", 1), (Unit("logits", 1),), None, "pos", pic)
+    >>> page = tree_html(node, pic, [], {"rule": "guided"})
+    >>> page.count('class="node ')
+    1
+    """
+    esc = html.escape
+    preds = "".join(
+        f"<tr><td>{100 * p['probability']:.1f}%</td><td>{esc(str(p['label']))}</td>"
+        f"<td class=muted>{p['index']}</td></tr>"
+        for p in predictions
+    )
+    opts = " · ".join(f"{esc(str(k))}: <b>{esc(str(v))}</b>" for k, v in settings.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{esc(title)}</title><style>{_CSS}</style></head>
+<body>
+<header>
+<img src="{_data_uri(image)}" alt="input image">
+<div><h1>{esc(title)}</h1><div>{opts}</div>
+<div class="legend muted">click a node to fold it · hover to zoom ·
+<span></span>excitatory <span class="neg"></span>inhibitory</div>
+<p class="muted">Each picture is the gradient of the root, conditioned on the path to the
+node, at the input (grey = 0). Edge labels: how much the node drops when its children are
+zeroed, vs as many random channels.</p></div>
+<table>{preds}</table>
+</header>
+<main><ul class="tree">{_node_html(tree, 0)}</ul></main>
+<script>{_JS}</script>
+</body></html>
+"""
+
+
+def count_nodes(tree: TreeNode) -> int:
+    """Number of nodes in ``tree``."""
+    return 1 + sum(count_nodes(c) for c in tree.children)
