@@ -96,7 +96,7 @@ def test_readable_module_names(lite0):
         assert name in names
     assert "blocks.0.expand_conv" not in names
     assert set(lite0.default_chain) <= set(names)
-    assert lite0.default_chain[:3] == ["classifier", "head_act", "blocks.15"]
+    assert lite0.default_chain[:3] == ["classifier", "head_act", "blocks.15.expand_act"]
     assert lite0.logits_layer == "classifier"
 
 
