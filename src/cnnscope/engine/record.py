@@ -92,6 +92,19 @@ class Forward:
         self._order = {name: i for i, name in enumerate(acts)}
         self._state = state
         self._lock = threading.Lock()
+        self._rules_attached = False
+
+    def _use_rule(self, rule: str) -> None:
+        """Put ``rule`` in force; hook the graph's activations the first time one is needed.
+
+        The true gradient needs no hook, so a forward that is only ever differentiated
+        under ``gradient`` never pays for the walk of its graph.
+        """
+        check_rule(rule)
+        if rule != "gradient" and not self._rules_attached:
+            attach_rules(self._acts.values(), self._state)
+            self._rules_attached = True
+        self._state.rule = rule
 
     @property
     def layers(self) -> list[str]:
@@ -173,7 +186,7 @@ class Forward:
             )
         seed = seed.to(device=out.device, dtype=out.dtype)
         with self._lock:
-            self._state.rule = rule
+            self._use_rule(rule)
             grads = self._backward(out, inputs, seed, batched)
         result = tuple(
             torch.zeros(
@@ -233,7 +246,7 @@ class Forward:
         lowest = min((self.resolve(n) for n in seeds), key=self._order.__getitem__)
         inputs = [t if isinstance(t, torch.Tensor) else self._below(t, lowest) for t in targets]
         with self._lock:
-            self._state.rule = rule
+            self._use_rule(rule)
             grads = torch.autograd.grad(
                 outs, inputs, grads_out, retain_graph=True, allow_unused=True
             )
@@ -407,8 +420,6 @@ class Engine:
         with self._lock, torch.set_grad_enabled(grad):
             output = recorder.run(self.module, image)
         acts = recorder.named(image, output)
-        if grad:
-            attach_rules(acts.values(), state)
         return Forward(self, image, acts.get(LOGITS), acts, state), recorder.mutated()
 
     def intervene(
