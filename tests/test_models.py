@@ -234,3 +234,13 @@ def test_bad_override():
 
 def test_unknown_layer_error_is_not_quoted():
     assert str(UnknownLayerError("no layer 'x'")) == "no layer 'x'"
+
+
+@pytest.mark.parametrize("size", [(107, 107), (187, 187), (190, 191), (1, 1), (3000, 17)])
+def test_resize_crop_accepts_any_size(size):
+    from PIL import Image
+
+    from cnnscope.models import Preprocessing
+
+    pre = Preprocessing((224, 224), (0.5,) * 3, (0.5,) * 3, crop_fraction=1.0)
+    assert pre(Image.new("RGB", size, (10, 20, 30))).shape == (1, 3, 224, 224)

@@ -32,7 +32,7 @@ def test_default_chain_is_cut_of_expanded_activations(ex):
 def test_zeroing_top_children_drops_parent_more_than_random(ex, x):
     root = "logits:285"
     kids = ex.children(x, root, k=5)
-    f = ex.faithfulness(x, root, [n.unit for n in kids], draws=6)
+    f = ex.faithfulness(x, root, [n.unit for n in kids], draws=4)
     assert f["target"] == "max" and f["value"] == pytest.approx(
         float(ex.forward(x).activation("logits")[0, 285]), rel=1e-4
     )
@@ -40,14 +40,14 @@ def test_zeroing_top_children_drops_parent_more_than_random(ex, x):
     assert f["drop"] > 0.05
     # one level down, along the path
     kids2 = ex.children(x, kids[0].path, k=5)
-    f2 = ex.faithfulness(x, kids[0].path, [n.unit for n in kids2], draws=6)
+    f2 = ex.faithfulness(x, kids[0].path, [n.unit for n in kids2], draws=4)
     assert f2["target"] == "path"
     assert f2["drop"] > f2["random_drop"] + 3 * f2["random_std"]
     # the least contributing channels make a weak set: random does about as well
     everything = ex.children(x, root, k=1280, sign="abs")
     w = [n.weight for n in everything]
     tail = [n.unit for n in everything][-5:]
-    weak = ex.faithfulness(x, root, tail, draws=2)
+    weak = ex.faithfulness(x, root, tail, draws=1)
     assert abs(weak["drop"]) < f["drop"] / 10 and abs(w[-1]) < abs(w[0]) / 100
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -64,6 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CnnscopeError as err:
         sys.stderr.write(f"cnnscope {args.command}: error: {err}\n")
         return 2
+    except BrokenPipeError:  # e.g. `cnnscope examples ... | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("cnnscope: interrupted\n")
         return 130

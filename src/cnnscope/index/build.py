@@ -133,8 +133,9 @@ def default_layers(model) -> list[str]:
     Examples
     --------
     >>> from cnnscope.models import load_model
-    >>> default_layers(load_model())[:3]
-    ['stem_act', 'blocks.0', 'blocks.2']
+    >>> layers = default_layers(load_model())
+    >>> layers[0], layers[-1], "classifier" in layers
+    ('stem_act', 'head_act', False)
     """
     skip = {model.logits_layer, "logits"}
     return [name for name in reversed(model.default_chain) if name not in skip]

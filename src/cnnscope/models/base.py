@@ -101,8 +101,9 @@ class Preprocessing:
         iw, ih = image.size
         # Scale so that the image covers (h, w) / crop_fraction, keep the centre (h, w).
         scale = max(h / self.crop_fraction / ih, w / self.crop_fraction / iw)
-        bw, bh = w / scale, h / scale
-        left, top = (iw - bw) / 2, (ih - bh) / 2
+        # min/max: rounding must not put the crop box a hair outside the image
+        bw, bh = min(w / scale, iw), min(h / scale, ih)
+        left, top = max((iw - bw) / 2, 0.0), max((ih - bh) / 2, 0.0)
         return image.resize((w, h), Image.Resampling.BICUBIC, box=(left, top, left + bw, top + bh))
 
     def __call__(self, image: Image.Image) -> torch.Tensor:

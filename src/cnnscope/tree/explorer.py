@@ -343,7 +343,9 @@ class Explorer:
         >>> from cnnscope.images import load_gallery_image
         >>> ex = Explorer(load_model())
         >>> ex.position(ex.input(load_gallery_image("chelsea")), "blocks.15:3")
-        (3, 4)
+        (5, 1)
+        >>> ex.position(ex.input(load_gallery_image("chelsea")), "blocks.15:3@0,2")
+        (0, 2)
         """
         (unit,) = self.check_path((Unit.parse(unit) if isinstance(unit, str) else unit,))
         if unit.pos is not None:

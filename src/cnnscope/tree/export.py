@@ -120,10 +120,15 @@ def _pct(v: float) -> str:
     return f"{100 * v:+.0f}%"
 
 
-def _node_html(node: TreeNode, depth: int) -> str:
+def _breakable(label: str) -> str:
+    """An escaped unit name that may wrap after its dots and colon, never inside a number."""
+    return label.replace(".", ".<wbr>").replace(":", ":<wbr>")
+
+
+def _node_html(node: TreeNode) -> str:
     esc = html.escape
     label = esc(str(node.unit))
-    weight = "" if node.weight is None else f'<span class="w">w={node.weight:.3g}</span>'
+    weight = "root" if node.weight is None else f"w = {node.weight:.3g}"
     title = esc(format_path(node.path))
     kind = "neg" if node.sign == "neg" else "pos"
     pic = (
@@ -131,23 +136,23 @@ def _node_html(node: TreeNode, depth: int) -> str:
         if node.picture is not None
         else ""
     )
+    f = node.faithfulness
+    edge = ""
+    if f:
+        edge = (
+            f'<div class="faith" title="change of this node when its {len(node.children)} '
+            f"children are zeroed, vs as many random channels of their layer "
+            f'({f["draws"]} draws)">children zeroed: <b>{_pct(-f["drop"])}</b><br>'
+            f"random: {_pct(-f['random_drop'])} ± {100 * f['random_std']:.0f}%</div>"
+        )
     box = (
         f'<div class="node {kind}" data-path="{title}" tabindex="0">'
-        f'<div class="head"><span class="u">{label}</span>{weight}</div>{pic}</div>'
+        f'<div class="u">{_breakable(label)}</div><div class="w">{weight}</div>{pic}{edge}</div>'
     )
     if not node.children:
         return f'<li class="leaf">{box}</li>'
-    edge = ""
-    f = node.faithfulness
-    if f:
-        edge = (
-            f'<div class="faith" title="relative drop of this node when its children are '
-            f'zeroed, vs as many random channels ({f["draws"]} draws)">zero these: '
-            f"<b>{_pct(-f['drop'])}</b> · random {_pct(-f['random_drop'])}"
-            f" ± {100 * f['random_std']:.0f}%</div>"
-        )
-    kids = "".join(_node_html(c, depth + 1) for c in node.children)
-    return f'<li>{box}<div class="kids">{edge}<ul>{kids}</ul></div></li>'
+    kids = "".join(_node_html(c) for c in node.children)
+    return f'<li>{box}<div class="kids"><ul>{kids}</ul></div></li>'
 
 
 _CSS = """
@@ -175,17 +180,15 @@ ul { list-style: none; margin: 0; padding: 0; }
 .kids { display: flex; flex-direction: column; padding-left: 24px; position: relative; }
 .kids::before { content: ""; position: absolute; left: 0; top: 50%; width: 24px;
   border-top: 1px solid var(--line); }
-.faith { font-size: 11px; color: var(--muted); margin: 0 0 2px 24px; }
+.faith { font-size: 10.5px; color: var(--muted); margin-top: 3px; line-height: 1.25; }
 .faith b { color: var(--fg); }
 .node { background: #fff; border: 2px solid var(--pos); border-radius: 6px; padding: 4px;
   width: 168px; cursor: pointer; position: relative; z-index: 1; transition: transform .15s; }
 .node.neg { border-color: var(--neg); border-style: dashed; }
 .node img { width: 156px; height: 156px; display: block; image-rendering: auto; }
 .node:hover { transform: scale(1.9); z-index: 10; box-shadow: 0 4px 16px rgba(0,0,0,.25); }
-.head { display: flex; justify-content: space-between; gap: 4px; font-size: 11px;
-  white-space: nowrap; overflow: hidden; }
-.u { font-weight: 600; overflow: hidden; text-overflow: ellipsis; }
-.w { color: var(--muted); }
+.u { font-weight: 600; font-size: 11px; line-height: 1.2; }
+.w { color: var(--muted); font-size: 10.5px; margin-bottom: 2px; }
 li.collapsed > .kids { display: none; }
 li.collapsed > .node { box-shadow: 4px 4px 0 #ccc; }
 .legend span { display: inline-block; width: 12px; height: 12px; margin: 0 4px -2px 8px;
@@ -239,11 +242,12 @@ def tree_html(
 <div class="legend muted">click a node to fold it · hover to zoom ·
 <span></span>excitatory <span class="neg"></span>inhibitory</div>
 <p class="muted">Each picture is the gradient of the root, conditioned on the path to the
-node, at the input (grey = 0). Edge labels: how much the node drops when its children are
-zeroed, vs as many random channels.</p></div>
+node, at the input (grey = 0). w: the node's share mean(A·G) in its parent. "children
+zeroed": how the node changes when its children are set to zero, vs as many random
+channels of their layer.</p></div>
 <table>{preds}</table>
 </header>
-<main><ul class="tree">{_node_html(tree, 0)}</ul></main>
+<main><ul class="tree">{_node_html(tree)}</ul></main>
 <script>{_JS}</script>
 </body></html>
 """
