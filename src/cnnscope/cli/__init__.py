@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cnnscope.cli.core",
     "cnnscope.tree.cli",
     "cnnscope.index.cli",
+    "cnnscope.synthesis.cli",
     "cnnscope.views.cli",
 )
 

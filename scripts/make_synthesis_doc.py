@@ -1,0 +1,424 @@
+"""Render every picture of docs/synthesis.md and write the page.
+
+Renders the quick version of every preset, unit visualizations for a spread of layers
+(one batch), a class image, inversions at two depths and a DeepDream of a gallery photo,
+into docs/img/synthesis/ (each PNG with its JSON record beside it), then writes
+docs/synthesis.md. Run from the repository root:
+
+    python scripts/make_synthesis_doc.py [--only presets,units,class,invert,dream] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cnnscope.models import load_model
+from cnnscope.render import grid
+from cnnscope.synthesis import (
+    PRESETS,
+    class_image,
+    deepdream,
+    invert,
+    save_result,
+    synthesize,
+    visualize_units,
+)
+from cnnscope.synthesis.outputs import write_png
+
+ROOT = Path(__file__).resolve().parent.parent
+IMG = ROOT / "docs" / "img" / "synthesis"
+DOC = ROOT / "docs" / "synthesis.md"
+
+#: A spread of layers from the stem to the head, two channels each.
+UNITS = [
+    "stem_act:5", "blocks.1:3", "blocks.1:20", "blocks.3:8",
+    "blocks.3:30", "blocks.5:60", "blocks.8:20", "blocks.8:90",
+    "blocks.11:40", "blocks.11:150", "blocks.14:100", "head_act:100",
+]  # fmt: skip
+UNIT_STEPS, UNIT_SIZE = 144, 128
+CLASS, CLASS_STEPS = "flamingo", 200
+INVERT_IMAGE, INVERT_LAYERS, INVERT_STEPS = "coffee", ["blocks.4", "blocks.10"], 200
+DREAM_IMAGE, DREAM_LAYER, DREAM_STEPS = "chelsea", "blocks.8", 10
+
+
+def _rel(p: Path) -> str:
+    return p.relative_to(DOC.parent).as_posix()
+
+
+def render_presets(model, log: dict) -> None:
+    for name, preset in PRESETS.items():
+        t = time.perf_counter()
+        cfg = preset.config(quick=True, output_iter=0)
+        result = synthesize(model, cfg, progress=True)
+        save_result(result, model, IMG / f"preset_{name}.png")
+        log["presets"][name] = dict(
+            seconds=round(time.perf_counter() - t, 1),
+            size="x".join(map(str, result.sizes[-1])),
+            sizes=len(result.sizes),
+            steps=cfg.num_steps,
+        )
+        print(f"preset {name}: {log['presets'][name]}", flush=True)
+
+
+def render_units(model, log: dict) -> None:
+    t = time.perf_counter()
+    pictures, result = visualize_units(
+        model, UNITS, steps=UNIT_STEPS, size=UNIT_SIZE, seed=0, progress=True, return_result=True
+    )
+    save_result(result, model, IMG / "unit.png", names=UNITS)
+    write_png(grid(pictures, cols=4), IMG / "units_grid.png")
+    log["units"] = dict(seconds=round(time.perf_counter() - t, 1), count=len(UNITS))
+    print(f"units: {log['units']}", flush=True)
+
+
+def render_class(model, log: dict) -> None:
+    t = time.perf_counter()
+    result = class_image(model, CLASS, steps=CLASS_STEPS, progress=True)
+    save_result(result, model, IMG / "class_flamingo.png")
+    probs = _top(model, result.image)
+    log["class"] = dict(seconds=round(time.perf_counter() - t, 1), top=probs)
+    print(f"class: {log['class']}", flush=True)
+
+
+def _top(model, image) -> list:
+    from cnnscope.synthesis.params import ImageSpace
+
+    x = ImageSpace.for_model(model).to_input(image.to(next(model.module.parameters()).device))
+    with torch.no_grad():
+        p = torch.softmax(model.module(x), -1)[0]
+    v, i = p.topk(3)
+    return [(model.label(int(k)), round(float(s), 3)) for s, k in zip(v, i)]
+
+
+def render_invert(model, log: dict) -> None:
+    from PIL import Image
+
+    t = time.perf_counter()
+    h, w = model.preprocess_config.input_size
+    from cnnscope.images import load_gallery_image
+
+    original = np.asarray(
+        load_gallery_image(INVERT_IMAGE).resize((w, h), Image.Resampling.BILINEAR)
+    )
+    write_png(original, IMG / f"invert_{INVERT_IMAGE}_original.png")
+    for layer in INVERT_LAYERS:
+        result = invert(model, INVERT_IMAGE, layer, steps=INVERT_STEPS, progress=True)
+        save_result(result, model, IMG / f"invert_{INVERT_IMAGE}_{layer}.png")
+    log["invert"] = dict(seconds=round(time.perf_counter() - t, 1))
+    print(f"invert: {log['invert']}", flush=True)
+
+
+def render_dream(model, log: dict) -> None:
+    t = time.perf_counter()
+    result = deepdream(model, DREAM_IMAGE, DREAM_LAYER, octaves=4, steps=DREAM_STEPS, progress=True)
+    save_result(result, model, IMG / f"dream_{DREAM_IMAGE}.png")
+    log["dream"] = dict(seconds=round(time.perf_counter() - t, 1), sizes=result.sizes)
+    print(f"dream: {log['dream']}", flush=True)
+
+
+STEPS = {
+    "presets": render_presets,
+    "units": render_units,
+    "class": render_class,
+    "invert": render_invert,
+    "dream": render_dream,
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(STEPS), help="comma-separated parts to render")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-render", action="store_true", help="only rewrite the page")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    IMG.mkdir(parents=True, exist_ok=True)
+    log_path = IMG / "timings.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log.setdefault("presets", {})
+    if not args.no_render:
+        model = load_model()
+        model.module.to(args.device)
+        start = time.perf_counter()
+        for part in args.only.split(","):
+            if part not in STEPS:
+                ap.error(f"unknown part {part!r}: choose from {', '.join(STEPS)}")
+            STEPS[part](model, log)
+        log["last_run_seconds"] = round(time.perf_counter() - start, 1)
+        log["threads"] = torch.get_num_threads()
+        log_path.write_text(json.dumps(log, indent=2) + "\n")
+    DOC.write_text(page(log), "utf-8")
+    print(f"wrote {DOC}")
+    return 0
+
+
+def _img(name: str, width: int | None = None) -> str:
+    path = IMG / name
+    if not path.exists():
+        return f"*(missing: {name}; run the script)*"
+    style = f' width="{width}"' if width else ""
+    return f'<img src="{_rel(path)}"{style}>'
+
+
+def _preset_rows(log: dict) -> str:
+    rows = ["| preset | cnn-vis example (GoogLeNet) | this preset | picture |", "|---|---|---|---|"]
+    for name, p in PRESETS.items():
+        t = log.get("presets", {}).get(name, {})
+        cfg = p.config(quick=True)
+        where = f"`{cfg.objective}`"
+        if cfg.initial_image:
+            where += f" on `{cfg.initial_image}`"
+        timing = (
+            f"<br>quick: {t.get('sizes', '?')} sizes up to {t.get('size', '?')}, {t.get('steps', '?')} steps/size, {t.get('seconds', '?')} s"
+            if t
+            else ""
+        )
+        rows.append(
+            f"| `{name}` | ex{p.example}: {p.original} | {p.title}: {where}{timing} | {_img(f'preset_{name}.png', 360)} |"
+        )
+    return "\n".join(rows)
+
+
+def _unit_table() -> str:
+    cells = []
+    for u in UNITS:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in u)
+        cells.append(f"{_img(f'unit_{safe}.png', 128)}<br>`{u}`")
+    rows = ["| | | | |", "|---|---|---|---|"]
+    for i in range(0, len(cells), 4):
+        rows.append("| " + " | ".join(cells[i : i + 4]) + " |")
+    return "\n".join(rows)
+
+
+def page(log: dict) -> str:
+    """The Markdown of docs/synthesis.md."""
+    timing = log.get("last_run_seconds")
+    cls = log.get("class", {}).get("top")
+    cls_text = ", ".join(f"{n} {p:.1%}" for n, p in cls) if cls else "?"
+    return f"""# Feature synthesis
+
+Images that show what a unit, a layer or a class wants to see, made by gradient ascent on
+the image through the engine: activation maximization (units, channels, class logits,
+directions, with diversity), layer amplification and DeepDream with octaves and tiling
+(all of cnn-vis), class images with blur/decay/clipping and inversion of representations
+(pytorch-cnn-visualizations), with Lucid's Fourier parameterization, decorrelated colour and
+random transforms. It works on any PyTorch CNN that `cnnscope` loads.
+
+*This page is generated by `python scripts/make_synthesis_doc.py`; every picture has a JSON
+record beside it in `docs/img/synthesis/` that reproduces it exactly
+(`cnnscope dream --config FILE.json -o copy.png`, same device and thread count).*
+
+## Commands
+
+```bash
+cnnscope visualize blocks.5:3 blocks.8:20 head_act:900 --steps 128 --size 128 --out vis/   # one batch
+cnnscope dream --preset ex12                     # a cnn-vis gallery recipe (full size: slow on CPU)
+cnnscope dream --preset ex2 --quick -o dream.png # the smaller version shown below
+cnnscope dream --initial-image chelsea --target-layer blocks.8 --num-sizes 4 --initial-size x0.36 \\
+    --final-size x1 --num-steps 10 --jitter 16 --grad-blur 1 -o cat_dream.png
+cnnscope dream --objective "blocks.9:5 - 0.5*deepdream(blocks.10)" --param fft --optimizer adam \\
+    --lr 0.05 --p-reg 0 --tv-reg 0 --num-steps 256 --no-tile -o mix.png
+cnnscope invert coffee --layer blocks.4 -o inv.png
+cnnscope classimage flamingo -o flamingo.png
+```
+
+Every run writes the picture, `NAME.json` beside it (all options, seed, objective, model,
+device, torch version, timing), and with `--iter-behavior save+gif` the frames every
+`--output-iter` steps (`NAME_SIZE_STEP.png`, as cnn-vis names them) and `NAME.gif`. `print`
+prints the statistics cnn-vis printed (p-norm and TV losses, mean magnitudes of every
+gradient term, step size relative to the image, objective, image mean and std); tqdm shows
+progress.
+
+## Python API
+
+```python
+from cnnscope.models import load_model
+from cnnscope.synthesis import (visualize_units, unit_visualization, class_image, invert,
+                                deepdream, synthesize, SynthesisConfig, preset_config,
+                                parse_objective, Channel, DeepDream)
+
+model = load_model()
+images = visualize_units(model, ["blocks.5:3", "blocks.8:20@7,7"], steps=128, size=128, seed=0)
+path = unit_visualization(model, "blocks.8:20", cache_dir)        # cached PNG, for background jobs
+result = class_image(model, "flamingo")                           # SynthesisResult
+result = invert(model, "coffee", "blocks.4")
+result = deepdream(model, "chelsea", "blocks.8", octaves=4, steps=10)
+result = synthesize(model, SynthesisConfig(objective="amplify(blocks.9)", num_steps=100))
+objective = Channel("blocks.9", 5) - 0.5 * DeepDream("blocks.10")  # objectives compose
+result = synthesize(model, SynthesisConfig(num_steps=64), objective=objective)
+```
+
+`visualize_units` returns one `H x W x 3` uint8 array per unit, rendered as one batch.
+`unit_visualization(model, unit, cache_dir, steps=128, size=160, seed=0, progress=None)`
+returns the path of a cached PNG (the file name hashes the model, the unit and the
+settings; written atomically; `progress(done, total)` is called after each step).
+
+## Objectives
+
+Each objective maps the recorded activations to one value per image; the loop maximizes
+their sum. Its gradient at the activations (the *seed*) goes to the engine, which
+backpropagates it to the input (`Forward.grad_many`, rule `gradient`); autograd then
+carries it through the input normalisation, the transforms and the parameterization.
+
+| text form | meaning |
+|---|---|
+| `LAYER:C` | mean of channel C over positions |
+| `LAYER:C@Y,X`, `neuron(LAYER:C)` | one neuron (the centre one when no position) |
+| `channel(LAYER:C, reduce=sum)` | sum over positions (cnn-vis `amplify_neuron`: gradient 1 on the whole channel) |
+| `class(285)`, `class(tabby)` | a class logit |
+| `amplify(LAYER, l1=1, l2=1, clip=5)` | cnn-vis layer amplification: its gradient is `l1 |a| + l2 clip(a, -c, c)` (the value is `l1 a|a|/2 + l2 huber_c(a)` summed) |
+| `deepdream(LAYER)` | mean of squares |
+| `direction(LAYER, v1 v2 ...)` or `direction(LAYER, v.npy)` | mean over positions of `a . v/|v|` |
+| `diversity(LAYER)` | minus each image's mean cosine similarity of Gram matrices to the other images of the batch |
+| `invert(LAYER, IMAGE)` | `-||phi(x) - phi(x0)||^2 / ||phi(x0)||^2` (Mahendran & Vedaldi) |
+| `a + b`, `a - b`, `2*a`, `a/2`, `-a`, `a * b`, `( )` | sums, differences, scaling, product of values |
+| `a | b | c` | a batch: image *i* maximizes term *i* (what `visualize` does) |
+
+## Parameterizations, transforms, optimizers, priors
+
+The image lives in *working units*: pixel values on the 0..255 scale minus the model's mean
+colour (0 is the mean colour, as in cnn-vis); the model input is that divided by the
+model's std. All priors and learning rates are in these units.
+
+- **pixel**: the image itself. **fft** (Lucid): a real 2-D spectrum per channel, each
+  frequency scaled by `1/max(f, 1/max(H,W))^decay`, channels mixed by the square root of
+  the RGB covariance of the gallery photos (decorrelated colour), then a sigmoid to 0..255.
+- **transforms** before each forward pass, with gradients through them: pad (mean colour
+  or reflect), jitter (random crop of up to N px), scale (random factor from a list), rotate
+  (random angle from a list), a second jitter.
+- **optimizers**, each with one state per tile: `rmsprop` exactly as cnn-vis
+  (`cache = d cache + (1-d) g^2; x -= lr g / sqrt(cache + 1e-8)`), `adam` and `sgd` (as torch's).
+- **priors** (gradients written out and tested against autograd and finite differences):
+  p-norm `p_reg sum |(x - x0)/p_scale|^alpha` (pulls toward the initial photo when there is
+  one), auxiliary p-norm `p_reg_aux sum |x/p_scale_aux|^alpha_aux` (always toward the mean
+  colour: stops saturation), total variation `tv_reg sum max(Gx^2 + Gy^2, 1e-3)^(beta/2)` on
+  `x / tv_reg_scale` with operator `naive`, `sobel` or `sobel_squish`, and its schedule (`+tv_reg_step`
+  every `tv_reg_step_iter` steps), L1 and L2 decay, a Gaussian blur every N steps,
+  clipping of the image gradient's norm, a Gaussian blur of the objective's gradient
+  (`grad_blur`, new: against the fine grid that EfficientNet's stride-2 convolutions imprint),
+  clamping to valid pixels, learning-rate decay (`x learning_rate_decay_fraction` every
+  `learning_rate_decay_iter` steps).
+- **initialisation**: Gaussian noise of std `init_scale` blurred by `init_blur`, or a photo
+  (`initial_image`, a file or a gallery name). The fft parameterization starts from its own
+  small random spectrum (std `0.01 init_scale`) or fits the photo.
+
+## Multiscale and tiling
+
+Sizes go from `initial_size` to `final_size` in `num_sizes` steps, `geometric` (log-spaced)
+or `linear`; a size is `xF` (times the base: the model input for noise, the photo for a
+photo) or `HxW`. At each new size the image is resized (bicubic), and the TV weight, the
+learning rate, the optimizer states and the tiling are reset.
+
+Tiling covers the image with windows of the model's input size (or `tile_size`): along each
+axis the fewest evenly spread windows that leave no gap and never overlap their second
+neighbour, so every pixel is in 1, 2 or 4 windows. Windows are updated in checkerboard
+order: the *even* set (row and column of the same parity) first, then the *odd* set, whose
+gradients are taken on the image after the even update; `batch_size` windows go through the
+model per pass. `use_pixel_learning_rates` divides each pixel's step by its coverage. The
+priors are computed on the whole image (cnn-vis computed them per tile; `--quirks` restores
+that). Images far larger than the input (1920x1080) work; `--no-tile` feeds the whole image
+instead, which a fully convolutional model also accepts (faster, see the benchmark).
+
+## cnn-vis options in `cnnscope dream`
+
+Every option keeps its meaning. Each long option is accepted with dashes or with cnn-vis's
+underscores (`--tv-reg` = `--tv_reg`); `--config FILE.json` reruns a saved record.
+
+| cnn-vis | `cnnscope dream` | notes |
+|---|---|---|
+| `--deploy_txt`, `--caffe_model` | `--model`, `--weights` | any model `cnnscope` loads |
+| `--mean_image` | `--mean`, `--std` | per-channel; cnn-vis used the scalar mean of the mean image |
+| `--gpu N` | `--gpu N` or `--device cuda:N` | negative = CPU |
+| `--batch_size` | `--batch-size` | tiles per forward pass |
+| `--image_type amplify_layer/amplify_neuron` | same, or `--objective EXPR` | amplify_neuron = `channel(L:N, reduce=sum)` |
+| `--target_layer`, `--target_neuron` | same | layer names of the model (`cnnscope layers`); default `blocks.9.expand_act` (for `inception_4d/3x3_reduce`) |
+| `--initial_image` | same | a file or a gallery name |
+| `--initialization_scale`, `--initialization_blur` | same (or `--init-scale`, `--init-blur`) | the blur is spatial only (cnn-vis also blurred across channels: `--quirks`) |
+| `--initial_size`, `--final_size`, `--num_sizes`, `--resize_type` | same | `xF` or `HxW`; sizes smaller than the model input are allowed |
+| `--learning_rate`, `--decay_rate` | same (`--lr`) | RMSProp as cnn-vis |
+| `--learning_rate_decay_iter`, `--learning_rate_decay_fraction` (README: `_factor`) | same, both spellings | |
+| `--num_steps` | same (`--steps`) | per size |
+| `--use_pixel_learning_rates` | same | |
+| `--amplify_l1_weight`, `--amplify_l2_weight`, `--amplify_grad_clip` (README: `--l1_weight`, `--l2_weight`, `--grad_clip`) | all six spellings | the amplify objective's `l1`, `l2`, `clip` |
+| `--alpha`, `--p_scale`, `--p_reg` | same | |
+| `--alpha_aux`, `--p_scale_aux`, `--p_reg_aux` | same | |
+| `--beta`, `--tv_reg`, `--tv_reg_scale`, `--tv_reg_step`, `--tv_reg_step_iter`, `--tv_grad_operator` | same | |
+| `--output_file` | same (`-o`) | a JSON record is written beside it |
+| `--output_iter`, `--iter_behavior` (`show`, `save`, `print`, `plot_pix`) | same, plus `gif` | `plot_pix` writes `NAME_pixels.png` (pixels (100,100), (200,200), (100,200), (200,100)) |
+| `--show_width`, `--show_height` | same | |
+| `--rescale_image` | same | |
+| | `--param`, `--no-decorrelate`, `--fft-decay`, `--optimizer`, `--betas`, `--momentum`, `--pad`, `--pad-mode`, `--jitter`, `--scales`, `--angles`, `--jitter2`, `--l1-decay`, `--l2-decay`, `--blur-every`, `--blur-sigma`, `--clip-grad-norm`, `--grad-blur`, `--clamp-pixels`, `--tile-size`, `--no-tile`, `--batch`, `--seed`, `--preset`, `--quick`, `--config`, `--gif`, `--quirks` | new |
+
+cnn-vis's quirks (seed-features.md §3.11) are fixed by default; `--quirks` restores the ones
+that change pictures: the x1.2 contrast at every conversion to uint8, uint8 quantisation at
+each resize, noise blurred across channels, and priors computed per tile. Not reproduced:
+Python 2 / Caffe, the lexicographic size assertion (any size works), stale batch slots, the
+skipped ReLU of the target (the seed is injected at the named layer's output), `print` being
+always on.
+
+Seed 2's synthesis scripts (seed-features.md §2.11-2.14) map as: layer/filter
+visualization = `visualize` (a channel's mean; `--param pixel --lr ...` for plain pixels);
+inverted representations = `invert` (alpha-norm + TV, normalised distance; its TV over
+channels and rows bug is fixed: TV runs over H and W); deep dream = `dream --objective
+"channel(L:F)"` or `deepdream(L)` from a photo; class images = `classimage` (blur every N
+steps, L2 decay, clipping of the *image's* gradient norm, pixel clipping).
+
+## Gallery
+
+Rendered on {log.get("threads", "?")} CPU threads; the whole script took {timing if timing else "?"} s.
+
+### Presets (cnn-vis's example gallery, adapted to EfficientNet-Lite0)
+
+The quick versions (smaller sizes, fewer steps: `cnnscope dream --preset NAME --quick`).
+The full presets keep cnn-vis's schedules (e.g. 270x480 to 1080x1920 in 5 sizes, 100 steps
+each). Layers are mapped by depth and resolution (see `cnnscope.synthesis.presets`);
+regularizer weights are rescaled because EfficientNet-Lite0's pixel gradients are about
+100x smaller than Caffe GoogLeNet's (whose input is not divided by a std); the presets add a
+16 px jitter and `grad_blur`.
+
+{_preset_rows(log)}
+
+### Unit visualizations, stem to head (one batch of {len(UNITS)}, {UNIT_STEPS} steps, {UNIT_SIZE} px)
+
+`cnnscope visualize {" ".join(UNITS)} --steps {UNIT_STEPS} --size {UNIT_SIZE}`
+
+{_unit_table()}
+
+### Class image: {CLASS}
+
+`cnnscope classimage {CLASS} --steps {CLASS_STEPS}`: seed 2's regularized recipe (a Gaussian blur
+every 10 steps, L2 decay, clipping of the gradient's norm) on the Fourier parameterization with
+decorrelated colour and random transforms, Adam. (With SGD on plain pixels, as seed 2 did on
+AlexNet, EfficientNet-Lite0 gives grey images with a few pink fragments.) The model scores it:
+{cls_text}.
+
+{_img("class_flamingo.png", 224)}
+
+### Inversion of the representation of a photo
+
+`cnnscope invert {INVERT_IMAGE} --layer L --steps {INVERT_STEPS}` from noise, alpha-norm (6) and TV (beta 2) priors.
+
+| original | {" | ".join(f"`{layer}`" for layer in INVERT_LAYERS)} |
+|---|{"---|" * len(INVERT_LAYERS)}
+| {_img(f"invert_{INVERT_IMAGE}_original.png", 224)} | {" | ".join(_img(f"invert_{INVERT_IMAGE}_{layer}.png", 224) for layer in INVERT_LAYERS)} |
+
+### DeepDream of a gallery photo
+
+`deepdream(model, "{DREAM_IMAGE}", "{DREAM_LAYER}", octaves=4, steps={DREAM_STEPS})`: 4 octaves
+(x1.4), tiled, RMSProp, a p-norm pull toward the photo and an auxiliary p-norm.
+
+{_img(f"dream_{DREAM_IMAGE}.png", 451)}
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
