@@ -45,7 +45,7 @@ UNITS = [
 UNIT_STEPS, UNIT_SIZE = 144, 128
 CLASS, CLASS_STEPS = "flamingo", 200
 INVERT_IMAGE, INVERT_LAYERS, INVERT_STEPS = "coffee", ["blocks.4", "blocks.10"], 200
-DREAM_IMAGE, DREAM_LAYER, DREAM_STEPS = "chelsea", "blocks.8", 10
+DREAM_IMAGE, DREAM_LAYER, DREAM_STEPS = "chelsea", "blocks.10", 10
 
 
 def _rel(p: Path) -> str:
@@ -414,7 +414,8 @@ AlexNet, EfficientNet-Lite0 gives grey images with a few pink fragments.) The mo
 ### DeepDream of a gallery photo
 
 `deepdream(model, "{DREAM_IMAGE}", "{DREAM_LAYER}", octaves=4, steps={DREAM_STEPS})`: 4 octaves
-(x1.4), tiled, RMSProp, a p-norm pull toward the photo and an auxiliary p-norm.
+(x1.4) that keep the photo's detail (`keep_detail`), 224x224 tiles in checkerboard order,
+RMSProp, 16 px jitter, a blur of the gradient.
 
 {_img(f"dream_{DREAM_IMAGE}.png", 451)}
 """

@@ -8,6 +8,7 @@ Examples
 'Egyptian cat'
 """
 
+from .attribution import attribute
 from .engine import Engine, Unit
 from .errors import CnnscopeError
 from .images import load_image
@@ -15,4 +16,12 @@ from .models import LoadedModel, load_model
 
 __version__ = "0.1.0"
 
-__all__ = ["CnnscopeError", "Engine", "LoadedModel", "Unit", "load_image", "load_model"]
+__all__ = [
+    "attribute",
+    "CnnscopeError",
+    "Engine",
+    "LoadedModel",
+    "Unit",
+    "load_image",
+    "load_model",
+]

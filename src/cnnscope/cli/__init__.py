@@ -21,7 +21,9 @@ log = logging.getLogger("cnnscope")
 #: Modules with a ``register(subparsers)`` function, in the order ``--help`` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "cnnscope.cli.core",
+    "cnnscope.attribution.cli",
     "cnnscope.tree.cli",
+    "cnnscope.server.cli",
     "cnnscope.index.cli",
     "cnnscope.synthesis.cli",
     "cnnscope.views.cli",

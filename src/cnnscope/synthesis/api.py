@@ -88,21 +88,20 @@ INVERT_DEFAULTS: dict = dict(
     output_iter=0,
 )
 
-#: DeepDream of a photo: octaves (geometric sizes up to the photo's size), tiling,
-#: RMSProp, a p-norm pull toward the photo and an auxiliary p-norm against saturation.
+#: DeepDream of a photo: octaves (geometric sizes up to the photo's size) that keep the
+#: photo's detail (each octave starts from the photo at its size plus the upscaled dream),
+#: 224x224 tiles in checkerboard order, RMSProp, jitter, a blur of the gradient. No prior:
+#: the few steps per octave keep the photo (the mean-of-squares objective has tiny
+#: gradients, so any p-norm or TV weight must be tiny too).
 DREAM_DEFAULTS: dict = dict(
     param="pixel",
     optimizer="rmsprop",
-    learning_rate=3.0,
+    learning_rate=1.5,
     decay_rate=0.9,
-    alpha=2.0,
-    p_scale=1.0,
-    p_reg=0.002,
-    alpha_aux=8.0,
-    p_scale_aux=128.0,
-    p_reg_aux=50.0,
-    beta=2.5,
-    tv_reg=0.001,
+    p_reg=0.0,
+    p_reg_aux=0.0,
+    tv_reg=0.0,
+    keep_detail=True,
     jitter=16,
     grad_blur=1.0,
     tile=True,

@@ -51,6 +51,7 @@ class SynthesisConfig:
     final_size: str | None = None
     num_sizes: int = 1
     resize_type: str = "geometric"
+    keep_detail: bool = False
     tile: bool = True
     tile_size: str | None = None
     batch_size: int = 1
@@ -218,6 +219,8 @@ class SynthesisConfig:
             need("x" in self.tile_size[1:], "tile_size must be HxW, e.g. 224x224")
         if self.quirks:
             need(self.param == "pixel", "quirks (cnn-vis's original behaviour) need param pixel")
+        if self.keep_detail:
+            need(self.initial_image is not None, "keep_detail needs an initial image")
         return self
 
 

@@ -359,11 +359,18 @@ def synthesize(
     pixel_history: list[list[float]] = []
     contrast = QUIRK_CONTRAST if cfg.quirks else 1.0
     done = 0
+    target = None
     start = time.perf_counter()
     try:
         for si, size in enumerate(sizes):
             if si > 0:
-                img = _resize(param.image().cpu(), size)
+                old = param.image().cpu()
+                if cfg.keep_detail and target is not None:
+                    # DeepDream octaves: the photo at the new size plus the upscaled dream.
+                    detail = _resize(old - target.cpu(), size)
+                    img = run.target(size).cpu() + detail
+                else:
+                    img = _resize(old, size)
                 if cfg.quirks:
                     img = _quantize(img, space)
                 param.set_image(img.to(device))

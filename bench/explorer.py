@@ -1,0 +1,450 @@
+"""Benchmark of the explorer over HTTP: expansion latency, batching throughput, memory.
+
+Usage::
+
+    python bench/explorer.py            # full: 20 warm + 8 cold expansions, 60 s throughput
+                                        #       runs, 1,000 expansions over 20 images
+    python bench/explorer.py --quick    # a few minutes: smaller counts, same measures
+
+A node expansion is what the tree page does on a click: ``GET children`` and then the
+``reconstruction.png`` of every child, fetched six at a time like a browser. Latency is
+reported as a ratio to one forward+backward of the model on one image, measured in this
+run (torch autograd to the input, medians). The server is a real ``cnnscope serve``
+subprocess on loopback, so its memory (VmRSS) is measured alone.
+
+Figures go to docs/benchmarks/explorer.md (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import itertools
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import ImageEnhance, ImageOps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+class Baseline:
+    """One forward+backward (torch autograd to the input) of the model on one image.
+
+    Sampled again and again during the run, between HTTP measurements, so that the
+    ratios compare numbers taken under the same machine load.
+    """
+
+    def __init__(self):
+        from cnnscope.images import load_gallery_image
+        from cnnscope.models import load_model
+
+        self.model = load_model()
+        self.x = self.model.preprocess(load_gallery_image("chelsea"))
+        self.samples: list[float] = []
+        for _ in range(2):
+            self.once(keep=False)
+
+    def once(self, keep: bool = True) -> float:
+        t = time.perf_counter()
+        xx = self.x.clone().requires_grad_(True)
+        out = self.model.module(xx)
+        torch.autograd.grad(out[0, 285], xx)
+        elapsed = time.perf_counter() - t
+        if keep:
+            self.samples.append(elapsed)
+        return elapsed
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+
+def batching_gain(reps: int, k: int = 8) -> tuple[float, float]:
+    """Seconds for ``k`` reconstructions: one batched call vs ``k`` single calls (medians).
+
+    Measured in this process on the tree API itself, interleaved: it bounds what merging
+    requests in the server can gain.
+    """
+    from cnnscope.images import load_gallery_image
+    from cnnscope.models import load_model
+    from cnnscope.tree import Explorer
+
+    ex = Explorer(load_model())
+    x = ex.input(load_gallery_image("coffee"))
+    paths = [n.path for n in ex.children(x, "logits:967", k=k)]
+    ex.reconstructions(x, paths)  # warm: seeds cached, as in the server
+    batched, single = [], []
+    for _ in range(reps):
+        t = time.perf_counter()
+        ex.reconstructions(x, paths)
+        batched.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for p in paths:
+            ex.reconstruction(x, p)
+        single.append(time.perf_counter() - t)
+    return statistics.median(batched), statistics.median(single)
+
+
+def synthetic_images(n: int, seed: int = 0) -> list[bytes]:
+    """``n`` distinct photos: gallery images cropped, flipped and recoloured."""
+    from cnnscope.images import gallery_images
+
+    rng = random.Random(seed)
+    bases = [g.load() for g in gallery_images()]
+    out = []
+    for i in range(n):
+        img = bases[i % len(bases)]
+        w, h = img.size
+        s = rng.uniform(0.6, 0.95)
+        cw, ch = int(w * s), int(h * s)
+        x0, y0 = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        img = img.crop((x0, y0, x0 + cw, y0 + ch))
+        if rng.random() < 0.5:
+            img = ImageOps.mirror(img)
+        img = ImageEnhance.Color(img).enhance(rng.uniform(0.7, 1.3))
+        buf = io.BytesIO()
+        img.save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+class Server:
+    """``cnnscope serve`` in a subprocess."""
+
+    def __init__(self, cache_mb: float, data_dir: str):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cmd = [
+            sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--port", str(self.port),
+            "--data-dir", data_dir, "--cache-mb", str(cache_mb),
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.base + "/api/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("the server did not start")
+
+    def rss(self) -> float:
+        return rss_mb(self.proc.pid)
+
+    def stats(self) -> dict:
+        return httpx.get(self.base + "/api/stats", timeout=60).json()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Walker:
+    """One client walking down its own trees: every expansion is a new path."""
+
+    def __init__(self, base: str, image: str, next_root, k: int = 5):
+        self.client = httpx.Client(base_url=base, timeout=900)
+        self.pool = ThreadPoolExecutor(6)  # a browser fetches six images at a time
+        self.image = image
+        self.next_root = next_root
+        self.k = k
+        self.path: str | None = None
+        self.turn = 0
+
+    def expand(self) -> float:
+        """One expansion; returns its wall time in seconds."""
+        if self.path is None:
+            self.path = f"logits:{self.next_root()}"
+        t = time.perf_counter()
+        r = self.client.get(
+            f"/api/images/{self.image}/children", params={"path": self.path, "k": self.k}
+        )
+        r.raise_for_status()
+        kids = r.json()["children"]
+        for png in self.pool.map(lambda kid: self.client.get(kid["reconstruction"]), kids):
+            png.raise_for_status()
+        elapsed = time.perf_counter() - t
+        self.turn += 1
+        self.path = kids[self.turn % len(kids)]["path"] if kids else None
+        return elapsed
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.client.close()
+
+
+def upload(base: str, images: list[bytes]) -> list[str]:
+    ids = []
+    for i, data in enumerate(images):
+        r = httpx.post(f"{base}/api/images?name=bench{i}.png", content=data, timeout=120)
+        r.raise_for_status()
+        ids.append(r.json()["id"])
+    return ids
+
+
+def warm_up(base: str, image: str) -> None:
+    """Run the image's forward (predictions) so that it is cached."""
+    httpx.get(f"{base}/api/images/{image}/predictions", timeout=900).raise_for_status()
+
+
+class Roots:
+    """Hands out class indices, each once, so that no expansion is a cache hit."""
+
+    def __init__(self, seed: int = 0):
+        order = list(range(1000))
+        random.Random(seed).shuffle(order)
+        self._it = itertools.cycle(order)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> int:
+        with self._lock:
+            return next(self._it)
+
+
+def throughput(
+    base: str, images: list[str], clients: int, seconds: float, roots: Roots
+) -> tuple[float, int]:
+    """Expansions per second of ``clients`` concurrent walkers during ``seconds``."""
+    for image in images:
+        warm_up(base, image)
+    walkers = [Walker(base, images[i % len(images)], roots) for i in range(clients)]
+    done = [0] * clients
+    stop = time.monotonic() + seconds
+
+    def run(i: int) -> None:
+        while time.monotonic() < stop:
+            walkers[i].expand()
+            done[i] += 1
+
+    t = time.perf_counter()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    elapsed = time.perf_counter() - t
+    for w in walkers:
+        w.close()
+    return sum(done) / elapsed, sum(done)
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller counts (a few minutes)")
+    parser.add_argument("--cache-mb", type=float, default=600, help="server forward cache bound")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "explorer.md"))
+    args = parser.parse_args(argv)
+    q = args.quick
+    n_warm, n_cold = (8, 3) if q else (20, 8)
+    tp_seconds = 25 if q else 60
+    mem_expansions, mem_images = (100, 5) if q else (1000, 20)
+
+    print("baseline: forward+backward of one image ...", flush=True)
+    baseline = Baseline()
+    for _ in range(3):
+        baseline.once()
+    print(f"  {baseline.median * 1000:.0f} ms", flush=True)
+    print("batching gain of the tree API ...", flush=True)
+    gain_batched, gain_single = batching_gain(3)
+
+    data_dir = tempfile.mkdtemp(prefix="cnnscope-bench-")
+    server = Server(args.cache_mb, data_dir)
+    results: dict = {}
+    try:
+        rss_start = server.rss()
+        pics = synthetic_images(max(n_cold, mem_images))
+        ids = upload(server.base, pics)
+
+        # Warm: the image's forward is cached; every expansion is a new node.
+        print("warm expansions ...", flush=True)
+        roots = Roots()
+        warm_up(server.base, "chelsea")
+        walker = Walker(server.base, "chelsea", roots)
+        warm = []
+        for _ in range(n_warm):
+            warm.append(walker.expand())
+            baseline.once()  # interleaved: same load as the expansions
+        walker.close()
+        # Cold: a new image each time (its forward is part of the expansion).
+        print("cold expansions ...", flush=True)
+        cold = []
+        for image in ids[:n_cold]:
+            w = Walker(server.base, image, roots)
+            cold.append(w.expand())
+            w.close()
+            baseline.once()
+        results.update(
+            warm=warm,
+            cold=cold,
+            baseline_s=baseline.median,
+            baseline_n=len(baseline.samples),
+            gain=(gain_batched, gain_single),
+        )
+
+        print("throughput ...", flush=True)
+        one, n1 = throughput(server.base, ["chelsea"], 1, tp_seconds, roots)
+        eight, n8 = throughput(server.base, ["chelsea"], 8, tp_seconds, roots)
+        four_imgs = ["coffee", "rocket", "flower", "china"]
+        one4, m1 = throughput(server.base, four_imgs[:1], 1, tp_seconds, roots)
+        eight4, m8 = throughput(server.base, four_imgs, 8, tp_seconds, roots)
+        results.update(tp=(one, n1, eight, n8), tp4=(one4, m1, eight4, m8))
+
+        print(f"memory: {mem_expansions} expansions over {mem_images} images ...", flush=True)
+        rss_before = server.rss()
+        stats_before = server.stats()
+        peak = [rss_before]
+        counter = [0]
+        lock = threading.Lock()
+        images = ids[:mem_images]
+
+        mem_roots = Roots(seed=1)
+
+        def mem_client(i: int) -> None:
+            while True:
+                with lock:
+                    if counter[0] >= mem_expansions:
+                        return
+                    counter[0] += 1
+                    n = counter[0]
+                image = images[n % len(images)]
+                w = Walker(server.base, image, mem_roots, k=5)
+                w.expand()
+                w.close()
+                peak[0] = max(peak[0], server.rss())
+
+        threads = [threading.Thread(target=mem_client, args=(i,)) for i in range(8)]
+        t0 = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        mem_time = time.perf_counter() - t0
+        stats = server.stats()
+        results.update(
+            stats_before=stats_before,
+            rss_start=rss_start,
+            rss_before=rss_before,
+            rss_peak=peak[0],
+            rss_end=server.rss(),
+            stats=stats,
+            mem_time=mem_time,
+        )
+    finally:
+        server.stop()
+
+    report = render(results, args, mem_expansions, mem_images)
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report, "utf-8")
+    print(f"wrote {out}")
+    return 0
+
+
+def render(r: dict, args, mem_expansions: int, mem_images: int) -> str:
+    b = r["baseline_s"]
+    warm, cold = r["warm"], r["cold"]
+    one, n1, eight, n8 = r["tp"]
+    one4, m1, eight4, m8 = r["tp4"]
+    st = r["stats"]
+    sb = r["stats_before"]
+    bound = st["engine_cache_limit"] / 2**20
+    results_mb = 128
+    growth = r["rss_peak"] - r["rss_before"]
+    cmd = "python bench/explorer.py" + (" --quick" if args.quick else "")
+    lines = [
+        "# Explorer benchmark",
+        "",
+        f"Command: `{cmd}` (cache bound {args.cache_mb:g} MB). Machine: {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"load average {os.getloadavg()[0]:.1f} at the end (other jobs shared the CPUs).",
+        "",
+        f"Reference: one forward+backward (to the input) of EfficientNet-Lite0 on one image, "
+        f"median of {r['baseline_n']} samples taken between the latency measurements: "
+        f"**{b * 1000:.0f} ms**.",
+        "",
+        "## Node expansion over HTTP (children + their 5 reconstructions)",
+        "",
+        "| | n | p50 | p95 | p50 / fwd+bwd | target |",
+        "|---|---|---|---|---|---|",
+        f"| warm (image cached) | {len(warm)} | {pct(warm, 50):.2f} s | {pct(warm, 95):.2f} s | "
+        f"**{pct(warm, 50) / b:.1f}x** | <= 1.5x |",
+        f"| cold (new image) | {len(cold)} | {pct(cold, 50):.2f} s | {pct(cold, 95):.2f} s | "
+        f"**{pct(cold, 50) / b:.1f}x** | <= 3x |",
+        "",
+        "## Throughput, 8 concurrent clients vs 1 (expansions per second)",
+        "",
+        "| clients on | 1 client | 8 clients | ratio | target |",
+        "|---|---|---|---|---|",
+        f"| one image | {one:.3f} ({n1}) | {eight:.3f} ({n8}) | **{eight / one:.2f}x** | >= 1.5x |",
+        f"| four images | {one4:.3f} ({m1}) | {eight4:.3f} ({m8}) | **{eight4 / one4:.2f}x** | |",
+        "",
+        "What merging can gain at most: 8 reconstructions of one image through the tree "
+        f"API, one batched call {r['gain'][0]:.2f} s vs 8 single calls {r['gain'][1]:.2f} s "
+        f"(**{r['gain'][1] / r['gain'][0]:.2f}x**), in-process, medians of 3.",
+        "",
+        f"## Memory after {mem_expansions} expansions over {mem_images} images (8 clients)",
+        "",
+        "| server RSS | MB |",
+        "|---|---|",
+        f"| after start (model loaded) | {r['rss_start']:.0f} |",
+        f"| before the run | {r['rss_before']:.0f} |",
+        f"| peak during the run | {r['rss_peak']:.0f} |",
+        f"| at the end | {r['rss_end']:.0f} |",
+        f"| engine forward cache at the end | {st['engine_cache_bytes'] / 2**20:.0f} (bound {bound:.0f}) |",
+        f"| answer cache at the end | {st['results_bytes'] / 2**20:.0f} (bound {results_mb}) |",
+        "",
+        f"Peak growth during the run: {growth:.0f} MB for a forward cache bound of {bound:.0f} MB "
+        f"and an answer cache bound of {results_mb} MB ({r['mem_time']:.0f} s, "
+        f"{st['recon_paths'] - sb['recon_paths']} reconstructions in "
+        f"{st['recon_batches'] - sb['recon_batches']} batched backwards).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

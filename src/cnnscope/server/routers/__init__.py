@@ -1,0 +1,1 @@
+"""HTTP routes of the explorer: thin wrappers around :mod:`cnnscope.server.service`."""

@@ -1,0 +1,146 @@
+"""``/api/images/{id}/children|parents|faithfulness|reconstruction.png``: the neuron tree."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from fastapi import APIRouter, Depends, Query, Response
+
+from ..schemas import ChildrenOut, FaithfulnessOut, Gain, NodeOut, ParentsOut, Rule, Scoring, Sign
+from ..service import ExplorerService
+from .deps import ERRORS, checked_model, recon_url, service
+from .images import CACHE, PNG, ImageId
+
+router = APIRouter(prefix="/api/images", tags=["tree"], responses=ERRORS)
+
+PathQuery = Query(
+    ...,
+    min_length=1,
+    max_length=2000,
+    description="tree path, root first, units joined by '/' (a layer's call K is written ~K)",
+    examples=["logits:285/blocks.15:120"],
+)
+K = Query(5, ge=1, le=16, description="how many children")
+RULE = Query("guided", description="backward rule: gradient, deconvnet, guided or guided_neg")
+SCORING = Query("path", description="path: conditioned on the path (default); local: own max")
+GAIN = Query("auto", description="gain of each deeper node: auto (L1 mass), fixed or none")
+SIGN = Query("pos", description="pos: excitatory children; neg: inhibitory (true gradient)")
+
+
+def node_out(
+    svc: ExplorerService,
+    image_id: str,
+    node: dict,
+    rule: str,
+    gain: str,
+    model: str,
+    alone: bool = False,
+) -> NodeOut:
+    """A node as JSON; ``alone``: its reconstruction as a root rather than along its path."""
+    label = svc.model.label(node["channel"]) if svc.is_class_layer(node["layer"]) else None
+    recon = node["path"].split("/")[0] if alone else node["path"]
+    return NodeOut(
+        **node, label=label, reconstruction=recon_url(image_id, recon, rule, gain, model)
+    )
+
+
+@router.get("/{image_id}/children", response_model=ChildrenOut, summary="Expand a node")
+async def children(
+    image_id: str = ImageId,
+    path: str = PathQuery,
+    k: int = K,
+    rule: Rule = RULE,
+    scoring: Scoring = SCORING,
+    gain: Gain = GAIN,
+    sign: Sign = SIGN,
+    svc: ExplorerService = Depends(service),
+    model: str = Depends(checked_model),
+) -> ChildrenOut:
+    """The top-``k`` units of the next lower chain layer that feed the last unit of ``path``.
+
+    Scores are ``|mean over positions of A_c * G_c|`` with ``G`` the path-conditioned
+    gradient (``scoring=path``) or the node's own (``scoring=local``). Their
+    reconstructions are queued at once, so the URLs given here are fast to fetch.
+    """
+    nodes = await svc.children(
+        image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign
+    )
+    units, canonical = svc.check_path(path)
+    return ChildrenOut(
+        image=image_id,
+        path=canonical,
+        layer=nodes[0]["layer"] if nodes else svc.chain_below(units[-1].layer),
+        k=k,
+        rule=rule,
+        scoring=scoring,
+        gain=gain,
+        sign=sign,
+        children=[node_out(svc, image_id, n, rule, gain, model) for n in nodes],
+    )
+
+
+@router.get("/{image_id}/parents", response_model=ParentsOut, summary="Drill up from a unit")
+async def parents(
+    image_id: str = ImageId,
+    unit: str = Query(
+        ..., min_length=3, max_length=200, description="LAYER:CHANNEL", examples=["blocks.11:33"]
+    ),
+    k: int = K,
+    rule: Rule = RULE,
+    svc: ExplorerService = Depends(service),
+    model: str = Depends(checked_model),
+) -> ParentsOut:
+    """The units of the chain layer above ``unit`` that it feeds most.
+
+    Each parent's ``path`` is ``PARENT/UNIT`` (re-rooting there keeps ``unit`` in view);
+    its ``reconstruction`` is the parent's own, as a root.
+    """
+    nodes = await svc.parents(image_id, unit, k=k, rule=rule)
+    parsed = svc.check_unit(unit)
+    return ParentsOut(
+        image=image_id,
+        unit=str(parsed),
+        layer=nodes[0]["layer"] if nodes else svc.chain_above(parsed.layer),
+        parents=[node_out(svc, image_id, n, rule, "auto", model, alone=True) for n in nodes],
+    )
+
+
+@router.get("/{image_id}/faithfulness", response_model=FaithfulnessOut, summary="Edge faithfulness")
+async def faithfulness(
+    image_id: str = ImageId,
+    path: str = PathQuery,
+    k: int = K,
+    rule: Rule = RULE,
+    scoring: Scoring = SCORING,
+    gain: Gain = GAIN,
+    sign: Sign = SIGN,
+    svc: ExplorerService = Depends(service),
+    _model: str = Depends(checked_model),
+) -> FaithfulnessOut:
+    """Zero the node's shown children and measure the node's drop, against random channels."""
+    result = await svc.faithfulness(
+        image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign
+    )
+    _, canonical = svc.check_path(path)
+    return FaithfulnessOut(image=image_id, path=canonical, **result)
+
+
+@router.get("/{image_id}/reconstruction.png", responses=PNG, summary="A node's reconstruction")
+async def reconstruction(
+    image_id: str = ImageId,
+    path: str = PathQuery,
+    rule: Rule = RULE,
+    gain: Gain = GAIN,
+    crop: Literal["none", "support"] = Query(
+        "none", description="support: zoom on the pixels the gradient reaches"
+    ),
+    svc: ExplorerService = Depends(service),
+    _model: str = Depends(checked_model),
+) -> Response:
+    """The path-conditioned reconstruction of the last unit of ``path``, as PNG.
+
+    Requests for the same image, rule and gain that arrive within a few milliseconds are
+    answered by one batched backward.
+    """
+    png = await svc.reconstruction(image_id, path, rule, gain, crop)
+    return Response(png, media_type="image/png", headers=CACHE)

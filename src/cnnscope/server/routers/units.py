@@ -1,0 +1,92 @@
+"""``/api/units/{unit}``: what a unit is, and the slots for dataset examples and synthesis."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Path, Response
+
+from ..schemas import UnitOut, VisualizationOut
+from ..service import ExplorerService
+from .deps import ERRORS, checked_model, service, unit_url
+from .images import CACHE, PNG
+
+router = APIRouter(prefix="/api/units", tags=["units"], responses=ERRORS)
+
+UnitPath = Path(
+    ...,
+    min_length=3,
+    max_length=200,
+    description="LAYER:CHANNEL (a layer's call K is written ~K)",
+    examples=["blocks.15:120"],
+)
+
+
+@router.get("/{unit}", response_model=UnitOut, summary="One unit")
+def unit_info(
+    unit: str = UnitPath,
+    svc: ExplorerService = Depends(service),
+    _model: str = Depends(checked_model),
+) -> UnitOut:
+    """Layer, shape, receptive field and neighbours in the chain of a unit."""
+    parsed = svc.check_unit(unit)
+    info = svc.layer_info(parsed.layer)
+    name = str(parsed)
+    return UnitOut(
+        unit=name,
+        layer=info.name,
+        channel=parsed.channel,
+        kind=info.kind,
+        shape=list(info.shape),
+        label=svc.model.label(parsed.channel) if svc.is_class_layer(info.name) else None,
+        rf_size=[int(v) for v in info.field.size] if info.field else None,
+        in_chain=svc.in_chain(info.name),
+        layer_below=svc.chain_below(info.name),
+        layer_above=svc.chain_above(info.name),
+        examples=unit_url(name, "examples.png"),
+        visualization=unit_url(name, "visualization.png"),
+    )
+
+
+@router.get("/{unit}/examples.png", responses=PNG, summary="Dataset examples of a unit")
+async def examples(unit: str = UnitPath, svc: ExplorerService = Depends(service)) -> Response:
+    """The unit's top dataset patches; ``404 no index`` until the server has an index."""
+    return Response(await svc.examples(unit), media_type="image/png", headers=CACHE)
+
+
+@router.get("/{unit}/visualization.png", responses=PNG, summary="Feature visualization of a unit")
+async def visualization(unit: str = UnitPath, svc: ExplorerService = Depends(service)) -> Response:
+    """A synthesized image that excites the unit; ``404 not computed yet`` until rendered.
+
+    Start the rendering with ``POST /api/units/{unit}/visualization``.
+    """
+    return Response(await svc.visualization(unit), media_type="image/png", headers=CACHE)
+
+
+def _vis_out(state: dict) -> VisualizationOut:
+    return VisualizationOut(**state, image=unit_url(state["unit"], "visualization.png"))
+
+
+@router.get(
+    "/{unit}/visualization", response_model=VisualizationOut, summary="Feature visualization state"
+)
+def visualization_state(
+    unit: str = UnitPath, svc: ExplorerService = Depends(service)
+) -> VisualizationOut:
+    """Whether the unit's feature visualization is rendered, rendering (with progress) or not."""
+    return _vis_out(svc.visualization_state(unit))
+
+
+@router.post(
+    "/{unit}/visualization",
+    response_model=VisualizationOut,
+    status_code=202,
+    summary="Render a feature visualization",
+)
+def start_visualization(
+    unit: str = UnitPath, svc: ExplorerService = Depends(service)
+) -> VisualizationOut:
+    """Queue the rendering in the background (once; cached in the data directory).
+
+    It runs when the model is otherwise idle, then holds it for the optimisation's
+    duration (requests queued meanwhile wait). Poll the state, then fetch the PNG.
+    """
+    return _vis_out(svc.start_visualization(unit))

@@ -1,0 +1,167 @@
+"""Pydantic models of the explorer's JSON API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Rule = Literal["gradient", "deconvnet", "guided", "guided_neg"]
+Gain = Literal["auto", "fixed", "none"]
+Scoring = Literal["path", "local"]
+Sign = Literal["pos", "neg"]
+
+
+class ErrorOut(BaseModel):
+    """Every 4xx answer: one readable line."""
+
+    detail: str = Field(description="what is wrong and what to do", examples=["unknown image 'x'"])
+
+
+class LayerOut(BaseModel):
+    name: str
+    kind: str = Field(description="module type, e.g. ReLU6")
+    shape: list[int] = Field(description="activation shape without the batch: C[, H, W]")
+    channels: int
+    rf_size: list[int] | None = Field(None, description="receptive field size (y, x) in pixels")
+    rf_stride: list[int] | None = None
+
+
+class ModelOut(BaseModel):
+    name: str
+    input_size: list[int] = Field(description="(H, W) of the model input")
+    num_classes: int
+    logits_layer: str | None
+    chain: list[LayerOut] = Field(description="the tree's layers, top (logits) first")
+    rules: list[str]
+    gains: list[str]
+    attribution_methods: dict[str, str] = Field(description="method id -> display name")
+    attribution_source: Literal["attribution", "engine"] = Field(
+        description="the attribution package, or the built-in guided backprop / Grad-CAM"
+    )
+    index: bool = Field(description="whether dataset examples are available")
+    synthesis: bool = Field(description="whether feature visualizations are available")
+
+
+class ModelsOut(BaseModel):
+    current: str = Field(description="the one model this server runs")
+    models: list[ModelOut]
+    max_upload_mb: float
+
+
+class ImageOut(BaseModel):
+    id: str = Field(description="URL-safe id: a gallery name or d-/u- plus a content hash")
+    name: str
+    description: str
+    source: Literal["builtin", "folder", "upload"]
+    thumbnail: str = Field(description="URL of a JPEG thumbnail")
+    input: str = Field(description="URL of the image as the model sees it")
+    page: str = Field(description="URL of the image page")
+
+
+class GalleryOut(BaseModel):
+    images: list[ImageOut]
+    max_upload_mb: float
+
+
+class Prediction(BaseModel):
+    index: int
+    label: str
+    probability: float
+
+
+class PredictionsOut(BaseModel):
+    image: str
+    predictions: list[Prediction]
+
+
+class OverviewUnit(BaseModel):
+    unit: str = Field(examples=["blocks.15:120"])
+    channel: int
+    score: float = Field(description="spatial max of the activation")
+    label: str | None = Field(None, description="class name for logit units")
+    reconstruction: str = Field(description="URL of its reconstruction (PNG)")
+
+
+class OverviewLayer(BaseModel):
+    layer: str
+    shape: list[int]
+    units: list[OverviewUnit]
+
+
+class OverviewOut(BaseModel):
+    image: str
+    rule: Rule
+    layers: list[OverviewLayer]
+
+
+class NodeOut(BaseModel):
+    unit: str
+    layer: str
+    channel: int
+    weight: float = Field(
+        description="contribution score to the parent (children) or child (parents)"
+    )
+    sign: Sign
+    path: str = Field(description="the node's tree path, root first, units joined by '/'")
+    label: str | None = Field(None, description="class name for logit units")
+    reconstruction: str = Field(description="URL of its path-conditioned reconstruction (PNG)")
+
+
+class ChildrenOut(BaseModel):
+    image: str
+    path: str
+    layer: str | None = Field(
+        description="the chain layer the children come from; null at the bottom"
+    )
+    k: int
+    rule: Rule
+    scoring: Scoring
+    gain: Gain
+    sign: Sign
+    children: list[NodeOut]
+
+
+class ParentsOut(BaseModel):
+    image: str
+    unit: str
+    layer: str | None = Field(description="the chain layer above; null at the top")
+    parents: list[NodeOut]
+
+
+class FaithfulnessOut(BaseModel):
+    image: str
+    path: str
+    children: list[str] = Field(description="the units that were zeroed")
+    drop: float = Field(description="relative drop of the node when its shown children are zeroed")
+    random_drop: float = Field(
+        description="mean relative drop when as many random channels are zeroed"
+    )
+    random_std: float
+
+
+class UnitOut(BaseModel):
+    unit: str
+    layer: str
+    channel: int
+    kind: str
+    shape: list[int]
+    label: str | None = None
+    rf_size: list[int] | None = None
+    in_chain: bool
+    layer_below: str | None
+    layer_above: str | None
+    examples: str = Field(description="URL of its dataset examples (404 until an index exists)")
+    visualization: str = Field(description="URL of its feature visualization (404 until computed)")
+
+
+class UploadOut(ImageOut):
+    created: bool = Field(description="false when the same image was uploaded before")
+
+
+class VisualizationOut(BaseModel):
+    unit: str
+    state: Literal["none", "running", "done", "failed"]
+    progress: float = Field(description="fraction of the optimisation steps done")
+    detail: str | None = Field(None, description="why it failed")
+    image: str = Field(description="URL of the PNG (404 until done)")

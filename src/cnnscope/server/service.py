@@ -1,0 +1,789 @@
+"""The explorer's service layer: validation, caching, batching; no HTTP and no maths.
+
+Routes call the ``async`` methods of :class:`ExplorerService`. Each method checks its
+arguments on the event loop (cheap, and a bad name never reaches the model), looks the
+answer up in a bounded cache, joins an identical computation already under way, or
+submits a job to the :class:`~cnnscope.server.worker.BatchWorker`, the one thread that
+runs the model. Reconstructions of the same image, rule and gain that wait together go
+through :meth:`cnnscope.tree.Explorer.reconstructions` as one batched backward.
+
+Everything is keyed by image id (a content hash or a built-in name) and arguments, never
+by user or session, so clients cannot see or disturb each other's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import re
+from collections.abc import Awaitable, Callable, Hashable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..engine import LOGITS, Engine, LayerInfo, Unit
+from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
+from ..models import LoadedModel
+from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
+from ..tree import Explorer, format_path, parse_path
+from .cache import LRUCache
+from .store import BadRequestError, ImageStore, NotFoundError
+from .worker import BatchWorker, Failed, Job
+
+__all__ = ["ExplorerService", "RULES", "GAINS", "SCORINGS", "SIGNS"]
+
+log = logging.getLogger(__name__)
+
+RULES = ("gradient", "deconvnet", "guided", "guided_neg")
+GAINS = ("auto", "fixed", "none")
+SCORINGS = ("path", "local")
+SIGNS = ("pos", "neg")
+
+#: Attribution methods computed here while the attribution package is absent.
+FALLBACK_METHODS = {"grad_cam": "Grad-CAM", "guided_backprop": "Guided backprop"}
+
+#: Display names of the attribution package's methods, in the picker's order.
+METHOD_NAMES = {
+    "grad_cam": "Grad-CAM",
+    "guided_backprop": "Guided backprop",
+    "guided_grad_cam": "Guided Grad-CAM",
+    "gradient": "Gradient",
+    "gradient_x_input": "Gradient × input",
+    "deconvnet": "Deconvnet",
+    "guided_neg": "Guided neg",
+    "grad_cam_pp": "Grad-CAM++",
+    "xgrad_cam": "XGrad-CAM",
+    "hires_cam": "HiResCAM",
+    "layer_cam": "LayerCAM",
+    "eigen_cam": "Eigen-CAM",
+    "lrp": "LRP",
+    "integrated_gradients": "Integrated gradients",
+    "smoothgrad": "SmoothGrad",
+    "smoothgrad_sq": "SmoothGrad²",
+    "vargrad": "VarGrad",
+    "score_cam": "Score-CAM",
+    "ablation_cam": "Ablation-CAM",
+}
+#: Methods that run many forward passes: they hold the worker for seconds.
+SLOW_METHODS = {
+    "integrated_gradients",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "score_cam",
+    "ablation_cam",
+}
+
+try:  # feature synthesis: render visualizations in the background when it is there
+    from ..synthesis import unit_visualization as _unit_visualization
+except ImportError:  # pragma: no cover - depends on what is installed
+    _unit_visualization = None
+
+try:  # the attribution package is written in parallel; use it when it is there
+    from ..attribution import METHODS as _ATTRIBUTION_METHODS
+    from ..attribution import attribute as _attribute
+    from ..attribution import get_method as _get_method
+except ImportError:  # pragma: no cover - depends on what is installed
+    _ATTRIBUTION_METHODS, _attribute, _get_method = None, None, None
+
+
+class ExplorerService:
+    """Everything the explorer computes, for one model.
+
+    Parameters
+    ----------
+    model
+        The loaded model (one per server).
+    store
+        Where images come from.
+    chain
+        Layer names of the tree, top first (default: the model's default chain).
+    cache_mb
+        Memory bound of the engine's cache of recorded forwards (per-image state).
+    results_mb
+        Memory bound of the cache of finished answers (PNGs, JSON-ready lists).
+    window_ms
+        How long the worker waits for more requests to merge into one batch.
+    max_batch
+        Most reconstructions in one batched backward.
+    index
+        Path of a dataset index (used once the index package exists).
+
+    Examples
+    --------
+    >>> import asyncio, tempfile
+    >>> from cnnscope.models import load_model
+    >>> service = ExplorerService(load_model(), ImageStore(tempfile.mkdtemp()))
+    >>> asyncio.run(service.predictions("chelsea"))[0]["label"]  # doctest: +SKIP
+    'tabby'
+    """
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        store: ImageStore,
+        *,
+        chain: Sequence[str] | None = None,
+        cache_mb: float = 1024,
+        results_mb: float = 128,
+        window_ms: float = 4.0,
+        max_batch: int = 16,
+        index: str | None = None,
+        data_dir: str | os.PathLike | None = None,
+        synthesis_steps: int = 128,
+        synthesis_size: int = 160,
+    ):
+        self.model = model
+        self.store = store
+        self.engine = Engine.for_module(model.module)
+        self.engine.cache_bytes = int(cache_mb * (1 << 20))
+        self.input_size = tuple(model.preprocess_config.input_size)
+        self.explorer = Explorer(model, chain=list(chain) if chain else None)
+        self.chain = [str(name) for name in self.explorer.chain]
+        self.layers: dict[str, LayerInfo] = {
+            info.name: info for info in self.engine.layers(self.input_size)
+        }
+        self.index_path = index
+        self.synthesis_steps = int(synthesis_steps)
+        self.synthesis_size = int(synthesis_size)
+        self._vis_dir = Path(data_dir or store.data_dir) / "visualizations" / _slug(model.name)
+        self._vis_jobs: dict[str, dict] = {}  # unit -> {"progress": float, "error": str|None}
+        self._index = _open_index(index) if index else None
+        self.max_batch = int(max_batch)
+        self.results = LRUCache(int(results_mb * (1 << 20)), sizeof=_sizeof)
+        h, w = self.input_size
+        self._inputs = LRUCache(64 * 3 * h * w * 4, sizeof=_sizeof)
+        self._inflight: dict[Hashable, asyncio.Future] = {}
+        self.recon_batches = 0  # batched backwards run for reconstructions
+        self.recon_paths = 0  # reconstructions computed
+        self.worker = BatchWorker(
+            {"call": self._run_calls, "recon": self._run_recons},
+            window_ms=window_ms,
+            max_batch=self.max_batch,
+        )
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self.worker.close()
+
+    # -- what the model offers -----------------------------------------------------------
+
+    @property
+    def attribution_methods(self) -> dict[str, str]:
+        """``{method id: display name}`` of the attribution picker (slow ones marked)."""
+        if _ATTRIBUTION_METHODS is None:
+            return dict(FALLBACK_METHODS)
+        names = [n for n in METHOD_NAMES if n in _ATTRIBUTION_METHODS]
+        names += sorted(set(_ATTRIBUTION_METHODS) - set(names))
+        return {
+            n: METHOD_NAMES.get(n, n.replace("_", " ")) + (" (slow)" if n in SLOW_METHODS else "")
+            for n in names
+        }
+
+    def attribution_method(self, method: str) -> str:
+        """The registry name of ``method`` (aliases accepted); 404 if unknown."""
+        if _get_method is not None:
+            try:
+                return _get_method(method).name
+            except CnnscopeError as exc:
+                raise NotFoundError(f"unknown attribution method {method[:60]!r}: {exc}") from None
+        if method not in FALLBACK_METHODS:
+            raise NotFoundError(
+                f"unknown attribution method {method[:60]!r}: use {', '.join(FALLBACK_METHODS)}"
+            )
+        return method
+
+    @property
+    def index_available(self) -> bool:
+        """Whether a dataset index is loaded (dataset examples per unit)."""
+        return self._index is not None
+
+    @property
+    def synthesis_available(self) -> bool:
+        """Whether feature visualizations can be computed (the synthesis package)."""
+        return _unit_visualization is not None
+
+    def layer_info(self, name: str) -> LayerInfo:
+        """The layer called ``name`` (canonical name, ``NAME#K``, or the logits layer)."""
+        try:
+            canonical = self.explorer.canonical(name)
+        except UnknownLayerError as exc:
+            raise NotFoundError(str(exc)) from None
+        return self.layers[canonical]
+
+    def chain_below(self, layer: str) -> str | None:
+        """The chain layer under ``layer`` (``None`` at the bottom)."""
+        return self.explorer.below(self.layer_info(layer).name)
+
+    def chain_above(self, layer: str) -> str | None:
+        """The chain layer over ``layer`` (``None`` at the top)."""
+        return self.explorer.above(self.layer_info(layer).name)
+
+    def in_chain(self, layer: str) -> bool:
+        """Whether ``layer`` is one of the tree's layers."""
+        return self.layer_info(layer).name in self.chain
+
+    def is_class_layer(self, layer: str) -> bool:
+        """Whether units of ``layer`` are the class scores."""
+        return layer in (LOGITS, self.model.logits_layer)
+
+    # -- argument checks (on the event loop, before any compute) -------------------------
+
+    def check_unit(self, text: str) -> Unit:
+        """Parse a unit and check its layer, channel and position against the model."""
+        try:
+            unit = Unit.parse(str(text).replace("~", "#"))
+        except UnitSpecError as exc:
+            raise BadRequestError(str(exc)) from None
+        info = self.layer_info(unit.layer)
+        unit = Unit(info.name, unit.channel, unit.pos)
+        self._check_in_layer(unit, info)
+        return unit
+
+    def _check_in_layer(self, unit: Unit, info: LayerInfo) -> None:
+        channels = info.shape[0] if info.shape else 1
+        if unit.channel >= channels:
+            raise NotFoundError(
+                f"unknown unit {unit}: layer {info.name!r} has channels 0-{channels - 1}"
+            )
+        if unit.pos is not None:
+            if len(info.shape) != 3:
+                raise NotFoundError(f"unknown unit {unit}: layer {info.name!r} has no spatial map")
+            h, w = info.shape[1:]
+            if not (unit.pos[0] < h and unit.pos[1] < w):
+                raise NotFoundError(
+                    f"unknown unit {unit}: positions of {info.name!r} are 0-{h - 1}, 0-{w - 1}"
+                )
+
+    def check_path(self, text: str) -> tuple[tuple[Unit, ...], str]:
+        """Parse and check a tree path; returns it and its canonical text."""
+        try:
+            path = parse_path(text)
+        except UnitSpecError as exc:
+            raise BadRequestError(str(exc)) from None
+        checked = []
+        for unit in path:
+            info = self.layer_info(unit.layer)
+            unit = Unit(info.name, unit.channel, unit.pos)
+            self._check_in_layer(unit, info)
+            checked.append(unit)
+        return tuple(checked), format_path(tuple(checked))
+
+    def check_target(self, target: int | None) -> int | None:
+        """A class index in range, or ``None`` for the top class."""
+        n = self.model.num_classes or self.layers[LOGITS].shape[0]
+        if target is not None and not 0 <= target < n:
+            raise NotFoundError(f"unknown class {target}: classes are 0-{n - 1}")
+        return target
+
+    # -- caching and single flight -------------------------------------------------------
+
+    async def _once(self, key: Hashable, compute: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached answer for ``key``, or join/start the one computation of it."""
+        hit = self.results.get(key)
+        if hit is not None:
+            return hit
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(compute())
+            self._inflight[key] = task
+            task.add_done_callback(lambda t, k=key: self._finish(k, t))
+        return await asyncio.shield(task)
+
+    def _finish(self, key: Hashable, task: asyncio.Future) -> None:
+        self._inflight.pop(key, None)
+        if not task.cancelled() and task.exception() is None:
+            self.results.put(key, task.result())
+
+    async def _call(self, key: Hashable, fn: Callable[[], Any]) -> Any:
+        return await self._once(key, lambda: self.worker.run("call", object(), fn))
+
+    def _run_calls(self, _group, fns: Sequence[Callable[[], Any]]) -> list[Any]:
+        out = []
+        for fn in fns:
+            try:
+                out.append(fn())
+            except Exception as exc:  # reported to the one request that asked
+                out.append(Failed(exc))
+        return out
+
+    def _input(self, image_id: str) -> torch.Tensor:
+        """The model input of an image (runs on the worker)."""
+        x = self._inputs.get(image_id)
+        if x is None:
+            x = self.explorer.input(self.store.load(image_id))
+            self._inputs.put(image_id, x)
+        return x
+
+    # -- images --------------------------------------------------------------------------
+
+    async def input_png(self, image_id: str) -> bytes:
+        """The image as the model sees it (resized and cropped), as PNG."""
+        self.store.get(image_id)
+
+        def make() -> bytes:
+            image = self.model.preprocess_config.geometry(self.store.load(image_id))
+            return png_bytes(image)
+
+        return await self._once(("input", image_id), lambda: asyncio.to_thread(make))
+
+    async def thumbnail(self, image_id: str, size: int = 320) -> bytes:
+        """A JPEG thumbnail of the original image."""
+        self.store.get(image_id)
+
+        def make() -> bytes:
+            image = self.store.load(image_id)
+            image.thumbnail((size, size), Image.Resampling.LANCZOS)
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=85)
+            return buf.getvalue()
+
+        return await self._once(("thumb", image_id, size), lambda: asyncio.to_thread(make))
+
+    # -- model answers -------------------------------------------------------------------
+
+    async def predictions(self, image_id: str, k: int = 5) -> list[dict]:
+        """Top ``k`` classes: index, label, probability."""
+        self.store.get(image_id)
+        return await self._call(
+            ("pred", image_id, k),
+            lambda: self.explorer.predictions(self._input(image_id), k=k),
+        )
+
+    async def overview(self, image_id: str, per_layer: int = 8) -> list[dict]:
+        """Per chain layer, the top units by spatial max: ``[{layer, units:[{unit, score}]}]``."""
+        self.store.get(image_id)
+
+        def compute() -> list[dict]:
+            layers = self.explorer.overview(self._input(image_id), per_layer=per_layer)
+            return [
+                {
+                    "layer": str(entry["layer"]),
+                    "units": [
+                        {"unit": str(u["unit"]), "score": float(u["score"])} for u in entry["units"]
+                    ],
+                }
+                for entry in layers
+            ]
+
+        return await self._call(("overview", image_id, per_layer), compute)
+
+    async def children(
+        self,
+        image_id: str,
+        path: str,
+        *,
+        k: int = 5,
+        rule: str = "guided",
+        scoring: str = "path",
+        gain: str = "auto",
+        sign: str = "pos",
+        prefetch: bool = True,
+    ) -> list[dict]:
+        """The top ``k`` children of the last unit of ``path`` in the next chain layer.
+
+        With ``prefetch`` their reconstructions are queued at once (one batched backward),
+        so the images the page asks for next are already on their way.
+        """
+        self.store.get(image_id)
+        units, canonical = self.check_path(path)
+        options = {"k": k, "rule": rule, "scoring": scoring, "gain": gain, "sign": sign}
+
+        def compute() -> list[dict]:
+            nodes = self.explorer.children(self._input(image_id), units, **options)
+            return [_node_dict(n) for n in nodes]
+
+        key = ("children", image_id, canonical, k, rule, scoring, gain, sign)
+        nodes = await self._call(key, compute)
+        if prefetch and nodes:
+            self.prefetch(image_id, [n["path"] for n in nodes], rule, gain)
+        return nodes
+
+    async def parents(
+        self, image_id: str, unit: str, *, k: int = 5, rule: str = "guided"
+    ) -> list[dict]:
+        """The units of the chain layer above ``unit`` that it feeds most (drill up)."""
+        self.store.get(image_id)
+        parsed = self.check_unit(unit)
+
+        def compute() -> list[dict]:
+            return [
+                _node_dict(n)
+                for n in self.explorer.parents(self._input(image_id), parsed, k=k, rule=rule)
+            ]
+
+        nodes = await self._call(("parents", image_id, str(parsed), k, rule), compute)
+        if nodes:  # each parent is shown as a root of its own
+            self.prefetch(image_id, [n["path"].split("/")[0] for n in nodes], rule, "auto")
+        return nodes
+
+    async def faithfulness(
+        self,
+        image_id: str,
+        path: str,
+        *,
+        k: int = 5,
+        rule: str = "guided",
+        scoring: str = "path",
+        gain: str = "auto",
+        sign: str = "pos",
+    ) -> dict:
+        """How much the node drops when its shown children are zeroed, against random ones."""
+        units, canonical = self.check_path(path)
+        nodes = await self.children(
+            image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign, prefetch=False
+        )
+
+        if not nodes:
+            raise BadRequestError(f"{units[-1]} is at the bottom of the chain: it has no children")
+        kids = [Unit.parse(n["unit"]) for n in nodes]
+
+        def compute() -> dict:
+            result = self.explorer.faithfulness(self._input(image_id), units, kids)
+            return {key: float(result[key]) for key in ("drop", "random_drop", "random_std")}
+
+        key = ("faith", image_id, canonical, k, rule, scoring, gain, sign)
+        result = await self._call(key, compute)
+        return {**result, "children": [n["unit"] for n in nodes]}
+
+    async def reconstruction(
+        self, image_id: str, path: str, rule: str = "guided", gain: str = "auto", crop: str = "none"
+    ) -> bytes:
+        """The path-conditioned reconstruction of ``path`` as PNG (batched with its peers).
+
+        ``crop="support"`` zooms on the part of the image the gradient reaches (for units of
+        low layers, whose receptive field is a few pixels of a 224-pixel picture).
+        """
+        self.store.get(image_id)
+        _, canonical = self.check_path(path)
+        png = await self._recon(image_id, canonical, rule, gain)
+        if crop == "none":
+            return png
+        key = ("crop", image_id, canonical, rule, gain)
+        return await self._once(key, lambda: asyncio.to_thread(crop_to_support, png))
+
+    def _recon(self, image_id: str, canonical: str, rule: str, gain: str) -> Awaitable[bytes]:
+        key = ("recon", image_id, canonical, rule, gain)
+        group = (image_id, rule, gain)
+        return self._once(key, lambda: self.worker.run("recon", group, canonical, priority=1))
+
+    def prefetch(self, image_id: str, paths: Sequence[str], rule: str, gain: str) -> None:
+        """Start computing reconstructions that will be asked for soon (no waiting)."""
+        for path in paths:
+            key = ("recon", image_id, path, rule, gain)
+            if self.results.get(key) is None and key not in self._inflight:
+                task = asyncio.ensure_future(self._recon(image_id, path, rule, gain))
+                task.add_done_callback(_quiet)
+
+    def _run_recons(self, group, paths: Sequence[str]) -> list[Any]:
+        """Worker: reconstructions of many paths of one image, rule and gain, batched."""
+        image_id, rule, gain = group
+        try:
+            x = self._input(image_id)
+        except Exception as exc:
+            return [Failed(exc)] * len(paths)
+        unique = list(dict.fromkeys(paths))
+        done: dict[str, Any] = {}
+        for start in range(0, len(unique), self.max_batch):
+            chunk = unique[start : start + self.max_batch]
+            try:
+                images = self.explorer.reconstructions(
+                    x, [parse_path(p) for p in chunk], rule=rule, gain=gain
+                )
+                self.recon_batches += 1
+                self.recon_paths += len(chunk)
+                done.update({p: png_bytes(img) for p, img in zip(chunk, images)})
+            except Exception:  # find which path failed; the others still get answers
+                for p in chunk:
+                    try:
+                        img = self.explorer.reconstruction(x, parse_path(p), rule=rule, gain=gain)
+                        done[p] = png_bytes(img)
+                    except Exception as exc:
+                        done[p] = Failed(exc)
+        return [done[p] for p in paths]
+
+    # -- attribution and activations -----------------------------------------------------
+
+    def default_cam_layer(self) -> str:
+        """The lowest-resolution spatial layer of the chain (the usual Grad-CAM layer)."""
+        for name in self.chain:
+            info = self.layers.get(name)
+            if info is not None and len(info.shape) == 3 and info.shape[1] * info.shape[2] > 1:
+                return name
+        spatial = [i.name for i in self.layers.values() if len(i.shape) == 3 and i.name != "input"]
+        return spatial[-1]
+
+    async def attribution(
+        self, image_id: str, method: str, target: int | None = None, layer: str | None = None
+    ) -> tuple[bytes, int]:
+        """An attribution map over the model's view of the image; PNG and the target class."""
+        self.store.get(image_id)
+        method = self.attribution_method(method)
+        self.check_target(target)
+        if layer:
+            self.layer_info(layer)  # a 404 for an unknown layer, before any compute
+
+        def compute() -> tuple[bytes, int]:
+            x = self._input(image_id)
+            cls = target
+            if cls is None:
+                cls = int(self.explorer.predictions(x, k=1)[0]["index"])
+            if _attribute is not None:
+                result = _attribute(self.model, x[0], method=method, target=cls, layer=layer)
+                if result.kind == "pixel" and _ATTRIBUTION_METHODS[method].style == "colored":
+                    # min-max "colored" washes out; draw it like the tree's reconstructions
+                    return png_bytes(gradient_image(result.tensor)), cls
+                return png_bytes(result.render()), cls
+            return png_bytes(self._fallback_attribution(x, method, cls, layer)), cls
+
+        return await self._call(("attr", image_id, method, target, layer), compute)
+
+    def _fallback_attribution(
+        self, x: torch.Tensor, method: str, cls: int, layer: str | None
+    ) -> np.ndarray:
+        """Guided backprop or Grad-CAM from the engine, until the attribution package exists."""
+        fwd = self.engine.forward(x)
+        seed = torch.zeros_like(fwd.activation(LOGITS))
+        seed[0, cls] = 1.0
+        view = self.model.preprocess_config.to_uint8(x)
+        if method == "guided_backprop":
+            grad = fwd.grad(LOGITS, seed, to="input", rule="guided")[0]
+            return (normalize(grad.permute(1, 2, 0).cpu().numpy(), "symmetric", 99.5) * 255).astype(
+                np.uint8
+            )
+        name = layer or self.default_cam_layer()
+        acts = fwd.activation(name)[0].float()
+        grads = fwd.grad(LOGITS, seed, to=name, rule="gradient")[0].float()
+        if acts.dim() != 3:
+            raise BadRequestError(
+                f"Grad-CAM needs a spatial layer; {name!r} has shape {tuple(acts.shape)}"
+            )
+        cam = torch.relu((grads.mean(dim=(1, 2), keepdim=True) * acts).sum(0)).cpu().numpy()
+        return overlay(view, normalize(cam), cmap="jet", alpha=0.5)
+
+    async def activation(self, image_id: str, unit: str) -> bytes:
+        """A unit's activation map over the image, as PNG."""
+        self.store.get(image_id)
+        parsed = self.check_unit(unit)
+        info = self.layers[parsed.layer]
+        if len(info.shape) != 3:
+            raise BadRequestError(f"{parsed.layer!r} has no spatial map (shape {list(info.shape)})")
+
+        def compute() -> bytes:
+            x = self._input(image_id)
+            amap = (
+                self.engine.forward(x)
+                .activation(parsed.layer)[0, parsed.channel]
+                .float()
+                .cpu()
+                .numpy()
+            )
+            view = self.model.preprocess_config.to_uint8(x)
+            peak = float(amap.max())
+            heat = np.clip(amap / peak, 0, 1) if peak > 0 else np.zeros_like(amap)
+            heat = resize_map(heat, view.shape[:2])
+            tinted = (0.35 * view + 0.65 * colorize(heat, "magma")).round().clip(0, 255)
+            return png_bytes(tinted.astype(np.uint8))
+
+        return await self._call(("act", image_id, str(parsed)), compute)
+
+    # -- slots for the dataset index and feature synthesis -------------------------------
+
+    async def examples(self, unit: str) -> bytes:
+        """A unit's top dataset examples as PNG (404 ``no index`` without an index)."""
+        parsed = self.check_unit(unit)
+        if self._index is None:
+            hint = (
+                f"the index {self.index_path} could not be opened"
+                if self.index_path
+                else "start the server with --index INDEX (see cnnscope index)"
+            )
+            raise NotFoundError(f"no index: dataset examples of {parsed} need one ({hint})")
+        index = self._index
+
+        def render() -> bytes:
+            try:
+                index.unit(Unit(parsed.layer, parsed.channel))
+            except CnnscopeError as exc:
+                raise NotFoundError(f"no examples of {parsed} in the index: {exc}") from None
+            return index.examples_png(Unit(parsed.layer, parsed.channel), model=self.model)
+
+        return await self._call(("examples", str(parsed)), render)
+
+    def _vis_file(self, unit: Unit) -> Path | None:
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(unit))
+        found = sorted(self._vis_dir.glob(f"{safe}-*.png"), key=lambda p: p.stat().st_mtime)
+        return found[-1] if found else None
+
+    def visualization_state(self, unit: str) -> dict:
+        """``{"unit", "state": "done"|"running"|"failed"|"none", "progress", "detail"}``."""
+        parsed = self.check_unit(unit)
+        key = str(parsed)
+        job = self._vis_jobs.get(key)
+        if job is not None and job["error"] is None and job["progress"] < 1.0:
+            return {"unit": key, "state": "running", "progress": job["progress"], "detail": None}
+        if self._vis_file(parsed) is not None:
+            return {"unit": key, "state": "done", "progress": 1.0, "detail": None}
+        if job is not None and job["error"]:
+            return {"unit": key, "state": "failed", "progress": 0.0, "detail": job["error"]}
+        return {"unit": key, "state": "none", "progress": 0.0, "detail": None}
+
+    async def visualization(self, unit: str) -> bytes:
+        """A unit's feature visualization PNG, if rendered (else 404 ``not computed yet``)."""
+        state = self.visualization_state(unit)
+        if state["state"] == "done":
+            path = self._vis_file(self.check_unit(unit))
+            return await asyncio.to_thread(path.read_bytes)
+        if not self.synthesis_available:
+            raise NotFoundError(
+                f"not computed yet: no feature visualization of {state['unit']} "
+                "(feature synthesis is not available in this version)"
+            )
+        if state["state"] == "running":
+            raise NotFoundError(
+                f"not computed yet: rendering {state['unit']}, {state['progress']:.0%} done"
+            )
+        if state["state"] == "failed":
+            raise NotFoundError(f"not computed yet: rendering failed: {state['detail']}")
+        raise NotFoundError(
+            f"not computed yet: POST to this URL to render {state['unit']} "
+            f"({self.synthesis_steps} optimisation steps in the background)"
+        )
+
+    def start_visualization(self, unit: str) -> dict:
+        """Queue the rendering of a unit's feature visualization (low priority, once)."""
+        if not self.synthesis_available:
+            raise NotFoundError("feature synthesis is not available in this version")
+        parsed = self.check_unit(unit)
+        state = self.visualization_state(unit)
+        if state["state"] in ("done", "running"):
+            return state
+        key = str(parsed)
+        job = self._vis_jobs[key] = {"progress": 0.0, "error": None}
+
+        def progress(done: int, total: int) -> None:
+            job["progress"] = min(0.99, done / max(1, total))
+
+        def render() -> str:
+            try:
+                path = _unit_visualization(
+                    self.model,
+                    parsed,
+                    self._vis_dir,
+                    steps=self.synthesis_steps,
+                    size=self.synthesis_size,
+                    progress=progress,
+                )
+            except Exception as exc:
+                job["error"] = " ".join(str(exc).split()) or type(exc).__name__
+                raise
+            job["progress"] = 1.0
+            return str(path)
+
+        future = self.worker.submit(Job("call", object(), render, priority=2))
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return self.visualization_state(unit)
+
+    def stats(self) -> dict:
+        """Cache and worker counters."""
+        return {
+            "engine_cache_bytes": self.engine.cached_bytes(),
+            "engine_cache_limit": self.engine.cache_bytes,
+            "results_bytes": self.results.nbytes,
+            "results_entries": len(self.results),
+            "results_hits": self.results.hits,
+            "results_misses": self.results.misses,
+            "inflight": len(self._inflight),
+            "recon_batches": self.recon_batches,
+            "recon_paths": self.recon_paths,
+            "worker_rounds": self.worker.rounds,
+            "worker_jobs": self.worker.jobs_done,
+        }
+
+
+def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 28) -> bytes:
+    """Zoom a reconstruction on where it differs from its grey background.
+
+    The box is the support of ``|picture - background| > 6`` (any channel), made square,
+    padded by ``pad`` of its size, at least ``min_size`` pixels, kept inside the image and
+    scaled back to the full size. A picture whose support is most of the image is
+    returned as it is.
+
+    Examples
+    --------
+    >>> a = np.full((64, 64, 3), 128, np.uint8); a[30:33, 40:42] = 255
+    >>> out = np.asarray(Image.open(io.BytesIO(crop_to_support(png_bytes(a)))))
+    >>> out.shape, int((out > 200).any(axis=2).sum()) > 12  # the 6-pixel spot got bigger
+    ((64, 64, 3), True)
+    """
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    h, w = img.shape[:2]
+    background = np.median(img.reshape(-1, 3), axis=0)
+    mask = (np.abs(img.astype(np.int16) - background).max(axis=2)) > 6
+    if not mask.any():
+        return png
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    side = max(bottom - top, right - left)
+    side = int(min(max(side * (1 + 2 * pad), min_size), h, w))
+    if side >= 0.8 * min(h, w):
+        return png
+    cy, cx = (top + bottom) / 2, (left + right) / 2
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    box = Image.fromarray(img[y0 : y0 + side, x0 : x0 + side])
+    return png_bytes(box.resize((w, h), Image.Resampling.LANCZOS))
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "model"
+
+
+def _open_index(path: str):
+    """Open a dataset index with the index package (``None`` if it is not installed)."""
+    try:
+        from ..index import open_index
+    except ImportError:
+        log.warning("--index %s ignored: the dataset index package is not available", path)
+        return None
+    index = open_index(path)  # a bad index is the user's error: one line, exit status 2
+    log.info("dataset examples from %s", index)
+    return index
+
+
+def _node_dict(node) -> dict:
+    unit = node.unit if isinstance(node.unit, Unit) else Unit.parse(str(node.unit))
+    path = node.path if isinstance(node.path, str) else format_path(tuple(node.path))
+    return {
+        "unit": str(unit),
+        "layer": unit.layer,
+        "channel": unit.channel,
+        "weight": float(node.weight),
+        "sign": str(getattr(node, "sign", "pos")),
+        "path": path,
+    }
+
+
+def _sizeof(value: Any) -> int:
+    if isinstance(value, (bytes, bytearray)):
+        return len(value) + 64
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size() + 64
+    if isinstance(value, tuple) and value and isinstance(value[0], bytes):
+        return len(value[0]) + 64
+    return 2048
+
+
+def _quiet(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("prefetch failed: %s", task.exception())
+
+
+def error_is_user(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user's fault (a 4xx) rather than a server bug."""
+    return isinstance(exc, CnnscopeError)

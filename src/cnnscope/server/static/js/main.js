@@ -1,0 +1,77 @@
+// The explorer's front end: one shell, one module per page, routed by the URL path.
+
+import { ApiError, getModel, pages } from "./api.js";
+import { crumbs, errorCard, h, mount } from "./dom.js";
+
+const ROUTES = [
+  [/^\/$/, () => import("./pages/gallery.js"), []],
+  [/^\/images\/([^/]+)\/tree\/?$/, () => import("./pages/tree.js"), ["image"]],
+  [/^\/images\/([^/]+)\/?$/, () => import("./pages/image.js"), ["image"]],
+  [/^\/units\/([^/]+)\/?$/, () => import("./pages/unit.js"), ["unit"]],
+];
+
+async function start() {
+  const app = document.getElementById("app");
+  const badge = document.getElementById("model-badge");
+  let model;
+  try {
+    model = await getModel();
+    badge.textContent = model.name;
+  } catch (err) {
+    mount(app, errorCard("The explorer is not answering", err.message));
+    return;
+  }
+  const path = window.location.pathname;
+  const params = new URLSearchParams(window.location.search);
+  const wanted = params.get("model");
+  if (wanted && wanted !== model.name) {
+    crumbs([["Gallery", "/"], ["Wrong model"]]);
+    mount(
+      app,
+      errorCard(
+        "This link was made for another model",
+        `The link asks for model “${wanted}”, but this server runs “${model.name}”. ` +
+          `Restart it with cnnscope serve --model ${wanted}, or open the link on this model.`,
+        [
+          h("a", { class: "btn", href: window.location.pathname + "?" + withModel(params, model.name) }, `Open with ${model.name}`),
+          h("a", { class: "btn btn-ghost", href: "/" }, "Gallery"),
+        ],
+      ),
+    );
+    return;
+  }
+  for (const [pattern, load, names] of ROUTES) {
+    const match = path.match(pattern);
+    if (!match) continue;
+    const args = {};
+    names.forEach((name, i) => {
+      try {
+        args[name] = decodeURIComponent(match[i + 1]);
+      } catch (_) {
+        args[name] = match[i + 1];
+      }
+    });
+    try {
+      const page = await load();
+      await page.render(app, { ...args, params, model });
+    } catch (err) {
+      console.error(err);
+      const detail = err instanceof ApiError ? err.detail : String(err.message || err);
+      mount(app, errorCard("Something went wrong", detail, [h("a", { class: "btn", href: pages.gallery() }, "Back to the gallery")]));
+    }
+    return;
+  }
+  crumbs([["Gallery", "/"], ["Not found"]]);
+  mount(
+    app,
+    errorCard("Page not found", `There is no page at ${path}.`, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]),
+  );
+}
+
+function withModel(params, name) {
+  const copy = new URLSearchParams(params);
+  copy.set("model", name);
+  return copy.toString();
+}
+
+start();

@@ -1,0 +1,124 @@
+// Unit page: what a unit is, where it fires on an image, the units it feeds, and the
+// slots for its dataset examples and feature visualization.
+
+import { ApiError, api, enc, pages, query } from "../api.js";
+import { crumbs, errorCard, h, lazyImage, mount, num, spinner } from "../dom.js";
+import { visualizationSlot } from "../vis.js";
+
+export async function render(app, { unit, params, model }) {
+  const image = params.get("image");
+  const rule = params.get("rule") || "guided";
+  let info;
+  try {
+    info = await api(`/api/units/${enc(unit)}`);
+  } catch (err) {
+    crumbs([["Gallery", "/"], ["Unit"]]);
+    mount(app, errorCard("Unknown unit", err.message, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]));
+    return;
+  }
+  let imageInfo = null;
+  if (image) {
+    try {
+      imageInfo = await api(`/api/images/${enc(image)}`);
+    } catch (err) {
+      mount(app, errorCard("Unknown image", err.message, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]));
+      return;
+    }
+  }
+  document.title = `${info.unit} · cnnscope explorer`;
+  crumbs([["Gallery", "/"], ...(imageInfo ? [[imageInfo.name, pages.image(image, model.name)]] : []), [info.unit]]);
+  const urlUnit = info.unit.replace(/#/g, "~");
+  const spatial = info.shape.length === 3;
+  const parentsBox = h("div", { class: "parents-box" });
+  mount(
+    app,
+    h(
+      "div",
+      { class: "page page-unit" },
+      h(
+        "div",
+        { class: "page-head" },
+        h("div", {}, h("h1", {}, info.label ? info.label.split(",")[0] : h("code", {}, info.unit)), h("p", { class: "muted" }, info.label ? h("code", {}, info.unit) : null, info.label ? " · " : "", `channel ${info.channel} of ${info.layer} (${info.kind})`)),
+        imageInfo && info.in_chain ? h("a", { class: "btn btn-primary", href: pages.tree(image, { model: model.name, rule, path: urlUnit }) }, "Open its tree →") : null,
+      ),
+      h(
+        "div",
+        { class: "unit-grid" },
+        h(
+          "div",
+          { class: "unit-side" },
+          h(
+            "section",
+            { class: "card" },
+            h("h2", { class: "card-title" }, "About this unit"),
+            h(
+              "dl",
+              { class: "facts" },
+              h("dt", {}, "Layer"),
+              h("dd", {}, h("code", {}, info.layer), ` · ${info.kind}`),
+              h("dt", {}, "Shape"),
+              h("dd", {}, info.shape.join(" × ")),
+              h("dt", {}, "Receptive field"),
+              h("dd", {}, info.rf_size ? `${info.rf_size.join(" × ")} px` : "the whole image"),
+              h("dt", {}, "In the chain"),
+              h("dd", {}, info.in_chain ? `yes · above: ${info.layer_above || "—"} · below: ${info.layer_below || "—"}` : "no"),
+            ),
+          ),
+          h(
+            "section",
+            { class: "card" },
+            h("h2", { class: "card-title" }, "Feature visualization"),
+            model.synthesis ? visualizationSlot(info.unit) : h("div", { class: "slot" }, "Not computed yet: feature synthesis will show here an image that excites this unit."),
+          ),
+          h(
+            "section",
+            { class: "card" },
+            h("h2", { class: "card-title" }, "Dataset examples"),
+            model.index
+              ? lazyImage(info.examples, { alt: "dataset examples", cls: "panel-img" })
+              : h("div", { class: "slot" }, "No dataset index loaded: start the server with --index INDEX to see this unit's top dataset patches."),
+          ),
+        ),
+        imageInfo
+          ? h(
+              "section",
+              { class: "card" },
+              h("h2", { class: "card-title" }, `On ${imageInfo.name}`),
+              h(
+                "div",
+                { class: "panel-images" },
+                h("figure", {}, lazyImage(`/api/images/${enc(image)}/reconstruction.png${query({ path: urlUnit, rule, model: model.name })}`, { alt: `reconstruction of ${info.unit}`, cls: "panel-img" }), h("figcaption", {}, `Reconstruction (${rule})`)),
+                spatial ? h("figure", {}, lazyImage(`/api/images/${enc(image)}/activation.png${query({ unit: urlUnit, model: model.name })}`, { alt: `activation of ${info.unit}`, cls: "panel-img" }), h("figcaption", {}, "Where it fires")) : null,
+              ),
+            )
+          : h("section", { class: "card" }, h("h2", { class: "card-title" }, "On an image"), h("p", { class: "muted" }, "Open this page from an image to see where the unit fires.")),
+        imageInfo && info.layer_above ? h("section", { class: "card card-wide" }, h("h2", { class: "card-title" }, `Units of ${info.layer_above} it feeds most`), parentsBox) : null,
+      ),
+    ),
+  );
+  if (imageInfo && info.layer_above) loadParents(parentsBox, image, urlUnit, rule, model);
+}
+
+async function loadParents(box, image, unit, rule, model) {
+  mount(box, h("div", { class: "loading-block" }, spinner(), " Finding the units above…"));
+  try {
+    const ans = await api(`/api/images/${enc(image)}/parents${query({ unit, k: 6, rule, model: model.name })}`);
+    mount(
+      box,
+      h(
+        "div",
+        { class: "parents-grid" },
+        ans.parents.map((p) =>
+          h(
+            "a",
+            { class: `parent-item${p.sign === "neg" ? " neg" : ""}`, href: pages.tree(image, { model: model.name, rule, path: p.path, open: p.path.split("/")[0] }) },
+            lazyImage(p.reconstruction, { alt: p.unit, cls: "parent-img" }),
+            h("span", {}, h("code", {}, p.unit), p.label ? h("span", { class: "muted small" }, ` ${p.label.split(",")[0]}`) : null, h("span", { class: "muted small" }, ` · ${num(p.weight)}`)),
+          ),
+        ),
+      ),
+    );
+  } catch (err) {
+    mount(box, h("p", { class: "status-error" }, err instanceof ApiError ? err.detail : String(err)));
+  }
+}

@@ -1,0 +1,291 @@
+"""The explorer in real headless Chromium: gallery -> image -> overview -> tree.
+
+Drives Debian's /usr/bin/chromium with Playwright against a real uvicorn server on a free
+loopback port. The page's Content-Security-Policy stays on (no bypass), so the test
+also shows that the front end needs nothing but its own files. Pictures are checked by
+cropping element screenshots and measuring their pixel spread: a blank (uniform) image
+fails. Set CNNSCOPE_SCREENSHOTS=DIR to keep a screenshot of each page.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLOW = 180_000  # ms; the machine running the tests may be busy
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is not installed (apt install chromium)", allow_module_level=True)
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="the playwright package is not installed"
+)
+expect = sync_api.expect
+expect.set_options(timeout=SLOW)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import uvicorn
+
+    from cnnscope.server import create_app
+
+    app = create_app(data_dir=tmp_path_factory.mktemp("browser-data"))
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1440, "height": 900})
+    pg = context.new_page()
+    pg.set_default_timeout(SLOW)
+    pg.errors = []
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
+def shot_dir() -> Path | None:
+    where = os.environ.get("CNNSCOPE_SCREENSHOTS")
+    if not where:
+        return None
+    path = Path(where)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save(page, name: str, full_page: bool = False) -> None:
+    where = shot_dir()
+    if where is not None:
+        page.evaluate("() => window.scrollTo(0, 0)")
+        expect(page.locator(".img-frame.loading")).to_have_count(0)
+        page.wait_for_timeout(400)
+        page.screenshot(path=str(where / f"{name}.png"), full_page=full_page)
+
+
+def pixels(locator, size: int | None = None) -> np.ndarray:
+    img = Image.open(io.BytesIO(locator.screenshot())).convert("RGB")
+    if size:
+        img = img.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(img).astype(np.float32)
+
+
+def assert_not_blank(locator, what: str, min_std: float = 2.0) -> np.ndarray:
+    img = pixels(locator)
+    assert img.size and img.std() > min_std, f"{what} looks blank (pixel std {img.std():.2f})"
+    return img
+
+
+def node_count(page) -> int:
+    return page.locator("svg.tree-svg g.node").count()
+
+
+def node_at(page, depth: int):
+    """The first node (in layout order) ``depth`` levels below the root."""
+    paths = [n.get_attribute("data-path") for n in page.locator("svg.tree-svg g.node").all()]
+    path = next(p for p in paths if p.count("/") == depth)
+    return page.locator(f'svg.tree-svg g.node[data-path="{path}"]')
+
+
+def wait_nodes_loaded(page, at_least: int) -> int:
+    expect(page.locator("svg.tree-svg g.node")).not_to_have_count(0)
+    deadline = time.monotonic() + SLOW / 1000
+    while node_count(page) < at_least or page.locator("g.node.loading").count():
+        assert time.monotonic() < deadline, f"tree stuck at {node_count(page)} nodes"
+        page.wait_for_timeout(100)
+    n = node_count(page)
+    expect(page.locator("svg.tree-svg .img-ph.done")).to_have_count(n)
+    return n
+
+
+def test_walk_gallery_image_overview_tree(page, server):
+    # Gallery
+    page.goto(server + "/")
+    cards = page.locator("a.image-card")
+    expect(cards).to_have_count(8)
+    expect(page.locator("a.image-card img").first).to_have_js_property("complete", True)
+    assert_not_blank(
+        page.locator('a.image-card[data-image="chelsea"] img'), "chelsea thumbnail", 10
+    )
+    save(page, "gallery")
+
+    # Image page: model view, top-5, attribution, overview
+    page.locator('a.image-card[data-image="chelsea"]').click()
+    page.wait_for_url("**/images/chelsea?model=efficientnet_lite0")
+    expect(page.locator("a.pred")).to_have_count(5)
+    expect(page.locator("a.pred").first).to_contain_text("Egyptian cat")
+    chain = httpx.get(server + "/api/models").json()["models"][0]["chain"]
+    expect(page.locator(".ov-layer")).to_have_count(len(chain))
+    expect(page.locator(".img-frame.loading")).to_have_count(0)
+    expect(page.locator(".img-frame.failed")).to_have_count(0)
+    assert_not_blank(page.locator(".model-view img"), "model view", 10)
+    expect(page.locator(".attr-map img")).to_have_attribute("src", re.compile("method=grad_cam"))
+    cam = assert_not_blank(page.locator(".attr-map img"), "Grad-CAM map", 5)
+    page.select_option("#attr-method", "guided_backprop")
+    expect(page.locator(".attr-map img")).to_have_attribute(
+        "src", re.compile("method=guided_backprop")
+    )
+    expect(page.locator(".img-frame.loading")).to_have_count(0)
+    guided = assert_not_blank(page.locator(".attr-map img"), "guided backprop map", 5)
+    assert np.abs(cam - guided).mean() > 5, "the method picker did not change the map"
+    tile = page.locator(".ov-layer").nth(2).locator("a.unit-tile").first
+    assert_not_blank(tile.locator("img"), "overview reconstruction of the third chain layer", 2)
+    assert_not_blank(
+        page.locator('.ov-layer[data-layer="logits"] a.unit-tile img').first,
+        "logit reconstruction",
+        2,
+    )
+    save(page, "image", full_page=True)
+
+    # Tree page: root opened by default
+    unit = tile.get_attribute("data-unit")
+    tile.click()
+    page.wait_for_url("**/images/chelsea/tree?**")
+    n1 = wait_nodes_loaded(page, 6)
+    assert n1 == 6
+    root_img = assert_not_blank(page.locator("g.node").first.locator("image"), f"root {unit}", 2)
+    for i in range(1, n1):
+        assert_not_blank(page.locator("g.node").nth(i).locator("image"), f"child {i}", 1.0)
+
+    # Expand two levels below the root's children
+    node_at(page, 1).locator("g.knob").click()
+    n2 = wait_nodes_loaded(page, 11)
+    assert n2 == 11
+    node_at(page, 2).locator("g.knob").click()
+    n3 = wait_nodes_loaded(page, 16)
+    assert n3 == 16
+    deepest = node_at(page, 3)
+    assert_not_blank(deepest.locator("image"), "a node three levels down", 1.0)
+    expect(page.locator("g.faith.faith-good, g.faith.faith-weak")).to_have_count(3)
+    assert "%" in page.locator("g.faith text").first.text_content()
+    assert "open=" in page.url and "path=" in page.url
+    page.locator('.zoom-btn[aria-label="fit the tree"]').click()
+    save(page, "tree")
+
+    # The URL restores the view
+    shared = page.url
+    page.goto(shared)
+    assert wait_nodes_loaded(page, 16) == 16
+    expect(page.locator("g.node.selected")).to_have_count(1)
+
+    # Switch the rule: the tree is recomputed under the new rule
+    page.locator('#opt-rule button[data-value="gradient"]').click()
+    page.wait_for_url("**rule=gradient**")
+    wait_nodes_loaded(page, 6)
+    href = page.locator("g.node").first.locator("image").get_attribute("href")
+    assert "rule=gradient" in href
+    root_gradient = assert_not_blank(
+        page.locator("g.node").first.locator("image"), "root under gradient", 2
+    )
+    before = np.asarray(Image.fromarray(root_img.astype(np.uint8)).resize((64, 64)), np.float32)
+    after = pixels(page.locator("g.node").first.locator("image"), 64)
+    assert np.abs(after - before).mean() > 1, "the rule switch did not change the picture"
+    assert root_gradient.std() > 2
+    for i in range(node_count(page)):
+        assert "rule=gradient" in page.locator("g.node").nth(i).locator("image").get_attribute(
+            "href"
+        )
+
+    # Inhibitory children are drawn distinctly
+    page.locator('label.switch[for="opt-neg"]').click()
+    page.wait_for_url("**neg=1**")
+    wait_nodes_loaded(page, 6)
+    expect(page.locator("g.node.neg").first).to_be_visible()
+    expect(page.locator("path.edge-neg").first).to_be_attached()
+
+    # Drill up from the selected node, and the unit page
+    page.locator("#panel-drill").click()
+    expect(page.locator(".parents-list a.parent-item").first).to_be_visible()
+    page.locator(".panel-actions a", has_text="Unit page").click()
+    page.wait_for_url("**/units/**")
+    expect(page.locator(".page-unit h1")).to_be_visible()
+    expect(page.locator(".img-frame.loading")).to_have_count(0)
+    save(page, "unit", full_page=True)
+    assert page.errors == [], page.errors
+
+
+def test_upload_by_picker_and_drop_and_errors_in_page(page, server, tmp_path):
+    page.goto(server + "/")
+    expect(page.locator("a.image-card")).to_have_count(8)
+    good = tmp_path / "blue square.png"
+    Image.new("RGB", (80, 80), (20, 60, 220)).save(good)
+    page.set_input_files("#file-input", str(good))
+    expect(page.locator(".upload-status")).to_contain_text("Added blue square.png")
+    expect(page.locator("a.image-card")).to_have_count(9)
+
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image at all")
+    page.set_input_files("#file-input", str(bad))
+    expect(page.locator(".upload-status .status-error")).to_contain_text("not an image")
+
+    # drag and drop a file onto the drop zone
+    data = io.BytesIO()
+    Image.new("RGB", (50, 70), (240, 200, 10)).save(data, "PNG")
+    handle = page.evaluate_handle(
+        """(bytes) => {
+            const dt = new DataTransfer();
+            dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
+            return dt;
+        }""",
+        list(data.getvalue()),
+    )
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": handle})
+    expect(page.locator(".upload-status")).to_contain_text("Added dropped.png")
+    expect(page.locator("a.image-card")).to_have_count(10)
+
+    # readable messages for bad links
+    page.goto(server + "/images/nope")
+    expect(page.locator(".error-card")).to_contain_text("unknown image 'nope'")
+    page.goto(server + "/images/chelsea/tree?path=nolayer:3")
+    expect(page.locator(".error-card")).to_contain_text("unknown layer")
+    page.goto(server + "/images/chelsea?model=resnet50")
+    expect(page.locator(".error-card")).to_contain_text("another model")
+    assert page.errors == [], page.errors
