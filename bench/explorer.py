@@ -442,6 +442,18 @@ def render(r: dict, args, mem_expansions: int, mem_images: int) -> str:
         f"{st['recon_paths'] - sb['recon_paths']} reconstructions in "
         f"{st['recon_batches'] - sb['recon_batches']} batched backwards).",
         "",
+        "## Reading these figures",
+        "",
+        "- Ratios compare medians of samples interleaved in time with the HTTP measurements; "
+        "on a CPU shared with other jobs single samples still vary several-fold, so compare "
+        "runs only through the ratios.",
+        "- Merging concurrent requests can only pay if one batched backward is cheaper than "
+        "the same backwards one by one: the line above the memory table measures that on the "
+        "tree API itself. On a 2-core CPU it is small, so 8 clients mostly share the same CPU "
+        "time as one; on a GPU the batched backward is where the gain comes from.",
+        "- With four images the forward cache bound (here smaller than four forwards) makes "
+        "clients evict each other's forwards, which are then recomputed.",
+        "",
     ]
     return "\n".join(lines)
 

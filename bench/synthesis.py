@@ -29,8 +29,8 @@ import torch
 
 from cnnscope.models import load_model
 from cnnscope.synthesis import SynthesisConfig, deepdream, visualize_config
-from cnnscope.synthesis.render import _Run, _whole_update, make_param
 from cnnscope.synthesis.optim import Optimizer
+from cnnscope.synthesis.render import _Run, _whole_update, make_param
 
 
 class _Stop(Exception):
@@ -58,7 +58,7 @@ def medians(fns, repeats: int, device) -> list[float]:
 
 
 def plain_pass(model, x, layer: str, channels: list[int], stop: bool):
-    """Plain PyTorch: forward (optionally stopping at ``layer``), channel means, backward."""
+    """Plain PyTorch: forward (optionally stopping at ``layer``), channel means, input gradient."""
     module = dict(model.module.named_modules())[layer]
     store = {}
 
@@ -78,8 +78,8 @@ def plain_pass(model, x, layer: str, channels: list[int], stop: bool):
             handle.remove()
         a = store["a"]
         obj = sum(a[i, c].mean() for i, c in enumerate(channels))
-        obj.backward()
-        return xx.grad
+        # Gradient w.r.t. the input only (no weight gradients), like the engine's.
+        return torch.autograd.grad(obj, xx)[0]
 
     return run
 
@@ -187,7 +187,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats")
     ap.add_argument("--no-dream", action="store_true", help="skip the 1920x1080 DeepDream")
     ap.add_argument("--md", help="also write the Markdown report here")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     model = load_model()
     model.module.to(device)

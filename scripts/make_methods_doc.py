@@ -81,6 +81,8 @@ def method_figure(model, images, name: str, **options) -> tuple[Path, float, obj
     attr = attribute(model, [img for _, img in images], name, **options)
     seconds = time.perf_counter() - start
     styles = PIXEL_STYLES if attr.kind == "pixel" else MAP_STYLES
+    if float(attr.tensor.min()) >= 0:  # non-negative maps: the negative part is empty
+        styles = tuple(s for s in styles if s != "negative")
     rows = []
     for (label, _), one in zip(images, attr):
         panels = [(f"{label}\n{one.target}", one.pictures[0])]
@@ -108,14 +110,20 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     IMG_DIR.mkdir(parents=True, exist_ok=True)
     index = IMG_DIR / "index.json"
-    if args.page_only:
+
+    def load_index():
         data = json.loads(index.read_text())
-        sections = [(METHODS[n], IMG_DIR / f, t, e) for n, f, t, e in data["sections"]]
+        sections = [
+            (METHODS[n], IMG_DIR / f, t, e) for n, f, t, e in data["sections"] if n in METHODS
+        ]
         variants = [
             (title, [(n, o, IMG_DIR / f, t) for n, o, f, t in done])
             for title, done in data["variants"]
         ]
-        write_page(sections, variants)
+        return sections, variants
+
+    if args.page_only:
+        write_page(*load_index())
         return 0
     model = load_model()
     images = [(n, load_gallery_image(n)) for n in IMAGES]
@@ -163,6 +171,12 @@ def main(argv=None) -> int:
         ),
     ]
     variant_sections = []
+    if args.methods and index.is_file():
+        # update these methods' figures and entries, keep the rest of the last full run
+        old_sections, variant_sections = load_index()
+        fresh = {spec.name: (spec, p, t, e) for spec, p, t, e in sections}
+        sections = [fresh.pop(spec.name, (spec, p, t, e)) for spec, p, t, e in old_sections]
+        sections += list(fresh.values())
     if not args.methods:
         for title, items in variants:
             done = []
@@ -174,6 +188,7 @@ def main(argv=None) -> int:
                 done.append((name, opts, path, seconds))
                 print(f"{name} {opts}: {seconds:.1f}s", flush=True)
             variant_sections.append((title, done))
+    if not args.methods or index.is_file():
         data = {
             "sections": [(spec.name, p.name, t, e) for spec, p, t, e in sections],
             "variants": [

@@ -316,7 +316,9 @@ model's std. All priors and learning rates are in these units.
 Sizes go from `initial_size` to `final_size` in `num_sizes` steps, `geometric` (log-spaced)
 or `linear`; a size is `xF` (times the base: the model input for noise, the photo for a
 photo) or `HxW`. At each new size the image is resized (bicubic), and the TV weight, the
-learning rate, the optimizer states and the tiling are reset.
+learning rate, the optimizer states and the tiling are reset. With `keep_detail` (what
+`deepdream()` uses, as Google's DeepDream octaves do) a new size starts from the photo at that
+size plus the upscaled changes, so the photo stays sharp.
 
 Tiling covers the image with windows of the model's input size (or `tile_size`): along each
 axis the fewest evenly spread windows that leave no gap and never overlap their second
@@ -356,7 +358,7 @@ underscores (`--tv-reg` = `--tv_reg`); `--config FILE.json` reruns a saved recor
 | `--output_iter`, `--iter_behavior` (`show`, `save`, `print`, `plot_pix`) | same, plus `gif` | `plot_pix` writes `NAME_pixels.png` (pixels (100,100), (200,200), (100,200), (200,100)) |
 | `--show_width`, `--show_height` | same | |
 | `--rescale_image` | same | |
-| | `--param`, `--no-decorrelate`, `--fft-decay`, `--optimizer`, `--betas`, `--momentum`, `--pad`, `--pad-mode`, `--jitter`, `--scales`, `--angles`, `--jitter2`, `--l1-decay`, `--l2-decay`, `--blur-every`, `--blur-sigma`, `--clip-grad-norm`, `--grad-blur`, `--clamp-pixels`, `--tile-size`, `--no-tile`, `--batch`, `--seed`, `--preset`, `--quick`, `--config`, `--gif`, `--quirks` | new |
+| | `--param`, `--no-decorrelate`, `--fft-decay`, `--optimizer`, `--betas`, `--momentum`, `--pad`, `--pad-mode`, `--jitter`, `--scales`, `--angles`, `--jitter2`, `--l1-decay`, `--l2-decay`, `--blur-every`, `--blur-sigma`, `--clip-grad-norm`, `--grad-blur`, `--clamp-pixels`, `--tile-size`, `--no-tile`, `--keep-detail`, `--batch`, `--seed`, `--preset`, `--quick`, `--config`, `--gif`, `--quirks` | new |
 
 cnn-vis's quirks (seed-features.md §3.11) are fixed by default; `--quirks` restores the ones
 that change pictures: the x1.2 contrast at every conversion to uint8, uint8 quantisation at

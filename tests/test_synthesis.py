@@ -130,7 +130,10 @@ def _tv_loop(img, beta, op):
     k = 2 if op == "naive" else 3
     for i in range(h - k + 1):
         for j in range(w - k + 1):
-            x = lambda a, b: float(img[i + a, j + b])  # noqa: E731
+
+            def x(a, b, i=i, j=j):
+                return float(img[i + a, j + b])
+
             if op == "naive":
                 gx, gy = x(0, 0) - x(0, 1), x(0, 0) - x(1, 0)
             elif op == "sobel":
@@ -628,3 +631,27 @@ def test_save_result_writes_frames_gif_and_records(model, tmp_path):
     assert json.loads((tmp_path / "x_b.json").read_text())["index"] == 1
     assert (tmp_path / "x_0_1_2.png").exists() and (tmp_path / "x_1.gif").exists()
     assert (tmp_path / "x_pixels.png").exists()
+
+
+def test_keep_detail_and_quirks_on_a_photo(model):
+    from cnnscope.synthesis.render import prepare_image
+
+    base = dict(
+        objective="deepdream(blocks.2)",
+        initial_image="coffee",
+        initial_size="20x30",
+        final_size="40x60",
+        num_sizes=2,
+        num_steps=0,
+        output_iter=0,
+    )
+    photo = np.asarray(prepare_image("coffee", (40, 60)), dtype=np.float64)
+    kept = synthesize(model, SynthesisConfig(keep_detail=True, **base), progress=False)
+    assert np.array_equal(kept.pictures[0], photo.astype(np.uint8))  # no change: the photo itself
+    plain = synthesize(model, SynthesisConfig(**base), progress=False)
+    assert np.abs(plain.pictures[0] - photo).mean() > 2  # upscaled from 20x30: blurred
+    one = dict(base, num_sizes=1, initial_size="40x60", final_size=None)
+    quirky = synthesize(model, SynthesisConfig(quirks=True, **one), progress=False)
+    mean = np.asarray(ImageSpace.for_model(model).mean)
+    expected = np.clip(np.round((photo - mean) * 1.2 + mean), 0, 255)
+    assert np.abs(quirky.pictures[0] - expected).max() <= 1

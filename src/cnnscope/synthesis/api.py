@@ -1,4 +1,4 @@
-"""High-level entry points: unit visualizations (batched, cached), class images, inversion, DeepDream."""
+"""High-level entry points: unit visualizations (batched, cached), class images, inversion, dreams."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ class Linear(Objective):
     @property
     def spec(self):
         parts = []
-        for i, (w, o) in enumerate(self.terms):
+        for w, o in self.terms:
             s = o.spec if not isinstance(o, Product) else f"({o.spec})"
             sign = "-" if w < 0 else "+"
             mag = abs(w)

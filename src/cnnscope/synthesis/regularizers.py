@@ -19,8 +19,6 @@ Formulas (``s`` a scale, ``t`` a target image):
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 

@@ -332,7 +332,7 @@ def synthesize(
     device = run.device
     tile = cfg.tile and cfg.param == "pixel" and run.batch == 1
     if cfg.use_pixel_learning_rates and not tile:
-        log.warning("use_pixel_learning_rates has no effect without tiling")
+        log.info("use_pixel_learning_rates has no effect without tiling")
     init = run.init_image(sizes[0]).to(device)
     param = make_param(
         cfg.param,
@@ -467,7 +467,7 @@ def synthesize(
 
 def _has_spec(obj) -> bool:
     try:
-        obj.spec
+        _ = obj.spec
     except CnnscopeError:
         return False
     return True
