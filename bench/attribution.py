@@ -223,8 +223,8 @@ def main(argv=None) -> int:
             flush=True,
         )
 
-    sizes = (4, 8, 16, 25, 50)
-    best_b = best_batch(lambda b: fb_chunks(net, x, 50, b), sizes, heavy)
+    sizes = (8, 16, 25, 50)
+    best_b = best_batch(lambda b: fb_chunks(net, x, 50, b), sizes, 1)
     floor_fn = fb_chunks(net, x, 50, best_b)
     print(f"floor: 50 forward+backward, best batch {best_b}", flush=True)
     sigma = 0.15 * float(x.max() - x.min())

@@ -46,6 +46,12 @@ NOTES = {
     " switches, so the backward pass is a fixed linear map of the class weights (Mahendran & Vedaldi"
     " 2016). The checkerboard is that map; the three rows differ only by their class.",
     "guided_neg": "The negative counterpart of guided backprop: evidence against the class.",
+    "xgrad_cam": "At `head_act`, followed by global average pooling and a linear layer, the"
+    " gradient is constant over each map, so Grad-CAM, XGrad-CAM and HiRes-CAM are the same map"
+    " there (and equal to the original CAM); they differ at other layers.",
+    "hires_cam": "Identical to Grad-CAM at `head_act` (see XGrad-CAM); not at other layers.",
+    "smoothgrad": "Its mean of signed gradients is still busy on this network; the squared variant"
+    " and SmoothGrad around guided backprop (below) are cleaner.",
     "eigen_cam": "Class-agnostic: the same map whatever the target.",
     "guided_ig": "Its Riemann sum along the adaptive path is only roughly complete (features jump"
     " within the `max_dist` band), so its completeness error stays at a few percent.",
@@ -106,6 +112,9 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--page-only", action="store_true", help="rewrite methods.md from the last run's figures"
     )
+    parser.add_argument(
+        "--variants", action="store_true", help="with METHODS: also redo the option variants"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     IMG_DIR.mkdir(parents=True, exist_ok=True)
@@ -162,7 +171,10 @@ def main(argv=None) -> int:
             [
                 ("integrated_gradients", {"baseline": "blur", "steps": 16}),
                 ("smoothgrad", {"base": "guided_backprop", "samples": 16}),
-                ("layer_cam", {"layer": "blocks.5,blocks.10,head_act"}),
+                (
+                    "layer_cam",
+                    {"layer": "blocks.5.depthwise_act,blocks.10.depthwise_act,head_act"},
+                ),
                 ("grad_cam", {"layer": "blocks.10"}),
                 ("lrp", {"layer": "blocks.0"}),
                 ("lrp", {"composite": "depth"}),
@@ -177,7 +189,8 @@ def main(argv=None) -> int:
         fresh = {spec.name: (spec, p, t, e) for spec, p, t, e in sections}
         sections = [fresh.pop(spec.name, (spec, p, t, e)) for spec, p, t, e in old_sections]
         sections += list(fresh.values())
-    if not args.methods:
+    if not args.methods or args.variants:
+        variant_sections = []
         for title, items in variants:
             done = []
             for name, opts in items:
@@ -261,6 +274,9 @@ def write_page(sections, variant_sections) -> None:
         " comes from bias terms (folded BatchNorm shifts keep many units on when their inputs are zero): LRP"
         " conserves relevance layer by layer, but only a small share reaches the pixels; `meta['input_share']`"
         " and `meta['absorbed']` say how much.",
+        "",
+        "With `legacy=True` seed 2's SmoothGrad uses a noise std of `(4 / (max - min))**2`, which is 4"
+        " on this model's inputs in [-1, 1]: its pictures below are noise, as that formula gives here.",
         "",
     ]
     for spec, path, _seconds, extra in sections:

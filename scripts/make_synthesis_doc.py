@@ -223,8 +223,10 @@ record beside it in `docs/img/synthesis/` that reproduces it exactly
 cnnscope visualize blocks.5:3 blocks.8:20 head_act:900 --steps 128 --size 128 --out vis/   # one batch
 cnnscope dream --preset ex12                     # a cnn-vis gallery recipe (full size: slow on CPU)
 cnnscope dream --preset ex2 --quick -o dream.png # the smaller version shown below
-cnnscope dream --initial-image chelsea --target-layer blocks.8 --num-sizes 4 --initial-size x0.36 \\
-    --final-size x1 --num-steps 10 --jitter 16 --grad-blur 1 -o cat_dream.png
+cnnscope dream --objective "deepdream(blocks.10)" --initial-image chelsea --initial-size x0.364431 \\
+    --final-size x1 --num-sizes 4 --num-steps 10 --keep-detail --lr 1.5 --decay-rate 0.9 --p-reg 0 \\
+    --tv-reg 0 --jitter 16 --grad-blur 1 --use-pixel-learning-rates --batch-size 8 -o cat.png
+    # = deepdream(model, "chelsea", "blocks.10"): the same picture, bit for bit
 cnnscope dream --objective "blocks.9:5 - 0.5*deepdream(blocks.10)" --param fft --optimizer adam \\
     --lr 0.05 --p-reg 0 --tv-reg 0 --num-steps 256 --no-tile -o mix.png
 cnnscope invert coffee --layer blocks.4 -o inv.png
@@ -275,13 +277,13 @@ carries it through the input normalisation, the transforms and the parameterizat
 | `LAYER:C@Y,X`, `neuron(LAYER:C)` | one neuron (the centre one when no position) |
 | `channel(LAYER:C, reduce=sum)` | sum over positions (cnn-vis `amplify_neuron`: gradient 1 on the whole channel) |
 | `class(285)`, `class(tabby)` | a class logit |
-| `amplify(LAYER, l1=1, l2=1, clip=5)` | cnn-vis layer amplification: its gradient is `l1 |a| + l2 clip(a, -c, c)` (the value is `l1 a|a|/2 + l2 huber_c(a)` summed) |
+| `amplify(LAYER, l1=1, l2=1, clip=5)` | cnn-vis layer amplification: its gradient is `l1 \\|a\\| + l2 clip(a, -c, c)` (the value is `l1 a\\|a\\|/2 + l2 huber_c(a)` summed) |
 | `deepdream(LAYER)` | mean of squares |
-| `direction(LAYER, v1 v2 ...)` or `direction(LAYER, v.npy)` | mean over positions of `a . v/|v|` |
+| `direction(LAYER, v1 v2 ...)` or `direction(LAYER, v.npy)` | mean over positions of `a . v/\\|v\\|` |
 | `diversity(LAYER)` | minus each image's mean cosine similarity of Gram matrices to the other images of the batch |
-| `invert(LAYER, IMAGE)` | `-||phi(x) - phi(x0)||^2 / ||phi(x0)||^2` (Mahendran & Vedaldi) |
+| `invert(LAYER, IMAGE)` | `-\\|\\|phi(x) - phi(x0)\\|\\|^2 / \\|\\|phi(x0)\\|\\|^2` (Mahendran & Vedaldi) |
 | `a + b`, `a - b`, `2*a`, `a/2`, `-a`, `a * b`, `( )` | sums, differences, scaling, product of values |
-| `a | b | c` | a batch: image *i* maximizes term *i* (what `visualize` does) |
+| `a \\| b \\| c` | a batch: image *i* maximizes term *i* (what `visualize` does) |
 
 ## Parameterizations, transforms, optimizers, priors
 
@@ -294,7 +296,8 @@ model's std. All priors and learning rates are in these units.
   the RGB covariance of the gallery photos (decorrelated colour), then a sigmoid to 0..255.
 - **transforms** before each forward pass, with gradients through them: pad (mean colour
   or reflect), jitter (random crop of up to N px), scale (random factor from a list), rotate
-  (random angle from a list), a second jitter.
+  (random angle from a list), a second jitter; with constant padding the chain is one affine
+  resampling (one `grid_sample`), about 6x cheaper than the steps in turn.
 - **optimizers**, each with one state per tile: `rmsprop` exactly as cnn-vis
   (`cache = d cache + (1-d) g^2; x -= lr g / sqrt(cache + 1e-8)`), `adam` and `sgd` (as torch's).
 - **priors** (gradients written out and tested against autograd and finite differences):
@@ -372,11 +375,12 @@ visualization = `visualize` (a channel's mean; `--param pixel --lr ...` for plai
 inverted representations = `invert` (alpha-norm + TV, normalised distance; its TV over
 channels and rows bug is fixed: TV runs over H and W); deep dream = `dream --objective
 "channel(L:F)"` or `deepdream(L)` from a photo; class images = `classimage` (blur every N
-steps, L2 decay, clipping of the *image's* gradient norm, pixel clipping).
+steps, L2 decay, norm clipping of the gradient of the *image's* parameters rather than of
+the model's, which made seed 2's clipping a no-op).
 
 ## Gallery
 
-Rendered on {log.get("threads", "?")} CPU threads; the whole script took {timing if timing else "?"} s.
+Rendered on the CPU with {log.get("threads", "?")} torch thread(s) (`--threads`; the machine was shared); the whole script took {timing if timing else "?"} s.
 
 ### Presets (cnn-vis's example gallery, adapted to EfficientNet-Lite0)
 
@@ -408,6 +412,8 @@ AlexNet, EfficientNet-Lite0 gives grey images with a few pink fragments.) The mo
 ### Inversion of the representation of a photo
 
 `cnnscope invert {INVERT_IMAGE} --layer L --steps {INVERT_STEPS}` from noise, alpha-norm (6) and TV (beta 2) priors.
+The representation barely constrains global contrast, so the result is shown min-max
+stretched (`rescale_image`); deeper layers keep the layout and lose colour and detail.
 
 | original | {" | ".join(f"`{layer}`" for layer in INVERT_LAYERS)} |
 |---|{"---|" * len(INVERT_LAYERS)}

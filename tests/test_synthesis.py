@@ -355,6 +355,32 @@ def test_transforms_shapes_rotation_and_gradients():
         )
 
 
+@pytest.mark.parametrize(
+    "scales,angles",
+    [([1.0], [0.0]), ([1.1], [0.0]), ([0.8], [0.0]), ([1.0], [10.0]), ([1.0], [-33.0])],
+)
+def test_fused_transform_chain_is_the_centre_of_the_steps_in_turn(scales, angles):
+    from cnnscope.synthesis.transforms import compose, fit, standard_transforms
+
+    # A zero frame: the chains differ only in what they sample beyond the crops and edges
+    # (the fused one reads real pixels there, the stepwise one zeros or clamped edges).
+    x = torch.zeros(2, 3, 64, 76, dtype=torch.float64)
+    g = torch.Generator().manual_seed(0)
+    x[..., 16:-16, 16:-16] = torch.randn(2, 3, 32, 44, dtype=torch.float64, generator=g)
+    fused = standard_transforms(4, 6, scales, angles, 2)
+    steps = compose([pad(4), jitter(6), scale(scales), rotate(angles), jitter(2)])
+    for seed in range(3):
+        a = fused(x, torch.Generator().manual_seed(seed))
+        b = steps(x, torch.Generator().manual_seed(seed))
+        assert a.shape == x.shape
+        assert torch.allclose(a, fit(b, (64, 76)), atol=1e-10)
+    reflect = standard_transforms(4, 6, scales, angles, 2, pad_mode="reflect")
+    assert reflect(x, torch.Generator().manual_seed(0)).shape == x.shape
+    small = torch.randn(1, 2, 9, 11, dtype=torch.float64, requires_grad=True)
+    chain = standard_transforms(2, 2, [1.2], [15.0], 1)
+    assert torch.autograd.gradcheck(lambda z: chain(z, torch.Generator().manual_seed(1)), (small,))
+
+
 # ---------------------------------------------------------------- engine additions
 def test_engine_grad_many_and_truncated_forward():
     from tests.mixed_net import INPUT_SIZE, MixedNet
@@ -537,6 +563,10 @@ def test_unit_visualization_cache(model, tmp_path):
     assert unit_visualization(model, "blocks.3:2", tmp_path, steps=2, size=40) == p
     assert p.stat().st_mtime_ns == stamp
     assert json.loads(p.with_suffix(".json").read_text())["unit"] == "blocks.3:2"
+    # Any position of a channel: its centre neuron, one cached picture (even off the grid).
+    q = unit_visualization(model, "blocks.3:2@20,27", tmp_path, steps=2, size=40)
+    assert q != p and unit_visualization(model, "blocks.3:2@1,1", tmp_path, steps=2, size=40) == q
+    assert json.loads(q.with_suffix(".json").read_text())["objective"] == "neuron(blocks.3:2)"
 
 
 def test_class_image_and_inversion_improve(model):

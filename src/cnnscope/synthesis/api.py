@@ -15,7 +15,7 @@ import numpy as np
 from ..engine import Unit
 from ..errors import CnnscopeError
 from .config import SynthesisConfig
-from .objectives import unit_objective
+from .objectives import Neuron, unit_objective
 from .outputs import run_record, write_png
 from .render import SynthesisResult, synthesize
 
@@ -217,7 +217,10 @@ def unit_visualization(
     """The cached PNG of a unit's feature visualization, rendering it if needed.
 
     The file name hashes the model, the unit and the settings, so a changed setting
-    renders anew. The PNG is written atomically (a reader never sees half a file) with
+    renders anew. A unit with a position (``LAYER:C@Y,X``) is drawn as the channel's
+    neuron at the centre of the synthesis grid (a convolution's neurons share weights, so
+    all positions want the same picture, and the tree's positions refer to another size);
+    without one, as the channel's mean. The PNG is written atomically (a reader never sees half a file) with
     the run's JSON record beside it. Safe to call from a background job.
 
     Parameters
@@ -247,7 +250,14 @@ def unit_visualization(
     ('.png', True)
     """
     u = unit if isinstance(unit, Unit) else Unit.parse(str(unit))
-    cfg = visualize_config(model, [u], steps, size, seed)
+    if u.pos is not None:
+        # Convolution shares a channel's weights across positions: every position's
+        # neuron wants the same picture, drawn at the centre of the synthesis grid.
+        objective = Neuron(u.layer, u.channel).spec
+        label = f"{u.layer}:{u.channel}@centre"
+    else:
+        objective, label = unit_objective(u).spec, str(u)
+    cfg = visualize_config(model, [u], steps, size, seed, objective=objective)
     key = json.dumps(
         {
             "model": getattr(model, "name", "?"),
@@ -259,7 +269,7 @@ def unit_visualization(
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(u))
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
     path = folder / f"{safe}-{digest}.png"
     if path.exists():
         return path

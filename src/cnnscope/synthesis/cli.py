@@ -272,6 +272,12 @@ _BOOL_OPTIONS = [
         "min-max stretch the output instead of clipping",
     ),
     (
+        "resize",
+        "keep_detail",
+        _flag("--keep-detail"),
+        "at each new size start from the photo at that size plus the upscaled changes (DeepDream octaves)",
+    ),
+    (
         "other priors",
         "clamp_pixels",
         _flag("--clamp-pixels"),
@@ -322,9 +328,9 @@ def register(subparsers) -> None:
             groups[group] = p.add_argument_group(group)
         groups[group].add_argument(*flags, dest=dest, type=typ, default=None, help=text)
     for group, dest, flags, text in _BOOL_OPTIONS:
-        groups.setdefault(group, p.add_argument_group(group)).add_argument(
-            *flags, dest=dest, action="store_true", default=None, help=text
-        )
+        if group not in groups:
+            groups[group] = p.add_argument_group(group)
+        groups[group].add_argument(*flags, dest=dest, action="store_true", default=None, help=text)
     groups["initialization"].add_argument(
         "--no-decorrelate",
         dest="decorrelate",

@@ -129,9 +129,9 @@ def _quantize(x: torch.Tensor, space: ImageSpace) -> torch.Tensor:
 
 
 def _blur_noise(noise: torch.Tensor, sigma: float, space: ImageSpace, quirks: bool) -> torch.Tensor:
-    from scipy.ndimage import gaussian_filter
-
     if quirks:
+        from scipy.ndimage import gaussian_filter  # scipy comes with scikit-image
+
         # cnn-vis: to uint8 (x1.2 + mean, clipped), blur over H, W *and* channels, back.
         out = []
         for img in noise:
@@ -142,10 +142,7 @@ def _blur_noise(noise: torch.Tensor, sigma: float, space: ImageSpace, quirks: bo
             p = torch.from_numpy(u.astype(np.float32)).permute(2, 0, 1)[None]
             out.append(space.from_pixels(p))
         return torch.cat(out)
-    if sigma <= 0:
-        return noise
-    a = gaussian_filter(noise.numpy(), sigma=(0, 0, sigma, sigma))
-    return torch.from_numpy(a)
+    return gaussian_blur(noise, sigma) if sigma > 0 else noise
 
 
 class _Run:
