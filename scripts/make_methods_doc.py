@@ -8,13 +8,16 @@ every rendering, on three gallery images. Rerun it when a method changes::
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
+import re
 import sys
 import time
 from pathlib import Path
 
 import matplotlib
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,8 +81,11 @@ def figure(rows, path: Path, title: str) -> None:
         axes[r][0].set_title(label, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=80)
     plt.close(fig)
+    # a 256-colour palette keeps the pages light (about a quarter of the RGB size)
+    Image.open(buf).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(path, optimize=True)
 
 
 def method_figure(model, images, name: str, **options) -> tuple[Path, float, object]:
@@ -97,9 +103,8 @@ def method_figure(model, images, name: str, **options) -> tuple[Path, float, obj
     skip = ("legacy", "steps", "samples")
     tag = "_".join([name] + [f"{k}-{v}" for k, v in options.items() if k not in skip])
     tag += "_legacy" if options.get("legacy") else ""
-    tag = (
-        "".join(c if c.isalnum() or c in "._-" else "-" for c in tag).replace("--", "-").strip("-")
-    )
+    tag = re.sub(r"-+", "-", "".join(c if c.isalnum() or c in "._-" else "-" for c in tag))
+    tag = tag.strip("-")
     path = IMG_DIR / f"{tag}.png"
     opts = ", ".join(f"{k}={v!r}" for k, v in options.items())
     figure(rows, path, f"{name}({opts})  {seconds:.1f} s for {len(images)} images")
@@ -241,15 +246,19 @@ def write_page(sections, variant_sections) -> None:
         "",
         "| style | what it shows |",
         "|---|---|",
-        "| colored | the signed map min-max scaled over all channels, as RGB (seed 2's `_color`) |",
+        "| colored | the signed map min-max scaled over all channels, as RGB (seed 2's `_color`),"
+        " after clipping at the 1st and 99th percentiles |",
         "| grayscale | sum over channels of absolute values, from its minimum to its 99th percentile |",
-        "| positive / negative | `max(a, 0) / max(a)` and `max(-a, 0) / -min(a)` |",
+        "| positive / negative | `max(a, 0) / max(a)` and `max(-a, 0) / -min(a)`, the max taken at the"
+        " 99th percentile |",
         "| mask | the map in [0, 1] (CAMs: min-max; pixel maps: the grayscale reduction) |",
         "| heatmap | the mask through a colormap (`jet` by default, `--cmap`) |",
         "| overlay | the heatmap on the picture the model saw (`--alpha`, default 0.5) |",
         "| seismic | the channel sum on a symmetric scale: red positive, blue negative, white zero |",
         "",
-        f"All styles: {', '.join(STYLES)}.",
+        f"All styles: {', '.join(STYLES)}. `percentile=100` gives seed 2's plain min-max pictures"
+        " (one extreme gradient pixel then leaves the rest grey or black). Styles that are empty by"
+        " construction (the negative part of a non-negative map) are left out of the figures.",
         "",
         "## Methods",
         "",
@@ -258,7 +267,7 @@ def write_page(sections, variant_sections) -> None:
     ]
     for spec, _, _, _ in sections:
         lines.append(
-            f"| [`{spec.name}`](#{spec.name.replace('_', '-')}) | {spec.family} | {spec.output} | {spec.style} |"
+            f"| [`{spec.name}`](#{spec.name}) | {spec.family} | {spec.output} | {spec.style} |"
             f" {spec.summary} | {spec.reference} |"
         )
     lines += [

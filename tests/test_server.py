@@ -694,10 +694,11 @@ def test_feature_visualization_renders_in_the_background(model, sandbox):
         r = c.get("/api/units/blocks.5:3/visualization.png")
         assert r.status_code == 404 and r.json()["detail"].startswith("not computed yet: POST")
         started = c.post("/api/units/blocks.5:3/visualization")
-        assert started.status_code == 202 and started.json()["state"] in ("running", "done")
+        assert started.json()["state"] in ("queued", "running", "done")
+        assert started.status_code == 202
         for _ in range(2400):
             state = c.get("/api/units/blocks.5:3/visualization").json()
-            if state["state"] != "running":
+            if state["state"] not in ("queued", "running"):
                 break
             time.sleep(0.05)
         assert state["state"] == "done", state
@@ -714,3 +715,73 @@ def test_feature_visualization_renders_in_the_background(model, sandbox):
         )["state"]
         == "done"
     )  # kept for the next server
+
+
+def test_a_visualization_never_holds_the_request_worker(model, tmp_path):
+    """A long rendering runs on the background lane: tree requests are answered meanwhile."""
+    app = create_app(model, data_dir=tmp_path, synthesis_steps=100000, synthesis_size=64)
+    with TestClient(app) as c:
+        c.post("/api/units/blocks.8:5/visualization")
+        for _ in range(600):  # wait until it really runs (the lane copies the model first)
+            state = c.get("/api/units/blocks.8:5/visualization").json()
+            if state["state"] == "running" and state["progress"] > 0:
+                break
+            time.sleep(0.05)
+        assert state["state"] == "running", state
+        r = c.get("/api/images/coffee/children", params={"path": "logits:967", "k": 3})
+        assert r.status_code == 200 and len(r.json()["children"]) == 3
+        assert c.get("/api/images/coffee/predictions").status_code == 200
+        after = c.get("/api/units/blocks.8:5/visualization").json()
+        assert after["state"] == "running" and after["progress"] >= state["progress"]
+    # closing the server stops the job at its next step
+    task = app.state.service._vis_jobs["blocks.8:5"]
+    assert task.finished.wait(60) and task.state == "failed"
+
+
+def test_the_default_index_is_built_in_the_background_on_first_start(model, tmp_path):
+    data = tmp_path / "data"
+    app = create_app(model, data_dir=data, default_index=True)
+    with TestClient(app) as c:
+        first = c.get("/api/index").json()
+        assert first["state"] in ("building", "ready")
+        seen = [first]
+        for _ in range(3000):
+            state = c.get("/api/index").json()
+            seen.append(state)
+            if state["state"] != "building":
+                break
+            time.sleep(0.1)
+        assert state["state"] == "ready", state
+        totals = {s["total"] for s in seen if s["state"] == "building" and s["total"]}
+        assert len(totals) <= 1 and all(t > 8 for t in totals)  # the gallery, augmented
+        done = [s["done"] for s in seen if s["state"] == "building"]
+        assert done == sorted(done)  # progress only goes forward
+        assert c.get("/api/models").json()["models"][0]["index_state"] == "ready"
+        unit = model.default_chain[2] + ":3"
+        r = c.get(f"/api/units/{unit}/examples.png")
+        assert r.status_code == 200 and png_array(r.content).std() > 5
+    folders = [p for p in (data / "indexes").iterdir() if p.is_dir()]
+    assert len(folders) == 1  # written inside the data directory
+    stamp = {p: p.stat().st_mtime_ns for p in folders[0].rglob("*") if p.is_file()}
+    again = create_app(model, data_dir=data, default_index=True)
+    with TestClient(again) as c:
+        for _ in range(600):
+            if c.get("/api/index").json()["state"] == "ready":
+                break
+            time.sleep(0.05)
+        assert c.get("/api/index").json()["state"] == "ready"
+    assert {p: p.stat().st_mtime_ns for p in folders[0].rglob("*") if p.is_file()} == stamp
+
+
+def test_examples_say_the_index_is_building(model, tmp_path):
+    app = create_app(model, data_dir=tmp_path, default_index=True)
+    svc = app.state.service
+    with TestClient(app) as c:
+        r = c.get("/api/units/blocks.4:7/examples.png")
+        if svc.index_state()["state"] == "building":  # answered before the build finished
+            assert r.status_code == 404 and r.json()["detail"].startswith("index building")
+        else:
+            assert r.status_code == 200
+    # the client closed (server shutdown): the build stops at its next batch
+    task = svc._index_task
+    assert task.finished.wait(120) and task.state in ("done", "failed")

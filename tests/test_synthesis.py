@@ -685,3 +685,19 @@ def test_keep_detail_and_quirks_on_a_photo(model):
     mean = np.asarray(ImageSpace.for_model(model).mean)
     expected = np.clip(np.round((photo - mean) * 1.2 + mean), 0, 255)
     assert np.abs(quirky.pictures[0] - expected).max() <= 1
+
+
+def test_preserved_restores_training_flags_from_eval_and_mixed_modes():
+    from cnnscope.engine import preserved
+
+    net = torch.nn.Sequential(torch.nn.Dropout(), torch.nn.Sequential(torch.nn.Dropout()))
+    net.eval()
+    with preserved(net):
+        net[1][0].training = True  # something flips a flag during the pass
+    assert not any(m.training for m in net.modules())
+    net.train()
+    net[1].eval()
+    before = [m.training for m in net.modules()]
+    with preserved(net):
+        assert not any(m.training for m in net.modules())
+    assert [m.training for m in net.modules()] == before

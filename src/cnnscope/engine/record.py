@@ -70,12 +70,14 @@ def preserved(module: nn.Module) -> Iterator[None]:
     True
     """
     flags = [(m, m.training) for m in module.modules()]
-    module.eval()
+    if any(flag for _, flag in flags):  # already all in eval mode: skip the costly switch
+        module.eval()
     try:
         yield
     finally:
         for m, flag in flags:
-            m.training = flag
+            if m.training != flag:
+                m.training = flag
 
 
 class Forward:

@@ -71,6 +71,7 @@ def create_app(
     data_dir: str | os.PathLike | None = None,
     max_upload_mb: float = 10,
     index: str | None = None,
+    default_index: bool = False,
     cache_mb: float = 1024,
     results_mb: float = 128,
     window_ms: float = 4.0,
@@ -92,7 +93,11 @@ def create_app(
     max_upload_mb
         Largest accepted upload.
     index
-        A dataset index for the dataset-examples slot (once the index package exists).
+        A dataset index (``cnnscope index``) for the dataset examples of each unit.
+    default_index
+        Without ``index``, build the gallery's default index in the background on the
+        first start (kept beside ``data_dir``'s uploads when ``data_dir`` is given, else
+        where ``cnnscope index`` puts it) and use it once ready. ``cnnscope serve`` does.
     cache_mb
         Memory bound of the per-image forward cache (the engine's LRU).
     results_mb
@@ -132,6 +137,8 @@ def create_app(
         results_mb=results_mb,
         window_ms=window_ms,
         index=index,
+        default_index=default_index,
+        index_dir=data_dir,
         synthesis_steps=synthesis_steps,
         synthesis_size=synthesis_size,
     )

@@ -39,7 +39,17 @@ def register(subparsers) -> None:
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="upload size limit in MB (default: 10)"
     )
-    p.add_argument("--index", metavar="INDEX", help="a dataset index for the examples of each unit")
+    p.add_argument(
+        "--index",
+        metavar="INDEX",
+        help="a dataset index for the examples of each unit (default: the gallery's index, "
+        "built in the background on the first start)",
+    )
+    p.add_argument(
+        "--no-default-index",
+        action="store_true",
+        help="without --index, do not build or use the gallery's default index",
+    )
     p.add_argument(
         "--cache-mb",
         type=float,
@@ -89,7 +99,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..cli.common import model_from_args
-    from .app import create_app, default_data_dir
+    from .app import create_app
 
     check_port(args.host, args.port)
     if args.max_upload_mb <= 0:
@@ -101,9 +111,10 @@ def serve(args: argparse.Namespace) -> int:
         model,
         gallery_dir=args.gallery,
         layers=args.layers,
-        data_dir=args.data_dir or default_data_dir(),
+        data_dir=args.data_dir,
         max_upload_mb=args.max_upload_mb,
         index=args.index,
+        default_index=not args.no_default_index,
         cache_mb=args.cache_mb,
     )
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host

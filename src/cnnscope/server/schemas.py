@@ -39,7 +39,10 @@ class ModelOut(BaseModel):
     attribution_source: Literal["attribution", "engine"] = Field(
         description="the attribution package, or the built-in guided backprop / Grad-CAM"
     )
-    index: bool = Field(description="whether dataset examples are available")
+    index: bool = Field(description="whether dataset examples are available now")
+    index_state: Literal["ready", "building", "failed", "none"] = Field(
+        description="the dataset index: ready, being built in the background, failed or none"
+    )
     synthesis: bool = Field(description="whether feature visualizations are available")
 
 
@@ -161,7 +164,16 @@ class UploadOut(ImageOut):
 
 class VisualizationOut(BaseModel):
     unit: str
-    state: Literal["none", "running", "done", "failed"]
+    state: Literal["none", "queued", "running", "done", "failed"]
     progress: float = Field(description="fraction of the optimisation steps done")
     detail: str | None = Field(None, description="why it failed")
     image: str = Field(description="URL of the PNG (404 until done)")
+
+
+class IndexOut(BaseModel):
+    state: Literal["ready", "building", "failed", "none"]
+    done: int = Field(description="images indexed so far, while building")
+    total: int = Field(description="images to index (0 until known), while building")
+    detail: str | None = Field(
+        None, description="the index folder when ready; why not, when failed or none"
+    )

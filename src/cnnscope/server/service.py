@@ -31,9 +31,10 @@ from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
 from ..tree import Explorer, format_path, parse_path
+from .background import BackgroundLane, Task
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
-from .worker import BatchWorker, Failed, Job
+from .worker import BatchWorker, Failed
 
 __all__ = ["ExplorerService", "RULES", "GAINS", "SCORINGS", "SIGNS"]
 
@@ -112,7 +113,12 @@ class ExplorerService:
     max_batch
         Most reconstructions in one batched backward.
     index
-        Path of a dataset index (used once the index package exists).
+        Path of a dataset index for the examples of each unit.
+    default_index
+        Without ``index``, build the gallery's default index in the background (once;
+        kept in ``index_dir``) and use it when ready.
+    index_dir
+        Where the default index lives (default: the one ``cnnscope index`` builds).
 
     Examples
     --------
@@ -134,6 +140,8 @@ class ExplorerService:
         window_ms: float = 4.0,
         max_batch: int = 16,
         index: str | None = None,
+        default_index: bool = False,
+        index_dir: str | os.PathLike | None = None,
         data_dir: str | os.PathLike | None = None,
         synthesis_steps: int = 128,
         synthesis_size: int = 160,
@@ -152,8 +160,14 @@ class ExplorerService:
         self.synthesis_steps = int(synthesis_steps)
         self.synthesis_size = int(synthesis_size)
         self._vis_dir = Path(data_dir or store.data_dir) / "visualizations" / _slug(model.name)
-        self._vis_jobs: dict[str, dict] = {}  # unit -> {"progress": float, "error": str|None}
+        self._vis_jobs: dict[str, Task] = {}  # unit -> its rendering in the background lane
+        self.background = BackgroundLane(model)
         self._index = _open_index(index) if index else None
+        self._index_task: Task | None = None
+        if index is None and default_index:
+            self._index_task = self.background.submit(
+                "default index", self._default_index(index_dir)
+            )
         self.max_batch = int(max_batch)
         self.results = LRUCache(int(results_mb * (1 << 20)), sizeof=_sizeof)
         h, w = self.input_size
@@ -168,8 +182,9 @@ class ExplorerService:
         )
 
     def close(self) -> None:
-        """Stop the worker thread."""
+        """Stop the worker thread and the background lane."""
         self.worker.close()
+        self.background.close()
 
     # -- what the model offers -----------------------------------------------------------
 
@@ -592,19 +607,55 @@ class ExplorerService:
 
         return await self._call(("act", image_id, str(parsed)), compute)
 
-    # -- slots for the dataset index and feature synthesis -------------------------------
+    # -- dataset examples (the index) and feature visualizations, built in the background --
 
-    async def examples(self, unit: str) -> bytes:
-        """A unit's top dataset examples as PNG (404 ``no index`` without an index)."""
-        parsed = self.check_unit(unit)
-        if self._index is None:
+    def _default_index(self, index_dir: str | os.PathLike | None) -> Callable:
+        def build(model: LoadedModel, progress: Callable[[int, int], None]):
+            from ..index import ensure_default_index
+
+            path = ensure_default_index(model, index_dir, progress=progress)
+            self._index = _open_index(str(path))
+            self.index_path = str(path)
+            log.info("default dataset index ready: %s", path)
+            return path
+
+        return build
+
+    def index_state(self) -> dict:
+        """``{"state": "ready"|"building"|"failed"|"none", "done", "total", "detail"}``.
+
+        ``done`` and ``total`` count images while the default index is being built.
+        """
+        task = self._index_task
+        if self._index is not None:
+            return {"state": "ready", "done": 0, "total": 0, "detail": self.index_path}
+        if task is None:
             hint = (
                 f"the index {self.index_path} could not be opened"
                 if self.index_path
                 else "start the server with --index INDEX (see cnnscope index)"
             )
-            raise NotFoundError(f"no index: dataset examples of {parsed} need one ({hint})")
+            return {"state": "none", "done": 0, "total": 0, "detail": hint}
+        state = {"queued": "building", "running": "building"}.get(task.state, task.state)
+        if state == "done":  # finished but not opened: an index the package cannot read
+            state = "failed"
+        return {"state": state, "done": task.done, "total": task.total, "detail": task.detail}
+
+    async def examples(self, unit: str) -> bytes:
+        """A unit's top dataset examples as PNG (404 while there is no index)."""
+        parsed = self.check_unit(unit)
         index = self._index
+        if index is None:
+            state = self.index_state()
+            if state["state"] == "building":
+                done, total = state["done"], state["total"]
+                raise NotFoundError(
+                    f"index building: the dataset examples of {parsed} are ready when the "
+                    f"gallery index is ({done}/{total or '?'} images done)"
+                )
+            raise NotFoundError(
+                f"no index: dataset examples of {parsed} need one ({state['detail']})"
+            )
 
         def render() -> bytes:
             try:
@@ -621,16 +672,16 @@ class ExplorerService:
         return found[-1] if found else None
 
     def visualization_state(self, unit: str) -> dict:
-        """``{"unit", "state": "done"|"running"|"failed"|"none", "progress", "detail"}``."""
+        """``{"unit", "state": "done"|"running"|"queued"|"failed"|"none", "progress", "detail"}``."""
         parsed = self.check_unit(unit)
         key = str(parsed)
-        job = self._vis_jobs.get(key)
-        if job is not None and job["error"] is None and job["progress"] < 1.0:
-            return {"unit": key, "state": "running", "progress": job["progress"], "detail": None}
+        task = self._vis_jobs.get(key)
+        if task is not None and task.state in ("queued", "running"):
+            return {"unit": key, "state": task.state, "progress": task.progress, "detail": None}
         if self._vis_file(parsed) is not None:
             return {"unit": key, "state": "done", "progress": 1.0, "detail": None}
-        if job is not None and job["error"]:
-            return {"unit": key, "state": "failed", "progress": 0.0, "detail": job["error"]}
+        if task is not None and task.state == "failed":
+            return {"unit": key, "state": "failed", "progress": 0.0, "detail": task.detail}
         return {"unit": key, "state": "none", "progress": 0.0, "detail": None}
 
     async def visualization(self, unit: str) -> bytes:
@@ -644,7 +695,7 @@ class ExplorerService:
                 f"not computed yet: no feature visualization of {state['unit']} "
                 "(feature synthesis is not available in this version)"
             )
-        if state["state"] == "running":
+        if state["state"] in ("queued", "running"):
             raise NotFoundError(
                 f"not computed yet: rendering {state['unit']}, {state['progress']:.0%} done"
             )
@@ -656,37 +707,25 @@ class ExplorerService:
         )
 
     def start_visualization(self, unit: str) -> dict:
-        """Queue the rendering of a unit's feature visualization (low priority, once)."""
+        """Queue the rendering of a unit's feature visualization (background lane, once)."""
         if not self.synthesis_available:
             raise NotFoundError("feature synthesis is not available in this version")
         parsed = self.check_unit(unit)
         state = self.visualization_state(unit)
-        if state["state"] in ("done", "running"):
+        if state["state"] in ("done", "running", "queued"):
             return state
-        key = str(parsed)
-        job = self._vis_jobs[key] = {"progress": 0.0, "error": None}
 
-        def progress(done: int, total: int) -> None:
-            job["progress"] = min(0.99, done / max(1, total))
+        def render(model: LoadedModel, progress: Callable[[int, int], None]) -> Path:
+            return _unit_visualization(
+                model,
+                parsed,
+                self._vis_dir,
+                steps=self.synthesis_steps,
+                size=self.synthesis_size,
+                progress=progress,
+            )
 
-        def render() -> str:
-            try:
-                path = _unit_visualization(
-                    self.model,
-                    parsed,
-                    self._vis_dir,
-                    steps=self.synthesis_steps,
-                    size=self.synthesis_size,
-                    progress=progress,
-                )
-            except Exception as exc:
-                job["error"] = " ".join(str(exc).split()) or type(exc).__name__
-                raise
-            job["progress"] = 1.0
-            return str(path)
-
-        future = self.worker.submit(Job("call", object(), render, priority=2))
-        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._vis_jobs[str(parsed)] = self.background.submit(f"visualization of {parsed}", render)
         return self.visualization_state(unit)
 
     def stats(self) -> dict:
@@ -704,6 +743,174 @@ class ExplorerService:
             "worker_rounds": self.worker.rounds,
             "worker_jobs": self.worker.jobs_done,
         }
+
+    # -- layer views: activation mosaics, channel orderings, 3D volumes ------------------
+    # Used by routers/layers.py. Activations come from the worker (the engine's shared
+    # forward); orderings, mosaics and volume figures are numpy/plotly work done in the
+    # thread pool, so the model's worker stays free for the tree.
+
+    #: Orderings of the layer views (``none`` keeps the channel order).
+    LAYER_ORDERS = ("none", "kmeans", "pca-slice", "pca")
+
+    def check_layer_maps(self, layer: str) -> LayerInfo:
+        """The layer ``layer`` (``~K`` or ``#K`` for a call) if it has ``C x H x W`` maps.
+
+        An unknown layer is a 404; a layer without spatial maps (``logits``, ``flatten``)
+        is a 400 that says which layers have maps.
+        """
+        info = self.layer_info(str(layer).replace("~", "#"))
+        if info.name == LOGITS or len(info.shape) != 3:
+            shape = "x".join(str(v) for v in info.shape)
+            raise BadRequestError(
+                f"layer {info.name!r} has shape {shape}, not channel maps C x H x W: "
+                "pick a convolutional layer (see /api/images/{id}/layers)"
+            )
+        return info
+
+    def _layer_order_options(
+        self, info: LayerInfo, order: str, k: int | None, row: int | None
+    ) -> dict:
+        """The options that ``order`` uses, checked against the layer (400 if out of range)."""
+        if order not in self.LAYER_ORDERS:
+            raise BadRequestError(
+                f"unknown ordering {str(order)[:40]!r}: use {', '.join(self.LAYER_ORDERS)}"
+            )
+        channels, height = int(info.shape[0]), int(info.shape[1])
+        opts: dict = {}
+        if order in ("kmeans", "pca-slice") and row is not None:
+            if not 0 <= row < height:
+                raise BadRequestError(
+                    f"row {row} is outside the maps of {info.name!r} (0-{height - 1})"
+                )
+            opts["row"] = int(row)
+        if order == "kmeans" and k is not None:
+            if not 1 <= k <= channels:
+                raise BadRequestError(f"k={k} clusters: {info.name!r} has {channels} channels")
+            opts["k"] = int(k)
+        return opts
+
+    async def layer_maps(self, image_id: str, layer: str) -> torch.Tensor:
+        """The float ``C x H x W`` activation of ``layer`` for an image (from the worker)."""
+        self.store.get(image_id)
+        info = self.check_layer_maps(layer)
+
+        def compute() -> torch.Tensor:
+            acts = self.engine.forward(self._input(image_id)).activation(info.name)
+            return acts[0].detach().float().cpu().clone()
+
+        return await self._call(("layer_maps", image_id, info.name), compute)
+
+    async def layer_ordering(
+        self,
+        image_id: str,
+        layer: str,
+        order: str = "none",
+        *,
+        k: int | None = None,
+        row: int | None = None,
+    ):
+        """The :class:`~cnnscope.views.Ordering` of a layer's channels (``None`` for ``none``)."""
+        self.store.get(image_id)
+        info = self.check_layer_maps(layer)
+        opts = self._layer_order_options(info, order, k, row)
+        if order == "none":
+            return None
+        acts = await self.layer_maps(image_id, info.name)
+
+        def compute():
+            import dataclasses
+
+            from ..views import order_channels
+
+            ordering = order_channels(acts, order, **opts)
+            # keep the answer small: no principal image in the cached ordering
+            info_small = {
+                key: v for key, v in ordering.info.items() if not isinstance(v, np.ndarray)
+            }
+            return dataclasses.replace(ordering, info=info_small)
+
+        key = ("layer_order", image_id, info.name, order, tuple(sorted(opts.items())))
+        return await self._once(key, lambda: asyncio.to_thread(compute))
+
+    async def layer_mosaic(
+        self,
+        image_id: str,
+        layer: str,
+        order: str = "none",
+        normalize: str = "joint",
+        *,
+        k: int | None = None,
+        row: int | None = None,
+    ) -> tuple[bytes, dict]:
+        """A layer's activation mosaic: its PNG and its geometry.
+
+        The geometry is :meth:`cnnscope.views.Mosaic.to_dict` with, per tile, its display
+        position, cluster, and the channel's max and mean activation.
+        """
+        from ..views import NORMALIZE_MODES
+
+        self.store.get(image_id)
+        info = self.check_layer_maps(layer)
+        opts = self._layer_order_options(info, order, k, row)
+        if normalize not in NORMALIZE_MODES:
+            raise BadRequestError(
+                f"unknown normalisation {str(normalize)[:40]!r}: use {', '.join(NORMALIZE_MODES)}"
+            )
+        acts = await self.layer_maps(image_id, info.name)
+        ordering = await self.layer_ordering(image_id, info.name, order, **opts)
+
+        def compute() -> tuple[bytes, dict]:
+            from ..views import layer_stats, render_mosaic
+
+            mosaic = render_mosaic(acts, ordering, normalize, layer=info.name)
+            meta = mosaic.to_dict()
+            stats = layer_stats(acts)
+            groups = (
+                ordering.group_of_position().tolist()
+                if ordering is not None
+                else [0] * len(mosaic.tiles)
+            )
+            for position, tile in enumerate(meta["tiles"]):
+                tile["position"] = position
+                tile["cluster"] = int(groups[position])
+                tile["max"] = stats[tile["channel"]]["max"]
+                tile["mean"] = stats[tile["channel"]]["mean"]
+            return png_bytes(mosaic.image), meta
+
+        key = ("layer_mosaic", image_id, info.name, order, normalize, tuple(sorted(opts.items())))
+        return await self._once(key, lambda: asyncio.to_thread(compute))
+
+    async def layer_volume(
+        self,
+        image_id: str,
+        layer: str,
+        order: str = "none",
+        *,
+        k: int | None = None,
+        row: int | None = None,
+    ) -> bytes:
+        """A layer's stacked maps as a plotly figure (:func:`cnnscope.views.volume_figure`).
+
+        Returns the figure's JSON, gzip-compressed (these figures hold every slice: a few MB).
+        """
+        self.store.get(image_id)
+        info = self.check_layer_maps(layer)
+        opts = self._layer_order_options(info, order, k, row)
+        acts = await self.layer_maps(image_id, info.name)
+        ordering = await self.layer_ordering(image_id, info.name, order, **opts)
+
+        def compute() -> bytes:
+            import gzip
+
+            from ..views import volume_figure
+
+            c, h, w = (int(v) for v in info.shape)
+            how = f", {order} order" if ordering is not None else ""
+            fig = volume_figure(acts, ordering, title=f"{info.name}: {c} maps of {h}x{w}{how}")
+            return gzip.compress(fig.to_json().encode("utf-8"), compresslevel=5, mtime=0)
+
+        key = ("layer_volume", image_id, info.name, order, tuple(sorted(opts.items())))
+        return await self._once(key, lambda: asyncio.to_thread(compute))
 
 
 def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 28) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ..schemas import LayerOut, ModelOut, ModelsOut
+from ..schemas import IndexOut, LayerOut, ModelOut, ModelsOut
 from ..service import GAINS, RULES, ExplorerService
 from .deps import service
 
@@ -38,6 +38,7 @@ def model_out(svc: ExplorerService) -> ModelOut:
         attribution_methods=svc.attribution_methods,
         attribution_source="engine" if service_module._attribute is None else "attribution",
         index=svc.index_available,
+        index_state=svc.index_state()["state"],
         synthesis=svc.synthesis_available,
     )
 
@@ -50,6 +51,13 @@ def models(request: Request, svc: ExplorerService = Depends(service)) -> ModelsO
         models=[model_out(svc)],
         max_upload_mb=request.app.state.store.max_upload_bytes / (1 << 20),
     )
+
+
+@router.get("/index", response_model=IndexOut, tags=["units"], summary="The dataset index")
+def index_state(svc: ExplorerService = Depends(service)) -> IndexOut:
+    """Whether dataset examples are ready; while the gallery's default index is built in
+    the background (on the first start), how many images are done."""
+    return IndexOut(**svc.index_state())
 
 
 @router.get("/stats", tags=["system"], summary="Cache and worker counters")

@@ -1,51 +1,53 @@
-// The feature-visualization slot: shows the rendered picture, or its progress, or a
-// button that starts the rendering in the background (it is cached once done).
+// The feature-visualization slot: asks the server to render the unit's picture in the
+// background (once; it is cached), shows its progress, then the picture. The page never
+// waits on it: the rendering runs on the server's background lane, not its request worker.
 
 import { api, enc } from "./api.js";
 import { h, lazyImage, mount } from "./dom.js";
 
-const POLL_MS = 2000;
+const POLL_MS = 1500;
 
-/** A slot element for the feature visualization of `unit`. */
-export function visualizationSlot(unit) {
+/** A slot element for the feature visualization of `unit` (rendering starts at once). */
+export function visualizationSlot(unit, model) {
   const box = h("div", { class: "vis-slot", "data-unit": unit });
+  if (!model.synthesis) {
+    return mount(box, h("div", { class: "slot" }, "Feature synthesis is not available in this version of cnnscope."));
+  }
   const url = `/api/units/${enc(unit.replace(/#/g, "~"))}/visualization`;
-  let timer = null;
+  let started = false;
+
+  const start = async () => {
+    try {
+      show(await api(url, { method: "POST" }));
+    } catch (err) {
+      mount(box, h("div", { class: "slot status-error" }, err.message));
+    }
+  };
 
   const show = (state) => {
-    clearTimeout(timer);
-    if (!box.isConnected && timer !== null) return; // the panel moved on
+    if (started && !box.isConnected) return; // the panel moved on: stop polling
+    started = true;
     if (state.state === "done") {
       mount(box, lazyImage(state.image, { alt: `feature visualization of ${unit}`, cls: "panel-img" }));
       return;
     }
-    if (state.state === "running") {
-      const pct = Math.round(state.progress * 100);
-      mount(
-        box,
-        h("div", { class: "slot" }, h("div", { class: "progress" }, h("span", { style: `width:${Math.max(3, pct)}%` })), `Rendering an image that excites ${unit}… ${pct}%`),
-      );
-      timer = setTimeout(poll, POLL_MS);
+    if (state.state === "none") {
+      start();
       return;
     }
-    const start = h("button", { type: "button", class: "btn" }, "Render it");
-    start.addEventListener("click", async () => {
-      start.disabled = true;
-      try {
-        show(await api(url, { method: "POST" }));
-      } catch (err) {
-        mount(box, h("div", { class: "slot status-error" }, err.message));
-      }
-    });
-    mount(
-      box,
-      h(
-        "div",
-        { class: "slot" },
-        state.state === "failed" ? h("p", { class: "status-error" }, `Rendering failed: ${state.detail}`) : h("p", {}, "Not computed yet. Rendering runs in the background when the model is idle, and is kept for next time."),
-        start,
-      ),
-    );
+    if (state.state === "failed") {
+      const retry = h("button", { type: "button", class: "btn" }, "Try again");
+      retry.addEventListener("click", () => {
+        retry.disabled = true;
+        start();
+      });
+      mount(box, h("div", { class: "slot" }, h("p", { class: "status-error" }, `Rendering failed: ${state.detail}`), retry));
+      return;
+    }
+    const pct = Math.round(state.progress * 100);
+    const text = state.state === "queued" ? `Queued: an image that excites ${unit} is rendered after the jobs before it.` : `Rendering an image that excites ${unit}… ${pct}%`;
+    mount(box, h("div", { class: "slot" }, h("div", { class: "progress" }, h("span", { style: `width:${Math.max(3, pct)}%` })), text));
+    setTimeout(poll, POLL_MS);
   };
 
   const poll = async () => {

@@ -2,6 +2,7 @@
 
 import { ApiError, api, pages, query } from "../api.js";
 import { crumbs, errorCard, h, mount, spinner, toast } from "../dom.js";
+import { indexBanner } from "../examples.js";
 
 const SECTIONS = [
   ["builtin", "Built-in photos", "Ship with cnnscope; always available offline."],
@@ -27,6 +28,7 @@ export async function render(app, { model }) {
     h(
       "div",
       { class: "page page-gallery" },
+      indexBanner(),
       h(
         "section",
         { class: "hero" },

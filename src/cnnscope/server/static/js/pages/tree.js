@@ -5,6 +5,7 @@
 import { ApiError, api, enc, pages, query, splitUnit } from "../api.js";
 import { crumbs, errorCard, h, lazyImage, mount, num, pct, s, spinner, toast } from "../dom.js";
 import { GAP_Y, NODE_H, NODE_W, edgePath, layout } from "../tree/layout.js";
+import { examplesSlot } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 import { segmented } from "./image.js";
 
@@ -583,9 +584,7 @@ class TreeView {
     this.hoverTimer = setTimeout(() => {
       const box = g.getBoundingClientRect();
       const host = this.canvas.getBoundingClientRect();
-      const body = this.model.index
-        ? lazyImage(`/api/units/${enc(node.unit.replace(/#/g, "~"))}/examples.png`, { alt: `dataset examples of ${node.unit}`, cls: "examples-img" })
-        : h("p", { class: "muted small" }, "No dataset index is loaded. Start the server with ", h("code", {}, "--index INDEX"), " to see this unit's top dataset patches here.");
+      const body = examplesSlot(node.unit, { cls: "examples-img" });
       mount(this.popover, h("div", { class: "popover-title" }, "Dataset examples · ", h("code", {}, node.unit)), body);
       const left = Math.min(box.right - host.left + 10, host.width - 300);
       this.popover.style.left = `${Math.max(8, left)}px`;
@@ -692,15 +691,13 @@ class TreeView {
         "section",
         { class: "panel-section" },
         h("h3", {}, "Feature visualization"),
-        this.model.synthesis ? visualizationSlot(n.unit) : h("div", { class: "slot" }, "Not computed yet: feature synthesis will show here an image that excites this unit."),
+        visualizationSlot(n.unit, this.model),
       ),
       h(
         "section",
         { class: "panel-section" },
         h("h3", {}, "Dataset examples"),
-        this.model.index
-          ? lazyImage(`/api/units/${enc(n.unit.replace(/#/g, "~"))}/examples.png`, { alt: `dataset examples of ${n.unit}`, cls: "panel-img" })
-          : h("div", { class: "slot" }, "No dataset index loaded: start the server with --index INDEX to see this unit's top dataset patches."),
+        examplesSlot(n.unit),
       ),
     );
   }

@@ -3,6 +3,7 @@
 
 import { ApiError, api, enc, pages, query } from "../api.js";
 import { crumbs, errorCard, h, lazyImage, mount, num, spinner } from "../dom.js";
+import { examplesSlot } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 
 export async function render(app, { unit, params, model }) {
@@ -68,15 +69,13 @@ export async function render(app, { unit, params, model }) {
             "section",
             { class: "card" },
             h("h2", { class: "card-title" }, "Feature visualization"),
-            model.synthesis ? visualizationSlot(info.unit) : h("div", { class: "slot" }, "Not computed yet: feature synthesis will show here an image that excites this unit."),
+            visualizationSlot(info.unit, model),
           ),
           h(
             "section",
             { class: "card" },
             h("h2", { class: "card-title" }, "Dataset examples"),
-            model.index
-              ? lazyImage(info.examples, { alt: "dataset examples", cls: "panel-img" })
-              : h("div", { class: "slot" }, "No dataset index loaded: start the server with --index INDEX to see this unit's top dataset patches."),
+            examplesSlot(info.unit),
           ),
         ),
         imageInfo
