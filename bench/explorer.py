@@ -149,7 +149,8 @@ class Server:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cmd = [
-            sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--port", str(self.port),
+            sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--no-default-index",
+            "--port", str(self.port),
             "--data-dir", data_dir, "--cache-mb", str(cache_mb),
         ]  # fmt: skip
         self.proc = subprocess.Popen(

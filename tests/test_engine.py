@@ -74,10 +74,16 @@ def test_batched_seeds_equal_separate_backwards(net, x):
     act = fwd.activation("shared#3")
     torch.manual_seed(3)
     seeds = torch.randn(5, *act.shape)
-    for rule in RULES:
-        batched = fwd.grad("shared#3", seeds, to="conv1", rule=rule, batched=True)
-        separate = torch.stack([fwd.grad("shared#3", s, to="conv1", rule=rule) for s in seeds])
-        torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-6)
+    for strategy in ("auto", "vmap", "loop"):
+        fwd.batch_strategy = strategy
+        for rule in RULES:
+            batched = fwd.grad("shared#3", seeds, to=["conv1", "input"], rule=rule, batched=True)
+            for i, layer in enumerate(("conv1", "input")):
+                separate = torch.stack(
+                    [fwd.grad("shared#3", s, to=layer, rule=rule) for s in seeds]
+                )
+                assert batched[i].shape == (5, *fwd.activation(layer).shape)
+                torch.testing.assert_close(batched[i], separate, rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_rule_equals_autograd(net, x):
