@@ -102,7 +102,6 @@ def synthesis_step(model, cfg: SynthesisConfig):
 def bench_overhead(model, device, batch: int, size: int, layer: str, repeats: int) -> list[dict]:
     channels = list(range(batch))
     units = [f"{layer}:{c}" for c in channels]
-    rows = []
     x = torch.randn(batch, 3, size, size, device=device)
     bare = visualize_config(
         model,
@@ -126,33 +125,20 @@ def bench_overhead(model, device, batch: int, size: int, layer: str, repeats: in
         synthesis_step(model, lucid),
     ]
     t_full, t_stop, t_bare, t_lucid = medians(fns, repeats, device)
-    rows.append(
+    return [
         dict(
-            case="pixels, no transforms",
+            case=case,
             layer=layer,
             batch=batch,
             size=size,
-            step=t_bare,
+            step=t,
             plain=t_full,
-            ratio=t_bare / t_full,
+            ratio=t / t_full,
             plain_stop=t_stop,
-            ratio_stop=t_bare / t_stop,
+            ratio_stop=t / t_stop,
         )
-    )
-    rows.append(
-        dict(
-            case="Lucid: fft + transforms",
-            layer=layer,
-            batch=batch,
-            size=size,
-            step=t_lucid,
-            plain=t_full,
-            ratio=t_lucid / t_full,
-            plain_stop=t_stop,
-            ratio_stop=t_lucid / t_stop,
-        )
-    )
-    return rows
+        for case, t in (("pixels, no transforms", t_bare), ("Lucid: fft + transforms", t_lucid))
+    ]
 
 
 def bench_batches(model, device, batches, size: int, layer: str, repeats: int, steps: int = 128):

@@ -23,8 +23,6 @@ compared, honestly:
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -34,6 +32,7 @@ from torch import nn
 from cnnscope.attribution import attribute
 
 from .mixed_net import INPUT_SIZE, MixedNet
+from .relu_copies import ReluClamp6, replace_relu6
 
 captum_attr = pytest.importorskip("captum.attr")
 
@@ -45,26 +44,6 @@ def corr(a, b) -> float:
     b = np.asarray(torch.as_tensor(b).detach().double().flatten())
     assert np.abs(a).max() > 0 and np.abs(b).max() > 0, "a blank map cannot be compared"
     return float(np.corrcoef(a, b)[0, 1])
-
-
-class _ReluClamp6(nn.Module):
-    """``min(relu(x), 6)`` with the ReLU as an ``nn.ReLU`` module Captum can see."""
-
-    def __init__(self):
-        super().__init__()
-        self.relu = nn.ReLU()
-
-    def forward(self, x):
-        return torch.clamp(self.relu(x), max=6.0)
-
-
-def _replace_relu6(model: nn.Module, make) -> nn.Module:
-    twin = copy.deepcopy(model)
-    for name, module in list(twin.named_modules()):
-        if isinstance(module, nn.ReLU6):
-            parent, _, last = name.rpartition(".")
-            setattr(twin.get_submodule(parent) if parent else twin, last, make())
-    return twin
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +87,13 @@ def test_builtin_true_gradient_methods(builtin, saliency):
 
 def test_builtin_rule_methods(builtin, saliency):
     model, x, c = builtin
-    clamp_copy = _replace_relu6(model.module, _ReluClamp6).eval()
+    clamp_copy = replace_relu6(model.module, ReluClamp6)
     ref = _captum(captum_attr.GuidedBackprop, clamp_copy, x, c)
     ours = attribute(model, x, "guided_backprop", target=c).tensor
     assert corr(ours, ref) >= MIN_CORR
     # the rule matters on this model: guided backprop is not the plain gradient
     assert corr(ours, saliency) < 0.9
-    relu_copy = _replace_relu6(model.module, nn.ReLU).eval()
+    relu_copy = replace_relu6(model.module, nn.ReLU)
     ref = _captum(captum_attr.Deconvolution, relu_copy, x, c)
     ours = attribute(relu_copy, x, "deconvnet", target=c).tensor
     assert corr(ours, ref) >= MIN_CORR

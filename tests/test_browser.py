@@ -289,3 +289,69 @@ def test_upload_by_picker_and_drop_and_errors_in_page(page, server, tmp_path):
     page.goto(server + "/images/chelsea?model=resnet50")
     expect(page.locator(".error-card")).to_contain_text("another model")
     assert page.errors == [], page.errors
+
+
+def test_layer_views_mosaic_tile_to_tree_and_volume(page, server):
+    # From the image page to the layer views, then stem_act in k-means order
+    page.goto(server + "/images/chelsea?model=efficientnet_lite0")
+    page.locator("#open-layers").click()
+    page.wait_for_url("**/images/chelsea/layers?**")
+    expect(page.locator(".mosaic-wrap:not(.loading)")).to_have_count(1)
+    page.select_option("#layer-select", "stem_act")
+    page.wait_for_url("**layer=stem_act**")
+    page.locator('#opt-order button[data-value="kmeans"]').click()
+    page.wait_for_url("**order=kmeans**")
+    expect(page.locator(".mosaic-card h2")).to_be_visible()
+    expect(page.locator(".mosaic-wrap:not(.loading)")).to_have_count(1)
+    expect(page.locator(".mosaic-hit")).to_have_count(32)
+    expect(page.locator("#permutation .perm-chip")).to_have_count(32)
+    expect(page.locator(".perm-group-head").first).to_contain_text("cluster 1")
+    assert_not_blank(page.locator(".mosaic-img"), "stem_act mosaic", 10)
+    # the overlay lies on the picture: tile k's box is where the mosaic draws channel k
+    body = httpx.get(
+        server + "/api/images/chelsea/layers/stem_act/mosaic?order=kmeans", timeout=120
+    ).json()
+    chips = [int(c) for c in page.locator("#permutation .perm-chip").all_inner_texts()]
+    assert chips == body["permutation"]
+    tile = page.locator(".mosaic-hit").nth(6)
+    channel = int(tile.get_attribute("data-channel"))
+    assert channel == body["permutation"][6]
+    img_box = page.locator(".mosaic-img").bounding_box()
+    hit_box = tile.bounding_box()
+    scale = img_box["width"] / body["width"]
+    assert abs(hit_box["x"] - img_box["x"] - body["tiles"][6]["x"] * scale) < 1.5
+    assert abs(hit_box["y"] - img_box["y"] - body["tiles"][6]["y"] * scale) < 1.5
+    tile.hover()
+    expect(page.locator(".mosaic-tip")).to_contain_text(f"channel {channel}")
+    expect(page.locator(".mosaic-tip")).to_contain_text("mean")
+    save(page, "layers_mosaic", full_page=True)
+
+    # A tile opens that unit's tree
+    layers_url = page.url
+    tile.click()
+    page.wait_for_url("**/images/chelsea/tree?**")
+    assert f"stem_act%3A{channel}" in page.url or f"stem_act:{channel}" in page.url
+    expect(page.locator("svg.tree-svg g.node").first).to_have_attribute(
+        "data-path", f"stem_act:{channel}"
+    )
+
+    # The shared URL restores the view; the 3D volume loads plotly.js from the server
+    page.goto(layers_url)
+    expect(page.locator('#opt-order button[aria-checked="true"]')).to_have_attribute(
+        "data-value", "kmeans"
+    )
+    page.locator('#opt-view button[data-value="volume"]').click()
+    page.wait_for_url("**view=volume**")
+    expect(page.locator("#volume-plot.ready")).to_have_count(1)
+    expect(page.locator("#volume-plot .main-svg").first).to_be_attached()
+    expect(page.locator("#volume-plot .gl-container canvas").first).to_be_attached()
+    assert page.evaluate("() => typeof window.Plotly") == "object"
+    assert_not_blank(page.locator("#volume-plot"), "3D volume", 10)
+    page.fill("#slice-slider", "3")
+    expect(page.locator("#slice-readout")).to_contain_text(f"channel {body['permutation'][3]}")
+    expect(page.locator("#slice-tree")).to_have_attribute(
+        "href", re.compile(f"stem_act(%3A|:){body['permutation'][3]}")
+    )
+    page.wait_for_timeout(800)
+    save(page, "layers_volume", full_page=True)
+    assert page.errors == [], page.errors

@@ -138,6 +138,13 @@ def _top(w: np.ndarray, k: int, sign: str = "pos") -> list[int]:
     return order[:k]
 
 
+def _assert_top(kids, w: np.ndarray, k: int, sign: str = "pos") -> None:
+    """``kids`` are the top ``k`` channels of the hand-computed weights ``w``, with those weights."""
+    top = _top(w, k, sign)
+    assert [n.unit.channel for n in kids] == top
+    np.testing.assert_allclose([n.weight for n in kids], w[top], rtol=1e-4, atol=1e-9)
+
+
 # ---------------------------------------------------------------- tests
 def test_chain_is_canonical_and_ordered(net):
     ex = Explorer(_loaded(net, ["conv1", "fc", "shared~2".replace("~", "#"), "shared#3"]))
@@ -166,29 +173,20 @@ def test_children_match_hand_written_numpy(net, ex, x, rule, gain):
     g_c2 = _from_logit(net, t, cls, rule)
     w1 = _w_np(t["c2"].numpy(), g_c2.numpy())
     kids = ex.children(x, f"logits:{cls}", k=3, rule=rule, gain=gain)
-    assert [n.unit.channel for n in kids] == _top(w1, 3)
-    np.testing.assert_allclose([n.weight for n in kids], w1[_top(w1, 3)], rtol=1e-4, atol=1e-9)
+    _assert_top(kids, w1, 3)
     assert all(n.path == (Unit("logits", cls), n.unit) for n in kids)
-    # level 2: children of shared#3:j in shared#2 (d), conditioned on the path
-    j = kids[0].unit.channel
-    s2 = torch.from_numpy(_keep_np(g_c2.numpy(), j, gain))
+    # level 2: children of the first child (shared#3:j) in shared#2 (d), conditioned on the path
+    s2 = torch.from_numpy(_keep_np(g_c2.numpy(), kids[0].unit.channel, gain))
     g_d = _c2_to_d(conv, t, s2, rule)
     w2 = _w_np(t["d"].numpy(), g_d.numpy())
     kids2 = ex.children(x, kids[0].path, k=4, rule=rule, gain=gain, sign="abs")
-    assert [n.unit.channel for n in kids2] == _top(w2, 4, "abs")
-    np.testing.assert_allclose(
-        [n.weight for n in kids2], w2[_top(w2, 4, "abs")], rtol=1e-4, atol=1e-9
-    )
+    _assert_top(kids2, w2, 4, "abs")
     # level 3: children in conv1 (a layer without its own activation: A is signed)
-    i = kids2[0].unit.channel
-    s3 = torch.from_numpy(_keep_np(g_d.numpy(), i, gain))
+    s3 = torch.from_numpy(_keep_np(g_d.numpy(), kids2[0].unit.channel, gain))
     g_z1 = _d_to_z1(conv, t, s3, rule)
     w3 = _w_np(t["z1"].numpy(), g_z1.numpy())
     kids3 = ex.children(x, kids2[0].path, k=6, rule=rule, gain=gain, sign="abs")
-    assert [n.unit.channel for n in kids3] == _top(w3, 6, "abs")
-    np.testing.assert_allclose(
-        [n.weight for n in kids3], w3[_top(w3, 6, "abs")], rtol=1e-4, atol=1e-9
-    )
+    _assert_top(kids3, w3, 6, "abs")
     assert [n.sign for n in kids3] == ["pos" if w3[c] >= 0 else "neg" for c in _top(w3, 6, "abs")]
     # the bottom of the chain has no children
     assert ex.children(x, kids3[0].path, rule=rule, gain=gain) == []
@@ -313,8 +311,7 @@ def test_local_scoring_seeds_the_node_alone(net, ex, x):
     g_d = _c2_to_d(conv, t, seed, "guided")  # z2 > 0 at its max: the rule passes the seed
     w = _w_np(t["d"].numpy(), g_d.numpy())
     local = ex.children(x, path, k=3, scoring="local")
-    assert [n.unit.channel for n in local] == _top(w, 3)
-    np.testing.assert_allclose([n.weight for n in local], w[_top(w, 3)], rtol=1e-4, atol=1e-9)
+    _assert_top(local, w, 3)
     conditioned = ex.children(x, path, k=3, scoring="path")
     assert [n.weight for n in local] != pytest.approx([n.weight for n in conditioned])
     # the same node as a root gives the local children

@@ -9,7 +9,8 @@ grad_cam        ``relu(sum_k mean_hw(G_k) A_k)``
 grad_cam_pp     ``relu(sum_k (sum_hw a_k relu(G_k)) A_k)``, ``a = G^2 / (2 G^2 + sum_hw(A) G^3)``
 xgrad_cam       ``relu(sum_k (sum_hw G_k A_k / sum_hw A_k) A_k)``
 hires_cam       ``relu(sum_k G_k * A_k)``
-layer_cam       ``sum_k relu(G_k) * A_k``; several layers fused (tanh-scaled max)
+layer_cam       ``sum_k relu(G_k) * A_k``; several layers fused: ``max`` of the deepest map
+                and the shallower ones boosted by ``tanh(2 m / max m)``
 score_cam       ``relu(sum_k s_k A_k)``, ``s_k`` the target's softmax score on ``x * up(A_k)``
 ablation_cam    ``relu(sum_k (y - y_k) / y A_k)``, ``y_k`` the score with channel ``k`` zeroed
 eigen_cam       the first principal component of ``A`` (class-agnostic)
@@ -55,7 +56,8 @@ def _record_cam(ctx: Context, layers: list[str], rule: str = "gradient", grads: 
     """Forward x once; return activations and (optionally) target gradients per layer."""
     fwd = ctx.record(ctx.x, layers)
     ctx.resolve_targets(fwd)
-    names = [fwd.resolve(n) for n in layers]
+    order = fwd.layers
+    names = sorted(dict.fromkeys(fwd.resolve(n) for n in layers), key=order.index)  # shallow first
     acts = []
     for name in names:
         a = fwd.activation(name)
@@ -81,9 +83,12 @@ def _fuse(maps: list[torch.Tensor], fusion: str) -> torch.Tensor:
     if fusion not in FUSIONS:
         raise CnnscopeError(f"unknown fusion {fusion!r}: choose one of {', '.join(FUSIONS)}")
     scaled = []
-    for m in maps:
+    for i, m in enumerate(maps):
         top = m.flatten(1).amax(1).clamp_min(_EPS).view(-1, 1, 1)
-        scaled.append(torch.tanh(2 * m / top) if fusion == "tanh_max" else m / top)
+        # LayerCAM's fusion: shallow layers' maps are boosted by tanh(2 m / max m), the
+        # deepest one is only scaled to [0, 1]; maps arrive shallow first
+        shallow = fusion == "tanh_max" and i < len(maps) - 1
+        scaled.append(torch.tanh(2 * m / top) if shallow else m / top)
     stack = torch.stack(scaled)
     return stack.mean(0) if fusion == "mean" else stack.amax(0)
 

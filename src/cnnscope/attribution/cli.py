@@ -9,7 +9,14 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli.common import add_images_arg, add_model_args, iter_images, model_from_args, print_json
+from ..cli.common import (
+    add_images_arg,
+    add_model_args,
+    check_at_least,
+    iter_images,
+    model_from_args,
+    print_json,
+)
 from ..errors import CnnscopeError
 from .core import METHODS, attribute, get_method, method_names
 from .render import STYLES
@@ -166,6 +173,17 @@ def _methods(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _methods_and_options(args: argparse.Namespace) -> tuple[list[str], dict[str, dict]]:
+    """``--methods`` and each one's ``--opt`` values, with ``--layer`` for those that take one."""
+    methods = _methods(args.methods)
+    opts = _options(args.opt, methods)
+    if args.layer:
+        for m in methods:
+            if METHODS[m].uses_layer:
+                opts[m].setdefault("layer", _layer(args.layer))
+    return methods, opts
+
+
 def _layer(text: str | None):
     if text is None:
         return None
@@ -254,13 +272,8 @@ def compare_command(args: argparse.Namespace) -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = _methods(args.methods)
-    opts = _options(args.opt, methods)
+    methods, opts = _methods_and_options(args)
     images = list(iter_images(args.images))
-    if args.layer:
-        for m in methods:
-            if METHODS[m].uses_layer:
-                opts[m].setdefault("layer", _layer(args.layer))
     model = model_from_args(args)
     rows = []
     for name, img in images:
@@ -303,16 +316,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
     """Print one row of scores per method and image."""
     from .evaluate import evaluate
 
-    methods = _methods(args.methods)
-    opts = _options(args.opt, methods)
-    if args.layer:
-        for m in methods:
-            if METHODS[m].uses_layer:
-                opts[m].setdefault("layer", _layer(args.layer))
-    if args.steps < 1:
-        raise CnnscopeError(f"--steps must be >= 1, got {args.steps}")
-    if args.sanity < 0:
-        raise CnnscopeError(f"--sanity must be >= 0, got {args.sanity}")
+    methods, opts = _methods_and_options(args)
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--sanity", args.sanity, 0)
     model = model_from_args(args)
     results = []
     for name, img in iter_images(args.images):

@@ -729,7 +729,7 @@ def prepare_input(model, image) -> tuple[nn.Module, LoadedModel | None, torch.Te
             raise ImageError(
                 "an input tensor must be floating point (the model's normalised input)"
             )
-        pictures = [_picture_of(loaded, x[i]) for i in range(x.shape[0])]
+        pictures = Pictures([lambda i=i: _picture_of(loaded, x[i]) for i in range(x.shape[0])])
         return module, loaded, x.float(), single, pictures
     single = not isinstance(image, (list, tuple))
     images = [image] if single else list(image)
@@ -745,8 +745,35 @@ def prepare_input(model, image) -> tuple[nn.Module, LoadedModel | None, torch.Te
         raise ImageError(
             "images of different sizes cannot be batched: resize them or pass them one by one"
         )
-    pictures = [np.asarray(loaded.preprocess_config.geometry(p), dtype=np.uint8) for p in pils]
+    geometry = loaded.preprocess_config.geometry
+    pictures = Pictures([lambda p=p: np.asarray(geometry(p), dtype=np.uint8) for p in pils])
     return module, loaded, torch.cat(xs), single, pictures
+
+
+class Pictures(Sequence):
+    """What the model saw, per image, made on first access (most calls never render).
+
+    Examples
+    --------
+    >>> pics = Pictures([lambda: np.zeros((2, 2, 3), np.uint8)])
+    >>> len(pics), pics[0].shape
+    (1, (2, 2, 3))
+    """
+
+    def __init__(self, makers: list):
+        self._makers = list(makers)
+        self._made: dict[int, np.ndarray | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._makers)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = range(len(self))[i]
+        if i not in self._made:
+            self._made[i] = self._makers[i]()
+        return self._made[i]
 
 
 def _picture_of(loaded: LoadedModel | None, x: torch.Tensor) -> np.ndarray | None:
@@ -783,8 +810,8 @@ class Attribution:
         The layer(s) a CAM or layer method used.
     meta : dict
         Method extras (IG completeness, LRP conservation, low-resolution CAMs, options).
-    pictures : list of numpy.ndarray
-        What the model saw, H x W x 3 uint8 (for overlays).
+    pictures : sequence of numpy.ndarray
+        What the model saw, H x W x 3 uint8 (for overlays; made on first access).
 
     Examples
     --------
@@ -814,7 +841,7 @@ class Attribution:
         self.targets = list(targets)
         self.scores = scores
         self.single = single
-        self.pictures = list(pictures) if pictures is not None else [None] * len(self._maps)
+        self.pictures = pictures if pictures is not None else [None] * len(self._maps)
         self.layer = layer
         self.meta = dict(meta or {})
         self.options = dict(options or {})
@@ -879,7 +906,7 @@ class Attribution:
             [self.targets[i]],
             self.scores[i : i + 1],
             single=True,
-            pictures=[self.pictures[i]],
+            pictures=Pictures([lambda: self.pictures[i]]),
             layer=self.layer,
             meta=meta,
             options=self.options,

@@ -7,6 +7,8 @@ the single-pass methods, images x steps for IG, images x samples for SmoothGrad.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -272,12 +274,20 @@ def integrated_gradients(
     if not multiply:
         return MethodOutput(avg, meta)
     ig = (ctx.x - base) * avg
+    meta.update(_completeness(ctx, base, ig))
+    return MethodOutput(ig, meta)
+
+
+def _completeness(ctx: Context, base: torch.Tensor, attr: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``delta``: ``sum attr - (f(x) - f(base))`` per image, and ``completeness``: its
+    size relative to ``|f(x) - f(base)|``."""
     f_base = ctx.scores_of(base, list(range(ctx.n)))
     delta = (ctx.scores.to(f_base.device) - f_base).double().cpu()
-    total = ig.double().flatten(1).sum(1).cpu()
-    meta["delta"] = (total - delta).float()
-    meta["completeness"] = ((total - delta).abs() / delta.abs().clamp_min(1e-12)).float()
-    return MethodOutput(ig, meta)
+    total = attr.double().flatten(1).sum(1).cpu()
+    return {
+        "delta": (total - delta).float(),
+        "completeness": ((total - delta).abs() / delta.abs().clamp_min(1e-12)).float(),
+    }
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,68 +361,48 @@ _NOISE_DOC = (
 )
 
 
-@register(
+def _register_noise(name: str, reduce: str, doc: str, **info) -> Callable[..., MethodOutput]:
+    """Register one noise tunnel: ``_noise_tunnel`` reducing the base maps by ``reduce``."""
+
+    def method(
+        ctx: Context,
+        base: str = "gradient",
+        samples: int = 50,
+        noise_level: float = 0.15,
+        seed: int = 0,
+        base_options: dict | None = None,
+    ) -> MethodOutput:
+        return _noise_tunnel(ctx, base, samples, noise_level, seed, base_options, reduce)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"{doc}\n\n    {_NOISE_DOC}\n"
+    return register(name, family="noise", style="grayscale", **info)(method)
+
+
+smoothgrad = _register_noise(
     "smoothgrad",
-    family="noise",
-    style="grayscale",
+    "mean",
+    "SmoothGrad: mean of the base method over Gaussian-noised inputs.",
     aliases=("smooth_grad", "smoothgrad_mean"),
     summary="the base method averaged over noisy copies of the input",
     reference="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
 )
-def smoothgrad(
-    ctx: Context,
-    base: str = "gradient",
-    samples: int = 50,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    base_options: dict | None = None,
-) -> MethodOutput:
-    """SmoothGrad: mean of the base method over Gaussian-noised inputs."""
-    return _noise_tunnel(ctx, base, samples, noise_level, seed, base_options, "mean")
-
-
-@register(
+smoothgrad_sq = _register_noise(
     "smoothgrad_sq",
-    family="noise",
-    style="grayscale",
+    "square",
+    "SmoothGrad squared: mean of the squared base maps.",
     aliases=("smoothgrad_squared", "smoothgrad2", "smoothgrad_square"),
     summary="the mean of the squared base maps over noisy inputs",
     reference="Hooker et al. 2019, A benchmark for interpretability methods",
 )
-def smoothgrad_sq(
-    ctx: Context,
-    base: str = "gradient",
-    samples: int = 50,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    base_options: dict | None = None,
-) -> MethodOutput:
-    """SmoothGrad squared: mean of the squared base maps."""
-    return _noise_tunnel(ctx, base, samples, noise_level, seed, base_options, "square")
-
-
-@register(
+vargrad = _register_noise(
     "vargrad",
-    family="noise",
-    style="grayscale",
+    "var",
+    "VarGrad: variance of the base maps.",
     aliases=("var_grad",),
     summary="the variance of the base maps over noisy inputs",
     reference="Adebayo et al. 2018, Local explanation methods for deep neural networks lack sensitivity",
 )
-def vargrad(
-    ctx: Context,
-    base: str = "gradient",
-    samples: int = 50,
-    noise_level: float = 0.15,
-    seed: int = 0,
-    base_options: dict | None = None,
-) -> MethodOutput:
-    """VarGrad: variance of the base maps."""
-    return _noise_tunnel(ctx, base, samples, noise_level, seed, base_options, "var")
-
-
-for _f in (smoothgrad, smoothgrad_sq, vargrad):
-    _f.__doc__ = f"{_f.__doc__}\n\n    {_NOISE_DOC}\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -517,11 +507,4 @@ def guided_ig(
             )
             x[i] = x_i.to(x.dtype)
             attr[i] += gained
-    f_base = ctx.scores_of(base, rows)
-    delta = (ctx.scores.to(f_base.device) - f_base).double().cpu()
-    total = attr.flatten(1).sum(1).cpu()
-    meta = {
-        "delta": (total - delta).float(),
-        "completeness": ((total - delta).abs() / delta.abs().clamp_min(1e-12)).float(),
-    }
-    return MethodOutput(attr.float(), meta)
+    return MethodOutput(attr.float(), _completeness(ctx, base, attr))

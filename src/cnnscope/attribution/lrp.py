@@ -222,13 +222,7 @@ class _RuleLayer(nn.Module):
         layer = self.layer
         shape = (1, -1, *([1] * (z.dim() - 2)))
         if isinstance(layer, _BNS):
-            scale = torch.rsqrt(layer.running_var + layer.eps)
-            if layer.weight is not None:
-                scale = scale * layer.weight
-            shift = -layer.running_mean * scale
-            if layer.bias is not None:
-                shift = shift + layer.bias
-            return shift.detach().view(shape)
+            return _bn_affine(layer)[1].detach().view(shape)
         b = getattr(layer, "bias", None)
         return None if b is None else b.detach().view(shape)
 
@@ -337,6 +331,17 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel of an eval-mode BatchNorm: ``bn(x) = x * scale + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
 def _is_linear(m: nn.Module) -> bool:
     return isinstance(m, (*_CONVS, nn.Linear))
 
@@ -434,12 +439,7 @@ def _fold(model: nn.Module, fwd) -> list[tuple[str, str]]:
     with torch.no_grad():
         for conv_name, bn_name in pairs:
             conv, bn = modules[conv_name], modules[bn_name]
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            if bn.weight is not None:
-                scale = scale * bn.weight
-            shift = -bn.running_mean * scale
-            if bn.bias is not None:
-                shift = shift + bn.bias
+            scale, shift = _bn_affine(bn)
             shape = (-1,) + (1,) * (conv.weight.dim() - 1)
             conv.weight.mul_(scale.view(shape))
             bias = conv.bias if conv.bias is not None else torch.zeros_like(shift)

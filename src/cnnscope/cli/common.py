@@ -96,6 +96,33 @@ def iter_images(specs: list[str] | None) -> Iterator[tuple[str, Image.Image]]:
         yield resolve_image(spec)
 
 
+def check_at_least(option: str, value: float | None, low: float) -> None:
+    """Raise a one-line :class:`CnnscopeError` when an option's ``value`` is below ``low``.
+
+    ``None`` (an option left out) passes.
+
+    Parameters
+    ----------
+    option : str
+        The option as the user wrote it, e.g. ``--steps``.
+    value : int, float or None
+        Its value.
+    low : int or float
+        The smallest value allowed.
+
+    Examples
+    --------
+    >>> check_at_least("--steps", 5, 1)
+    >>> check_at_least("--size", None, 16)
+    >>> check_at_least("--steps", 0, 1)
+    Traceback (most recent call last):
+    ...
+    cnnscope.errors.CnnscopeError: --steps must be >= 1, got 0
+    """
+    if value is not None and value < low:
+        raise CnnscopeError(f"{option} must be >= {low}, got {value}")
+
+
 def print_json(obj) -> None:
     """Write ``obj`` as indented JSON on stdout."""
     json.dump(obj, sys.stdout, indent=2)

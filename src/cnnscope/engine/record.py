@@ -80,6 +80,10 @@ def preserved(module: nn.Module) -> Iterator[None]:
                 m.training = flag
 
 
+#: ``grad(batched=True)`` spans of at most this many recorded layers are vmapped on CPU too.
+_SHORT_SPAN = 4
+
+
 class Forward:
     """One recorded forward pass: activations plus the graph for rule-aware backwards.
 
@@ -90,7 +94,8 @@ class Forward:
     batch_strategy : {"auto", "vmap", "loop"}
         How ``grad(..., batched=True)`` runs its ``k`` seeds: one vmapped backward
         (``is_grads_batched``), or ``k`` backwards over the retained graph. ``auto``
-        (default) loops on CPU, where it is cheaper, and vmaps elsewhere. Same numbers.
+        (default) loops on CPU, where it is cheaper unless the span between ``seed_at``
+        and ``to`` is a few layers, and vmaps elsewhere. The numbers are the same.
     """
 
     batch_strategy: str = "auto"
@@ -196,9 +201,11 @@ class Forward:
                 f"seed shape {tuple(seed.shape)} does not match {top!r}'s {tuple(expected)}"
             )
         seed = seed.to(device=out.device, dtype=out.dtype)
+        names = [self.resolve(t) for t in targets if isinstance(t, str)]
+        span = min((self._order[top] - self._order[n] for n in names), default=len(self._order))
         with self._lock:
             self._use_rule(rule)
-            grads = self._backward(out, inputs, seed, batched)
+            grads = self._backward(out, inputs, seed, batched, span)
         result = tuple(
             torch.zeros(
                 (seed.shape[0], *t.shape) if batched else t.shape, dtype=t.dtype, device=t.device
@@ -270,12 +277,12 @@ class Forward:
             raise CnnscopeError(f"layer {low!r} is not below {top!r}: gradients flow downward")
         return self._acts[low]
 
-    def _backward(self, out, inputs, seed, batched):
+    def _backward(self, out, inputs, seed, batched, span):
         if not batched:
             return torch.autograd.grad(out, inputs, seed, retain_graph=True, allow_unused=True)
         strategy = self.batch_strategy
-        if strategy == "auto":
-            strategy = "loop" if out.device.type == "cpu" else "vmap"
+        if strategy == "auto":  # a short span is cheap per seed: a loop would be all overhead
+            strategy = "loop" if out.device.type == "cpu" and span > _SHORT_SPAN else "vmap"
         if strategy == "vmap":  # one vmapped backward: what pays on an accelerator
             return torch.autograd.grad(
                 out, inputs, seed, retain_graph=True, allow_unused=True, is_grads_batched=True
@@ -283,7 +290,9 @@ class Forward:
         # On CPU, vmap has no batching rule for hardtanh's or eval batch norm's backward and
         # falls back to a per-seed loop plus a concatenation; k backwards over the retained
         # graph cost less CPU time (1.5x less on EfficientNet-Lite0, never more on plain
-        # ReLU networks: bench/engine.py) and give the same numbers.
+        # ReLU networks: bench/engine.py) and give the same numbers. Each backward walks the
+        # whole graph below ``out`` once, though: over a few layers (the classifier, for a
+        # thousand logits) vmap's single walk wins by far.
         per_seed = [
             torch.autograd.grad(out, inputs, s, retain_graph=True, allow_unused=True) for s in seed
         ]

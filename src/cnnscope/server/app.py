@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import CnnscopeError, ImageError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel, load_model
 from .routers import images, models, pages, tree, units
+from .routers import layers as layer_views
 from .service import ExplorerService
 from .store import BadRequestError, ImageStore, NotFoundError, TooLargeError, UnsupportedImageError
 
@@ -160,6 +161,7 @@ def create_app(
             {"name": "images", "description": "gallery, uploads, predictions, overview, maps"},
             {"name": "tree", "description": "children, parents, faithfulness, reconstructions"},
             {"name": "units", "description": "units, dataset examples, feature visualizations"},
+            {"name": "layers", "description": "activation mosaics, channel orderings, 3D volumes"},
             {"name": "system", "description": "caches and worker"},
         ],
     )
@@ -169,7 +171,7 @@ def create_app(
     app.state.shell = (STATIC / "index.html").read_text("utf-8")
     _add_error_handlers(app)
     app.middleware("http")(_security_headers)
-    for module in (models, images, tree, units, pages):
+    for module in (models, images, tree, units, layer_views, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

@@ -131,16 +131,22 @@ def visualize_config(
         raise CnnscopeError("give at least one unit to visualize")
     objs = [unit_objective(u) for u in units]
     h, w = _size(size, model.preprocess_config.input_size)
-    opts = dict(VISUALIZE_DEFAULTS)
-    opts.update(
+    return _config(
+        VISUALIZE_DEFAULTS,
+        overrides,
+        steps,
+        seed,
         objective=" | ".join(o.spec for o in objs),
         batch=len(objs),
-        num_steps=int(steps),
         initial_size=f"{h}x{w}",
-        seed=int(seed),
     )
-    opts.update(overrides)
-    return SynthesisConfig(**opts)
+
+
+def _config(defaults: dict, overrides: dict, steps: int, seed: int, **settings) -> SynthesisConfig:
+    """``defaults``, then what the function sets (``steps``, ``seed`` and ``settings``), then
+    the caller's ``overrides``."""
+    settings.update(num_steps=int(steps), seed=int(seed))
+    return SynthesisConfig(**{**defaults, **settings, **overrides})
 
 
 def _size(size, default) -> tuple[int, int]:
@@ -269,8 +275,7 @@ def unit_visualization(
     digest = hashlib.sha1(key.encode()).hexdigest()[:16]
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-    path = folder / f"{safe}-{digest}.png"
+    path = folder / f"{_safe_name(label)}-{digest}.png"
     if path.exists():
         return path
     result = synthesize(model, cfg, progress=progress if progress is not None else False)
@@ -285,6 +290,17 @@ def unit_visualization(
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _safe_name(label: str) -> str:
+    """``label`` as a file name: characters other than letters, digits, ``-_.`` become ``_``.
+
+    Examples
+    --------
+    >>> _safe_name("blocks.4:7@2,3")
+    'blocks.4_7_2_3'
+    """
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
 
 
 def _param_digest(model) -> str:
@@ -330,12 +346,10 @@ def class_image(
     ('class(281)', (64, 64, 3))
     """
     h, w = _size(size, model.preprocess_config.input_size)
-    opts = dict(CLASS_DEFAULTS)
-    opts.update(
-        objective=f"class({cls})", num_steps=int(steps), initial_size=f"{h}x{w}", seed=int(seed)
+    cfg = _config(
+        CLASS_DEFAULTS, overrides, steps, seed, objective=f"class({cls})", initial_size=f"{h}x{w}"
     )
-    opts.update(overrides)
-    return synthesize(model, SynthesisConfig(**opts), progress=progress)
+    return synthesize(model, cfg, progress=progress)
 
 
 def invert(
@@ -376,15 +390,11 @@ def invert(
     if "," in image or "(" in image or ")" in image:
         raise CnnscopeError(f"image name {image!r} must not contain commas or parentheses")
     h, w = model.preprocess_config.input_size
-    opts = dict(INVERT_DEFAULTS)
-    opts.update(
-        objective=f"invert({layer}, {image})",
-        num_steps=int(steps),
-        initial_size=f"{h}x{w}",
-        seed=int(seed),
+    objective = f"invert({layer}, {image})"
+    cfg = _config(
+        INVERT_DEFAULTS, overrides, steps, seed, objective=objective, initial_size=f"{h}x{w}"
     )
-    opts.update(overrides)
-    return synthesize(model, SynthesisConfig(**opts), progress=progress)
+    return synthesize(model, cfg, progress=progress)
 
 
 def deepdream(
@@ -423,15 +433,15 @@ def deepdream(
         initial = f"{int(first[0])}x{int(first[1])}"
     else:
         initial = f"x{1.0 / octave_scale ** (octaves - 1):.6f}"
-    opts = dict(DREAM_DEFAULTS)
-    opts.update(
+    cfg = _config(
+        DREAM_DEFAULTS,
+        overrides,
+        steps,
+        seed,
         objective=f"deepdream({layer})",
         initial_image=image,
         initial_size=initial,
         final_size=final,
         num_sizes=int(octaves),
-        num_steps=int(steps),
-        seed=int(seed),
     )
-    opts.update(overrides)
-    return synthesize(model, SynthesisConfig(**opts), progress=progress)
+    return synthesize(model, cfg, progress=progress)

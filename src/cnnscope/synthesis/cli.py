@@ -524,6 +524,11 @@ def dream(args: argparse.Namespace) -> int:
     output = args.output_file
     if output is None:
         output = "out.png"
+    if record.get("threads"):
+        import torch
+
+        # Reductions depend on the thread count: use the record's for a bitwise copy.
+        torch.set_num_threads(int(record["threads"]))
     model = model_from_args(args)
     if record and record.get("model", {}).get("name") not in (None, model.name):
         log.warning(
@@ -576,20 +581,25 @@ def _show(image, model, cfg, args) -> None:
 
 
 # ------------------------------------------------------------------------------ visualize
+def _check_steps_and_size(args: argparse.Namespace) -> None:
+    """``--steps`` >= 1 and ``--size`` (when given) >= 16, of visualize and classimage."""
+    from ..cli.common import check_at_least
+
+    check_at_least("--steps", args.steps, 1)
+    check_at_least("--size", args.size, 16)
+
+
 def visualize(args: argparse.Namespace) -> int:
     """Run ``cnnscope visualize``."""
     from ..cli.common import model_from_args
     from ..engine import Unit
     from ..render import grid
-    from .api import visualize_config
+    from .api import _safe_name, visualize_config
     from .objectives import Diversity, unit_objective
     from .outputs import save_result, write_png
     from .render import synthesize
 
-    if args.steps < 1:
-        raise CnnscopeError(f"--steps must be >= 1, got {args.steps}")
-    if args.size is not None and args.size < 16:
-        raise CnnscopeError(f"--size must be >= 16, got {args.size}")
+    _check_steps_and_size(args)
     units = [Unit.parse(u) for u in args.units]
     model = model_from_args(args)
     overrides: dict = {"param": args.param}
@@ -611,13 +621,13 @@ def visualize(args: argparse.Namespace) -> int:
     paths = (
         save_result(result, model, out / "unit.png", names=names)
         if len(units) > 1
-        else save_result(result, model, out / f"{_safe(names[0])}.png")
+        else save_result(result, model, out / f"{_safe_name(names[0])}.png")
     )
     if len(units) > 1:
         # Nicer names than unit_<label>.png: rename to <label>.png.
         renamed = []
         for path, name in zip(paths, names):
-            target = out / f"{_safe(name)}.png"
+            target = out / f"{_safe_name(name)}.png"
             path.replace(target)
             path.with_suffix(".json").replace(target.with_suffix(".json"))
             renamed.append(target)
@@ -628,11 +638,12 @@ def visualize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _safe(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
 # ------------------------------------------------------------------------------ invert / class
+def _given(**options) -> dict:
+    """The options that were given (not ``None``)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def _save_single(result, model, output: str) -> int:
     from .outputs import save_result
 
@@ -643,25 +654,20 @@ def _save_single(result, model, output: str) -> int:
 
 def invert_cmd(args: argparse.Namespace) -> int:
     """Run ``cnnscope invert``."""
-    from ..cli.common import model_from_args
+    from ..cli.common import check_at_least, model_from_args
     from ..images import resolve_image
     from .api import invert
 
-    if args.steps < 1:
-        raise CnnscopeError(f"--steps must be >= 1, got {args.steps}")
+    check_at_least("--steps", args.steps, 1)
     resolve_image(args.image)  # one-line error for a bad image before loading the model
     model = model_from_args(args)
-    overrides = {
-        k: v
-        for k, v in dict(
-            alpha=args.alpha,
-            p_reg=args.p_reg,
-            beta=args.beta,
-            tv_reg=args.tv_reg,
-            learning_rate=args.lr,
-        ).items()
-        if v is not None
-    }
+    overrides = _given(
+        alpha=args.alpha,
+        p_reg=args.p_reg,
+        beta=args.beta,
+        tv_reg=args.tv_reg,
+        learning_rate=args.lr,
+    )
     result = invert(
         model,
         args.image,
@@ -679,23 +685,16 @@ def classimage_cmd(args: argparse.Namespace) -> int:
     from ..cli.common import model_from_args
     from .api import class_image
 
-    if args.steps < 1:
-        raise CnnscopeError(f"--steps must be >= 1, got {args.steps}")
-    if args.size is not None and args.size < 16:
-        raise CnnscopeError(f"--size must be >= 16, got {args.size}")
+    _check_steps_and_size(args)
     model = model_from_args(args)
     model.class_index(args.cls)
-    overrides = {
-        k: v
-        for k, v in dict(
-            blur_every=args.blur_every,
-            blur_sigma=args.blur_sigma,
-            l2_decay=args.l2_decay,
-            clip_grad_norm=args.clip_grad_norm,
-            learning_rate=args.lr,
-        ).items()
-        if v is not None
-    }
+    overrides = _given(
+        blur_every=args.blur_every,
+        blur_sigma=args.blur_sigma,
+        l2_decay=args.l2_decay,
+        clip_grad_norm=args.clip_grad_norm,
+        learning_rate=args.lr,
+    )
     cls = model.class_index(args.cls)
     result = class_image(
         model, cls, args.steps, args.size, args.seed, progress=not args.no_progress, **overrides

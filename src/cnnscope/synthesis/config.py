@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,10 +111,7 @@ class SynthesisConfig:
         """Build from a dict, rejecting unknown keys with one line."""
         if not isinstance(data, dict):
             raise CnnscopeError("a synthesis config must be a JSON object")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise CnnscopeError(f"unknown synthesis option(s): {', '.join(unknown)}")
+        cls._check_names(data)
         data = dict(data)
         if "betas" in data:
             data["betas"] = tuple(data["betas"])
@@ -134,11 +132,15 @@ class SynthesisConfig:
 
     def replace(self, **changes) -> SynthesisConfig:
         """A copy with some options changed (unknown names are an error)."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
+        self._check_names(changes)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def _check_names(cls, options: Iterable[str]) -> None:
+        """Reject option names that are not fields, all in one line."""
+        unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise CnnscopeError(f"unknown synthesis option(s): {', '.join(unknown)}")
-        return dataclasses.replace(self, **changes)
 
     # ------------------------------------------------------------------------------
     def validate(self) -> SynthesisConfig:
@@ -202,9 +204,7 @@ class SynthesisConfig:
         )
         need(self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}")
         need(self.learning_rate_decay_fraction > 0, "learning_rate_decay_fraction must be > 0")
-        for name in ("alpha", "alpha_aux", "beta"):
-            need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("p_scale", "p_scale_aux", "tv_reg_scale"):
+        for name in ("alpha", "alpha_aux", "beta", "p_scale", "p_scale_aux", "tv_reg_scale"):
             need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("p_reg", "p_reg_aux", "tv_reg", "l1_decay", "l2_decay", "clip_grad_norm",
                      "init_scale", "init_blur", "blur_sigma", "grad_blur"):  # fmt: skip

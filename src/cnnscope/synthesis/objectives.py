@@ -727,21 +727,18 @@ class _Parser:
         return value
 
     def expr(self):
-        value = self.term()
-        while self.peek() in ("+", "-"):
-            op = self.text[self.i]
-            self.i += 1
-            rhs = self.term()
-            value = self._combine(value, rhs, op)
-        return value
+        return self._chain(self.term, ("+", "-"))
 
     def term(self):
-        value = self.factor()
-        while self.peek() in ("*", "/"):
+        return self._chain(self.factor, ("*", "/"))
+
+    def _chain(self, operand, ops: tuple[str, ...]):
+        """``operand (op operand)*`` for ``op`` in ``ops``, combined left to right."""
+        value = operand()
+        while self.peek() in ops:
             op = self.text[self.i]
             self.i += 1
-            rhs = self.factor()
-            value = self._combine(value, rhs, op)
+            value = self._combine(value, operand(), op)
         return value
 
     def _combine(self, a, b, op):

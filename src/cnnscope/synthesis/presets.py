@@ -105,6 +105,29 @@ def _amp(layer: str) -> str:
     return f"amplify({layer})"
 
 
+# ex7 and ex8 (cnn-vis's ex8 is "as ex7"): the astronaut at x0.5 -> x0.8 in 2 sizes.
+_ASTRONAUT = {
+    "p_reg": 0.001,
+    "initial_image": "astronaut",
+    "initial_size": "x0.5",
+    "final_size": "x0.8",
+    "num_sizes": 2,
+    "num_steps": 30,
+}
+_ASTRONAUT_QUICK = {**_PHOTO_QUICK, "initial_size": "x0.35", "final_size": "x0.5"}
+
+# ex12 and ex13: x0.5 -> x1.0 in 3 sizes, 100 steps of a faster RMSProp.
+_LONG = {
+    "initial_size": "x0.5",
+    "final_size": "x1.0",
+    "num_sizes": 3,
+    "num_steps": 100,
+    "learning_rate": 5.0,
+    "decay_rate": 0.85,
+    "p_reg": 0.002,
+}
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -193,34 +216,16 @@ PRESETS: dict[str, Preset] = {
             7,
             "inception_3a/1x1 on scream.jpg, x0.08->x0.15 (2), 30 steps, lr 1, decay 0.9, "
             "alpha 2 / p_reg 0.5, beta 2.5 / tv_reg 5e-2",
-            {
-                **_PHOTO,
-                "objective": _amp("blocks.4.expand_act"),
-                "p_reg": 0.001,
-                "initial_image": "astronaut",
-                "initial_size": "x0.5",
-                "final_size": "x0.8",
-                "num_sizes": 2,
-                "num_steps": 30,
-            },
-            {**_PHOTO_QUICK, "initial_size": "x0.35", "final_size": "x0.5"},
+            {**_PHOTO, "objective": _amp("blocks.4.expand_act"), **_ASTRONAUT},
+            _ASTRONAUT_QUICK,
         ),
         Preset(
             "ex8",
             "astronaut photo, amplify blocks.3.expand_act",
             8,
             "inception_3a/3x3_reduce on scream.jpg, as ex7",
-            {
-                **_PHOTO,
-                "objective": _amp("blocks.3.expand_act"),
-                "p_reg": 0.001,
-                "initial_image": "astronaut",
-                "initial_size": "x0.5",
-                "final_size": "x0.8",
-                "num_sizes": 2,
-                "num_steps": 30,
-            },
-            {**_PHOTO_QUICK, "initial_size": "x0.35", "final_size": "x0.5"},
+            {**_PHOTO, "objective": _amp("blocks.3.expand_act"), **_ASTRONAUT},
+            _ASTRONAUT_QUICK,
         ),
         Preset(
             "ex9",
@@ -286,13 +291,7 @@ PRESETS: dict[str, Preset] = {
                 **_AUX,
                 "objective": _amp("blocks.8"),
                 "initial_image": "coffee",
-                "initial_size": "x0.5",
-                "final_size": "x1.0",
-                "num_sizes": 3,
-                "num_steps": 100,
-                "learning_rate": 5.0,
-                "decay_rate": 0.85,
-                "p_reg": 0.002,
+                **_LONG,
                 "tv_reg": 0.01,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.5", "final_size": "x0.7", "num_sizes": 2},
@@ -308,13 +307,7 @@ PRESETS: dict[str, Preset] = {
                 **_AUX,
                 "objective": _amp("blocks.6.depthwise_act"),
                 "initial_image": "flower",
-                "initial_size": "x0.5",
-                "final_size": "x1.0",
-                "num_sizes": 3,
-                "num_steps": 100,
-                "learning_rate": 5.0,
-                "decay_rate": 0.85,
-                "p_reg": 0.002,
+                **_LONG,
                 "tv_reg": 0.001,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.5", "final_size": "x0.7", "num_sizes": 2},

@@ -29,6 +29,11 @@ def _save_png(image: np.ndarray, path: str | Path) -> str:
     return str(path)
 
 
+def _print_files(files: dict[str, str | list[str]]) -> None:
+    for kind, path in files.items():
+        print(f"  wrote {kind}: {path if isinstance(path, str) else ', '.join(path)}")
+
+
 def _floats(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -234,8 +239,7 @@ def activations(args: argparse.Namespace) -> int:
             print(f"  clusters (row {ordering.info.get('row')}): sizes {sizes}")
             for k, g in enumerate(ordering.groups()):
                 print(f"    {k}: {' '.join(map(str, g))}")
-    for kind, path in files.items():
-        print(f"  wrote {kind}: {path}")
+    _print_files(files)
     return 0
 
 
@@ -326,8 +330,7 @@ def weightgrad(args: argparse.Namespace) -> int:
         print(
             f"  {r['image'][:28]:<28} {pred:<32} {mark:7} {r['logit']:8.3f} {r['gradient_norm']:10.4g}"
         )
-    for kind, path in files.items():
-        print(f"  wrote {kind}: {path if isinstance(path, str) else ', '.join(path)}")
+    _print_files(files)
     return 0
 
 
@@ -378,8 +381,7 @@ def prune(args: argparse.Namespace) -> int:
         print(
             f"  only the {key} important filter ({row['filter']}) zeroed: {row['accuracy']:.1%}{cls}"
         )
-    for kind, path in files.items():
-        print(f"  wrote {kind}: {path}")
+    _print_files(files)
     return 0
 
 

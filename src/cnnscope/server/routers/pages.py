@@ -33,3 +33,8 @@ def tree_page(request: Request, image_id: str) -> HTMLResponse:
 @router.get("/units/{unit}", response_class=HTMLResponse)
 def unit_page(request: Request, unit: str) -> HTMLResponse:
     return shell(request)
+
+
+@router.get("/images/{image_id}/layers", response_class=HTMLResponse)
+def layers_page(request: Request, image_id: str) -> HTMLResponse:
+    return shell(request)

@@ -6,6 +6,7 @@ import { crumbs, errorCard, h, mount } from "./dom.js";
 const ROUTES = [
   [/^\/$/, () => import("./pages/gallery.js"), []],
   [/^\/images\/([^/]+)\/tree\/?$/, () => import("./pages/tree.js"), ["image"]],
+  [/^\/images\/([^/]+)\/layers\/?$/, () => import("./pages/layers.js"), ["image"]],
   [/^\/images\/([^/]+)\/?$/, () => import("./pages/image.js"), ["image"]],
   [/^\/units\/([^/]+)\/?$/, () => import("./pages/unit.js"), ["unit"]],
 ];

@@ -32,7 +32,7 @@ export async function render(app, { image, params, model }) {
         "div",
         { class: "page-head" },
         h("div", {}, h("h1", {}, info.name), h("p", { class: "muted" }, info.description, " · ", h("span", { class: `tag tag-${info.source}` }, info.source))),
-        treeLink,
+        h("div", { class: "head-actions" }, h("a", { class: "btn", href: `/images/${enc(image)}/layers${query({ model: model.name })}`, id: "open-layers", title: "activation mosaics, channel orderings and 3D volumes of any layer" }, "Layer views"), treeLink),
       ),
       h(
         "div",
