@@ -84,7 +84,7 @@ class BackgroundLane:
     >>> lane = BackgroundLane(load_model())
     >>> task = lane.submit("count", lambda model, progress: model.name)
     >>> task.finished.wait(60) and (task.state, task.result)
-    (True, ('done', 'efficientnet_lite0'))
+    ('done', 'efficientnet_lite0')
     >>> lane.close()
     """
 
@@ -105,10 +105,16 @@ class BackgroundLane:
         self._queue.put(task)
         return task
 
-    def close(self) -> None:
-        """Stop taking jobs; the running one stops at its next progress report."""
+    def close(self, timeout: float = 60.0) -> None:
+        """Stop taking jobs and wait (at most ``timeout`` s) for the running one to stop.
+
+        A job stops at its next progress report; the dataset index, for one, is resumable,
+        so a build stopped here goes on from its last checkpoint at the next start.
+        """
         self._closing.set()
         self._queue.put(None)
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def _loop(self) -> None:
         _lower_priority(self._nice)
@@ -131,6 +137,9 @@ class BackgroundLane:
         try:
             task.result = task.run(self._model_copy(), progress)
             task.state = "done"
+        except Cancelled as exc:
+            task.state, task.detail = "failed", str(exc)
+            log.info("%s", exc)
         except Exception as exc:  # a failed job is shown in the page; the lane goes on
             task.state = "failed"
             task.detail = " ".join(str(exc).split()) or type(exc).__name__
