@@ -67,10 +67,17 @@ def apply_rule(
     >>> g = torch.tensor([1.0, -1.0, 2.0])
     >>> true = torch.tensor([0.0, -1.0, 2.0])  # f'(x) = [0, 1, 1]
     >>> apply_rule("guided", true, g).tolist(), apply_rule("deconvnet", true, g).tolist()
-    ([0.0, -0.0, 2.0], [1.0, -0.0, 2.0])
+    ([0.0, 0.0, 2.0], [1.0, 0.0, 2.0])
     """
     if rule == "gradient":
         return grad_in
+    if leak >= 0:  # f'(x) >= 0, so grad_in = g * f'(x) has g's sign (or is 0): one op each
+        if rule == "guided":
+            return grad_in.clamp(min=0)
+        if rule == "guided_neg":
+            return grad_in.clamp(max=0)
+        if leak == 0:
+            return grad_out.clamp(min=0)
     if rule == "guided":
         return grad_in * (grad_out > 0)
     if rule == "guided_neg":
@@ -116,7 +123,7 @@ def attach_rules(tensors: Iterable[torch.Tensor], state: RuleState) -> int:
     >>> attach_rules([y], state)
     1
     >>> torch.autograd.grad(y, x, torch.tensor([1.0, -1.0]))[0]
-    tensor([0., -0.])
+    tensor([0., 0.])
     """
     seen: dict[int, object] = {}  # keeps each node alive, so that ids stay unique
     stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
