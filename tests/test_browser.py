@@ -355,3 +355,61 @@ def test_layer_views_mosaic_tile_to_tree_and_volume(page, server):
     page.wait_for_timeout(800)
     save(page, "layers_volume", full_page=True)
     assert page.errors == [], page.errors
+
+
+EXAMPLES_UNIT = "blocks.8.expand_act:24"  # its top examples come from five photos
+
+
+@pytest.fixture(scope="module")
+def indexed_server(tmp_path_factory):
+    """A server with a small index: the augmented gallery, one layer, 8 examples a unit."""
+    import uvicorn
+
+    from cnnscope.index import Source, build_index
+    from cnnscope.models import load_model
+    from cnnscope.server import create_app
+
+    model = load_model()
+    root = tmp_path_factory.mktemp("browser-index")
+    layer = EXAMPLES_UNIT.split(":")[0]
+    index = build_index(
+        model, Source(None, augment=True), [layer], top_k=8, out=root / "ix", workers=0
+    )
+    app = create_app(model, data_dir=root / "data", index=str(index))
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    for _ in range(600):
+        if srv.started:
+            break
+        time.sleep(0.05)
+    assert srv.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_unit_page_example_cards_open_their_tree(page, indexed_server):
+    page.goto(f"{indexed_server}/units/{EXAMPLES_UNIT}?model=efficientnet_lite0&image=chelsea")
+    cards = page.locator("article.example-card")
+    expect(cards).to_have_count(8)
+    expect(page.locator(".examples-slot img")).to_be_visible()  # the grid is still there
+    expect(page.locator(".img-frame.loading")).to_have_count(0)
+    expect(page.locator(".img-frame.failed")).to_have_count(0)
+    assert_not_blank(page.locator(".examples-slot img"), "examples grid", 10)
+    for i in range(3):
+        assert_not_blank(cards.nth(i).locator(".example-img img"), f"patch {i + 1}", 5)
+    expect(cards.first.locator(".example-act strong")).to_have_text(re.compile(r"^\d"))
+    save(page, "unit_examples", full_page=True)
+
+    card = cards.nth(1)
+    root = card.get_attribute("data-unit")
+    assert root.startswith(EXAMPLES_UNIT + "@")
+    card.locator("button.example-open").click()
+    page.wait_for_url(re.compile(r"/images/u-[0-9a-f]{16}/tree\?"))
+    assert "path=" in page.url
+    expect(page.locator("svg.tree-svg g.node").first).to_have_attribute("data-path", root)
+    assert wait_nodes_loaded(page, 6) == 6
+    assert_not_blank(page.locator("g.node").first.locator("image"), f"root {root}", 2)
+    assert page.errors == [], page.errors

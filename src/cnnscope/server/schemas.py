@@ -177,3 +177,26 @@ class IndexOut(BaseModel):
     detail: str | None = Field(
         None, description="the index folder when ready; why not, when failed or none"
     )
+
+
+class ExampleOut(BaseModel):
+    rank: int = Field(description="1 for the strongest example")
+    unit: str = Field(
+        description="the unit at the example's position", examples=["blocks.5.expand_act:3@4,7"]
+    )
+    image: str = Field(description="display name: the gallery name or the file name")
+    id: str = Field(description="the index's item id (relative path or gallery name, |recipe)")
+    augmentation: str | None = Field(None, description="the augmentation recipe, if any")
+    y: int = Field(description="row of the unit's maximum in the feature map")
+    x: int = Field(description="column of the unit's maximum in the feature map")
+    activation: float | None = Field(description="the unit's activation there, as indexed")
+    patch: str = Field(description="URL of the image cut to the unit's receptive field (PNG)")
+    open: str = Field(description="URL to POST to open the image's tree at this example")
+
+
+class ExampleOpenOut(BaseModel):
+    image: str = Field(description="id of the example image in the explorer's image store")
+    name: str
+    created: bool = Field(description="false when the image was in the store already")
+    unit: str = Field(description="the tree's root: the unit at the example's position")
+    tree: str = Field(description="URL of the tree page of the image rooted at that unit")

@@ -644,6 +644,24 @@ class ExplorerService:
     async def examples(self, unit: str) -> bytes:
         """A unit's top dataset examples as PNG (404 while there is no index)."""
         parsed = self.check_unit(unit)
+        index, _ = self._examples_index(parsed)
+        channel = Unit(parsed.layer, parsed.channel)
+        return await self._call(
+            ("examples", str(parsed)), lambda: index.examples_png(channel, model=self.model)
+        )
+
+    # -- a unit's dataset examples one by one: list, field patches, open as an image -----
+    # Used by routers/units.py (the unit page's example cards). The list comes from the
+    # index's arrays; a patch is the example image cut to the unit's receptive field (in
+    # the thread pool, not on the model's worker); "open" stores the example image
+    # (augmentation applied) like an upload, so that its tree can be explored from the
+    # example's position. URLs are built by the router.
+
+    #: Longest side of an example's patch PNG (small fields are scaled up by whole pixels).
+    EXAMPLE_PATCH_SIDE = 128
+
+    def _examples_index(self, parsed: Unit):
+        """``(index, unit)``: the loaded index and ``parsed`` as a unit of it (404 if none)."""
         index = self._index
         if index is None:
             state = self.index_state()
@@ -656,15 +674,174 @@ class ExplorerService:
             raise NotFoundError(
                 f"no index: dataset examples of {parsed} need one ({state['detail']})"
             )
+        try:
+            return index, index.unit(Unit(parsed.layer, parsed.channel))
+        except CnnscopeError as exc:
+            raise NotFoundError(f"no examples of {parsed} in the index: {exc}") from None
 
-        def render() -> bytes:
+    async def _index_examples(self, unit: str):
+        """``(index, canonical unit, its examples)``; the index must be of this model."""
+        parsed = self.check_unit(unit)
+        index, indexed = self._examples_index(parsed)
+
+        def same_model() -> bool:
+            index.check_model(self.model)  # CnnscopeError (400): built with other weights
+            return True
+
+        await self._once(
+            ("examples_model", index.fingerprint), lambda: asyncio.to_thread(same_model)
+        )
+        examples = await self._once(
+            ("examples_of", index.fingerprint, str(indexed)),
+            lambda: asyncio.to_thread(index.examples, indexed),
+        )
+        return index, Unit(parsed.layer, parsed.channel), examples
+
+    async def _index_example(self, unit: str, rank: int):
+        """``(index, canonical unit, example)`` of ``rank`` (1 = strongest); 404 if none."""
+        index, parsed, examples = await self._index_examples(unit)
+        n = len(examples)
+        if not isinstance(rank, int) or not 1 <= rank <= n:
+            if n == 0:
+                raise NotFoundError(f"{parsed} has no dataset examples in the index")
+            raise NotFoundError(f"{parsed} has {n} dataset examples: rank {rank} is not in 1-{n}")
+        return index, parsed, examples[rank - 1]
+
+    @staticmethod
+    def _example_name(example) -> str:
+        """Display name of an example's image: the gallery name or the file name."""
+        base = example.image
+        if example.augmentation is not None:
+            base = base[: -len(example.augmentation) - 1]  # drop "|recipe"
+        return base.rsplit("/", 1)[-1]
+
+    def _example_image(self, index, example, unit: Unit) -> Image.Image:
+        """The example's RGB image, augmentation applied (runs in a thread)."""
+        try:
+            return index.load_image(example)
+        except CnnscopeError as exc:
+            raise NotFoundError(
+                f"example {example.rank} of {unit}: its image {example.image!r} cannot be "
+                f"read any more ({exc})"
+            ) from None
+
+    def _example_unit(self, parsed: Unit, example) -> Unit:
+        """The unit at the example's position (no position on a layer without maps)."""
+        spatial = len(self.layers[parsed.layer].shape) == 3
+        return Unit(parsed.layer, parsed.channel, example.position if spatial else None)
+
+    async def example_list(self, unit: str) -> list[dict]:
+        """A unit's top dataset examples, strongest first (404 while there is no index).
+
+        Each is ``{rank, unit, image, id, augmentation, y, x, activation}``: ``unit`` is
+        the unit at the example's position, ``image`` the display name (gallery name or
+        file name), ``id`` the index's item id.
+        """
+        _, parsed, examples = await self._index_examples(unit)
+        out = []
+        for ex in examples:
+            value = float(ex.activation)
+            out.append(
+                {
+                    "rank": ex.rank,
+                    "unit": str(self._example_unit(parsed, ex)),
+                    "image": self._example_name(ex),
+                    "id": ex.image,
+                    "augmentation": ex.augmentation,
+                    "y": int(ex.position[0]),
+                    "x": int(ex.position[1]),
+                    "activation": value if np.isfinite(value) else None,
+                }
+            )
+        return out
+
+    @staticmethod
+    def field_patch(view: np.ndarray, box: tuple[int, int, int, int], side: int) -> np.ndarray:
+        """``view`` cut to ``box`` (inclusive, clipped to the image), scaled to ``side``.
+
+        Fields of ``side / 2`` pixels or fewer are scaled up by a whole factor with nearest
+        neighbours (each input pixel stays a sharp square); larger ones with Lanczos.
+
+        Examples
+        --------
+        >>> view = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+        >>> ExplorerService.field_patch(view, (-1, 1, 1, 2), 8).shape  # rows 0-1, cols 1-2
+        (8, 8, 3)
+        """
+        from ..index.patches import crop
+
+        h, w = view.shape[:2]
+        top, left, bottom, right = box
+        clipped = (max(top, 0), max(left, 0), min(bottom, h - 1), min(right, w - 1))
+        if clipped[0] > clipped[2] or clipped[1] > clipped[3]:
+            clipped = (0, 0, h - 1, w - 1)  # a field beside the image: show the image
+        patch = np.ascontiguousarray(crop(view, clipped))
+        ph, pw = patch.shape[:2]
+        scale = side / max(ph, pw)
+        if scale >= 2:
+            factor = int(scale)
+            size, resample = (pw * factor, ph * factor), Image.Resampling.NEAREST
+        else:
+            size = (max(1, round(pw * scale)), max(1, round(ph * scale)))
+            resample = Image.Resampling.LANCZOS
+        return np.asarray(Image.fromarray(patch).resize(size, resample))
+
+    async def example_patch(self, unit: str, rank: int) -> bytes:
+        """PNG of an example's image cut to the unit's receptive field at its position."""
+        index, parsed, ex = await self._index_example(unit, rank)
+
+        def make() -> bytes:
+            image = self._example_image(index, ex, parsed)
+            view = np.asarray(index.preprocessing.geometry(image), np.uint8)
+            return png_bytes(self.field_patch(view, index.field_box(ex), self.EXAMPLE_PATCH_SIDE))
+
+        key = ("example_patch", index.fingerprint, str(parsed), rank)
+        return await self._once(key, lambda: asyncio.to_thread(make))
+
+    async def open_example(self, unit: str, rank: int) -> dict:
+        """Put an example's image (augmentation applied) in the image store.
+
+        Returns ``{"image": id, "name", "created", "unit", "path"}``: ``path`` is the tree
+        path rooted at the unit at the example's position. An un-augmented photo of the
+        built-in gallery is its gallery image; any other is stored as PNG under the hash
+        of its bytes (``u-...``), named like ``chelsea crop45-3x3-r0c1``.
+        """
+        from .store import TooLargeError
+
+        index, parsed, ex = await self._index_example(unit, rank)
+        root = self._example_unit(parsed, ex)
+        _, path = self.check_path(format_path((root,)))
+        name = self._example_name(ex)
+        if ex.augmentation:
+            name = f"{name} ({ex.augmentation.replace('+', ' ')})"
+
+        def store() -> tuple[str, str, bool]:
+            if index.source.kind == "gallery" and ex.augmentation in (None, "full"):
+                try:
+                    record = self.store.get(self._example_name(ex))
+                    if record.source == "builtin":
+                        return record.id, record.name, False
+                except CnnscopeError:
+                    pass
+            image = self._example_image(index, ex, parsed)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
             try:
-                index.unit(Unit(parsed.layer, parsed.channel))
-            except CnnscopeError as exc:
-                raise NotFoundError(f"no examples of {parsed} in the index: {exc}") from None
-            return index.examples_png(Unit(parsed.layer, parsed.channel), model=self.model)
+                record, created = self.store.add(buf.getvalue(), filename=name)
+            except TooLargeError as exc:
+                raise TooLargeError(
+                    f"example {rank} of {parsed}: its image is too large to open ({exc})"
+                ) from None
+            return record.id, record.name, created
 
-        return await self._call(("examples", str(parsed)), render)
+        image_id, stored_name, created = await asyncio.to_thread(store)
+        return {
+            "image": image_id,
+            "name": stored_name,
+            "created": created,
+            "unit": str(root),
+            "path": path,
+        }
 
     def _vis_file(self, unit: Unit) -> Path | None:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(unit))

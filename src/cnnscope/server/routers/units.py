@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote, urlencode
+
 from fastapi import APIRouter, Depends, Path, Response
 
-from ..schemas import UnitOut, VisualizationOut
+from ..schemas import ExampleOpenOut, ExampleOut, UnitOut, VisualizationOut
 from ..service import ExplorerService
 from .deps import ERRORS, checked_model, service, unit_url
 from .images import CACHE, PNG
@@ -18,6 +20,7 @@ UnitPath = Path(
     description="LAYER:CHANNEL (a layer's call K is written ~K)",
     examples=["blocks.15:120"],
 )
+RankPath = Path(..., ge=1, le=100_000, description="1 for the strongest example", examples=[1])
 
 
 @router.get("/{unit}", response_model=UnitOut, summary="One unit")
@@ -50,6 +53,65 @@ def unit_info(
 async def examples(unit: str = UnitPath, svc: ExplorerService = Depends(service)) -> Response:
     """The unit's top dataset patches; ``404 no index`` until the server has an index."""
     return Response(await svc.examples(unit), media_type="image/png", headers=CACHE)
+
+
+@router.get(
+    "/{unit}/examples", response_model=list[ExampleOut], summary="Dataset examples, one by one"
+)
+async def example_list(
+    unit: str = UnitPath, svc: ExplorerService = Depends(service)
+) -> list[ExampleOut]:
+    """The unit's top dataset examples, strongest first: image, position, activation, and
+    the URLs of its receptive-field patch and of its ``open`` action.
+
+    ``404`` while there is no index (or it is being built) and for a layer it lacks.
+    """
+    out = []
+    for ex in await svc.example_list(unit):
+        channel = ex["unit"].split("@")[0]  # LAYER:CHANNEL, without the position
+        out.append(
+            ExampleOut(
+                **ex,
+                patch=unit_url(channel, f"examples/{ex['rank']}.png"),
+                open=unit_url(channel, f"examples/{ex['rank']}/open"),
+            )
+        )
+    return out
+
+
+@router.get(
+    "/{unit}/examples/{rank}.png", responses=PNG, summary="Receptive-field patch of an example"
+)
+async def example_patch(
+    unit: str = UnitPath, rank: int = RankPath, svc: ExplorerService = Depends(service)
+) -> Response:
+    """The example image (as the model saw it) cut to the unit's receptive field at the
+    example's position, clipped to the image; small fields scaled up by whole pixels."""
+    return Response(await svc.example_patch(unit, rank), media_type="image/png", headers=CACHE)
+
+
+@router.post(
+    "/{unit}/examples/{rank}/open",
+    response_model=ExampleOpenOut,
+    summary="Open an example's image in the explorer",
+)
+async def open_example(
+    unit: str = UnitPath,
+    rank: int = RankPath,
+    svc: ExplorerService = Depends(service),
+    model: str = Depends(checked_model),
+) -> ExampleOpenOut:
+    """Store the example image (augmentation applied) like an upload (content-hash id) and
+    answer the URL of its tree rooted at the unit at the example's position."""
+    opened = await svc.open_example(unit, rank)
+    params = urlencode({"model": model, "path": opened["path"]}, safe=":@,~")
+    return ExampleOpenOut(
+        image=opened["image"],
+        name=opened["name"],
+        created=opened["created"],
+        unit=opened["unit"],
+        tree=f"/images/{quote(opened['image'], safe='')}/tree?{params}",
+    )
 
 
 @router.get("/{unit}/visualization.png", responses=PNG, summary="Feature visualization of a unit")

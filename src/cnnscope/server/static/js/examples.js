@@ -13,8 +13,9 @@ function indexState() {
   return current;
 }
 
-/** Call `onState(state)` now and every POLL_MS while the index is building and `alive()`. */
-function watch(onState, alive) {
+/** Call `onState(state)` now and every POLL_MS while the index is building and `alive()`.
+ *  Exported for pages that wait for the index too (one poller, one shared request). */
+export function watch(onState, alive) {
   const tick = async () => {
     let state;
     try {

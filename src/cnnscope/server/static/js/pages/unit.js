@@ -1,9 +1,10 @@
-// Unit page: what a unit is, where it fires on an image, the units it feeds, and the
-// slots for its dataset examples and feature visualization.
+// Unit page: what a unit is, where it fires on an image, the units it feeds, its
+// feature visualization, and its dataset examples: the grid, then one card per example
+// (receptive-field patch, activation, image) that opens the example image's tree.
 
 import { ApiError, api, enc, pages, query } from "../api.js";
-import { crumbs, errorCard, h, lazyImage, mount, num, spinner } from "../dom.js";
-import { examplesSlot } from "../examples.js";
+import { crumbs, errorCard, h, lazyImage, mount, num, spinner, toast } from "../dom.js";
+import { examplesSlot, watch } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 
 export async function render(app, { unit, params, model }) {
@@ -71,12 +72,6 @@ export async function render(app, { unit, params, model }) {
             h("h2", { class: "card-title" }, "Feature visualization"),
             visualizationSlot(info.unit, model),
           ),
-          h(
-            "section",
-            { class: "card" },
-            h("h2", { class: "card-title" }, "Dataset examples"),
-            examplesSlot(info.unit),
-          ),
         ),
         imageInfo
           ? h(
@@ -91,6 +86,13 @@ export async function render(app, { unit, params, model }) {
               ),
             )
           : h("section", { class: "card" }, h("h2", { class: "card-title" }, "On an image"), h("p", { class: "muted" }, "Open this page from an image to see where the unit fires.")),
+        h(
+          "section",
+          { class: "card card-wide examples-card" },
+          h("h2", { class: "card-title" }, "Dataset examples"),
+          examplesSlot(info.unit, { cls: "panel-img examples-grid" }),
+          exampleCards(urlUnit, spatial),
+        ),
         imageInfo && info.layer_above ? h("section", { class: "card card-wide" }, h("h2", { class: "card-title" }, `Units of ${info.layer_above} it feeds most`), parentsBox) : null,
       ),
     ),
@@ -120,4 +122,68 @@ async function loadParents(box, image, unit, rule, model) {
   } catch (err) {
     mount(box, h("p", { class: "status-error" }, err instanceof ApiError ? err.detail : String(err)));
   }
+}
+
+/** One card per dataset example, once the index is ready (the grid slot explains why not). */
+function exampleCards(unit, spatial) {
+  const box = h("div", { class: "example-cards", "data-unit": unit });
+  let started = false;
+  let fetched = false;
+  watch(
+    (state) => {
+      started = true;
+      if (state.state !== "ready" || fetched) return;
+      fetched = true;
+      loadExampleCards(box, unit, spatial);
+    },
+    () => !started || box.isConnected,
+  );
+  return box;
+}
+
+async function loadExampleCards(box, unit, spatial) {
+  mount(box, h("div", { class: "loading-block" }, spinner(), " Reading the examples…"));
+  let list;
+  try {
+    list = await api(`/api/units/${enc(unit)}/examples`);
+  } catch (err) {
+    // a 404 (a layer the index lacks) is already said by the grid slot above
+    if (err instanceof ApiError && err.status === 404) mount(box);
+    else mount(box, h("p", { class: "status-error" }, err.message));
+    return;
+  }
+  if (!list.length) {
+    mount(box);
+    return;
+  }
+  mount(
+    box,
+    h("p", { class: "muted small examples-note" }, `Its top ${list.length} examples, strongest first: each image cut to the unit's receptive field where the unit fires most. Open one to see its tree from that unit.`),
+    h("div", { class: "example-list" }, list.map((ex) => exampleCard(ex, spatial))),
+  );
+}
+
+function exampleCard(ex, spatial) {
+  const open = h("button", { type: "button", class: "btn btn-sm btn-primary example-open" }, "Open its tree");
+  open.addEventListener("click", async () => {
+    open.disabled = true;
+    mount(open, spinner("spinner-sm"), " Opening…");
+    try {
+      const ans = await api(ex.open, { method: "POST" });
+      window.location.assign(ans.tree);
+    } catch (err) {
+      toast(`Could not open example ${ex.rank}: ${err.message}`, "error");
+      open.disabled = false;
+      mount(open, "Open its tree");
+    }
+  });
+  return h(
+    "article",
+    { class: "example-card", "data-rank": ex.rank, "data-unit": ex.unit },
+    h("div", { class: "example-patch" }, lazyImage(ex.patch, { alt: `${ex.image}: the receptive field of ${ex.unit}`, cls: "example-img" }), h("span", { class: "example-rank" }, `#${ex.rank}`)),
+    h("div", { class: "example-act" }, h("strong", {}, num(ex.activation)), spatial ? h("span", { class: "muted small", title: "where in the feature map: row, column" }, ` at ${ex.y}, ${ex.x}`) : null),
+    h("div", { class: "example-name", title: ex.id }, ex.image),
+    h("div", { class: "example-aug muted small" }, ex.augmentation || "original"),
+    open,
+  );
 }
