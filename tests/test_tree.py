@@ -396,8 +396,26 @@ def test_parents_match_local_children(ex, x):
         kids = ex.children(x, (Unit("shared#3", c),), k=8, sign="abs")
         everything.append(next(n.weight for n in kids if n.unit.channel == 5))
     best = np.argsort(-np.abs(everything), kind="stable")[:3]
-    assert [p.unit.channel for p in parents] == best.tolist()
+    best = [c for c in best.tolist() if everything[c] != 0]
+    assert [p.unit.channel for p in parents] == best
     assert ex.parents(x, "logits:0") == []
+
+
+def test_a_unit_that_feeds_nothing_has_no_parents():
+    """On chelsea, blocks.15.expand_act:3 fires everywhere, but its depthwise channel is
+    silent, so no unit of head_act gets anything from it: no parent, rather than six
+    zero-weight ones."""
+    from cnnscope.images import load_gallery_image
+    from cnnscope.models import load_model
+
+    lite = Explorer(load_model())
+    image = lite.input(load_gallery_image("chelsea"))
+    fwd = lite.forward(image)
+    assert float(fwd.activation("blocks.15.expand_act")[0, 3].min()) > 0
+    assert float(fwd.activation("blocks.15.depthwise_act")[0, 3].abs().max()) == 0.0
+    assert lite.parents(image, "blocks.15.expand_act:3", k=5) == []
+    fed = lite.parents(image, "blocks.15.expand_act:5", k=5)
+    assert fed and all(p.weight != 0 for p in fed)
 
 
 def test_node_to_dict():

@@ -691,6 +691,9 @@ class Explorer:
         ``unit``'s weight for it is ``mean(A_u * G_u)``, as it would be as ``p``'s child
         under local scoring. The top ``k`` by magnitude are returned; each node's path is
         ``(parent, unit)``. All seeds go through batched backwards in memory-bounded chunks.
+        Parents with a zero weight are left out: a unit can feed nothing above it on an
+        image (for instance when its depthwise channel is silent there), and then the list
+        is empty.
 
         Examples
         --------
@@ -726,6 +729,7 @@ class Explorer:
             g = grads[:, 0, unit.channel].reshape(len(idx), -1)
             weights[idx] = (g * act_u).mean(1).double().cpu()
         order = torch.argsort(weights.abs(), descending=True, stable=True)[: max(1, int(k))]
+        order = order[weights[order] != 0]  # a unit whose path up is silent feeds nobody
         child = Unit(unit.layer, unit.channel)
         nodes = []
         for p in order.tolist():

@@ -607,7 +607,8 @@ class TreeView {
     try {
       const ans = await api(`/api/images/${enc(this.image)}/parents${query({ unit: node.unit.replace(/#/g, "~"), k: this.opts.k, rule: this.opts.rule, model: this.model.name })}`);
       if (!ans.parents.length) {
-        mount(box, h("p", { class: "muted small" }, `${node.layer} is the top of the chain: nothing above it.`));
+        const why = ans.layer ? `On this image it feeds no unit of ${ans.layer}: the path from it upward is silent here.` : `${node.layer} is the top of the chain: nothing above it.`;
+        mount(box, h("p", { class: "muted small" }, why));
         return;
       }
       mount(

@@ -104,6 +104,10 @@ async function loadParents(box, image, unit, rule, model) {
   mount(box, h("div", { class: "loading-block" }, spinner(), " Finding the units above…"));
   try {
     const ans = await api(`/api/images/${enc(image)}/parents${query({ unit, k: 6, rule, model: model.name })}`);
+    if (!ans.parents.length) {
+      mount(box, h("p", { class: "muted" }, `On this image ${unit.replace(/~/g, "#")} feeds no unit of ${ans.layer}: the path from it upward is silent here.`));
+      return;
+    }
     mount(
       box,
       h(
