@@ -267,6 +267,9 @@ settings; written atomically; `progress(done, total)` is called after each step)
 with a position (a tree node, `LAYER:C@Y,X`) is drawn as its channel's neuron at the centre of
 the synthesis grid: a convolution's neurons share weights, so every position wants the same
 picture, and one cached file serves them all.
+A unit of an activation layer (ReLU, ReLU6) is optimised at the activation's input, as Lucid
+does with its "pre_relu" layers (`driven_unit`): a unit that is off for the starting noise has a
+zero gradient after the activation, and its picture would stay grey.
 
 ## Objectives
 

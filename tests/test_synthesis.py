@@ -494,6 +494,31 @@ def test_unit_visualization_beats_99_percent_of_gallery_patches(model):
     assert value > p99, (value, p99)
 
 
+def test_a_unit_off_at_the_start_is_driven_through_its_pre_activation(model):
+    """head_act:254 is off (ReLU6 = 0) for the grey-noise start, so its gradient there is
+    zero: read at head_bn it rises anyway, beyond every gallery photo's channel mean."""
+    from cnnscope.images import gallery_images
+    from cnnscope.synthesis import driven_unit
+
+    layer, channel = "head_act", 254
+    assert str(driven_unit(model, f"{layer}:{channel}")) == f"head_bn:{channel}"
+    assert str(driven_unit(model, "blocks.5:3@2,2")) == "blocks.5:3@2,2"  # no activation
+    engine = Engine.for_module(model.module)
+
+    def channel_mean(x):
+        fwd = engine.forward(x, cache=False, layers=[layer], grad=False, truncate=True)
+        return float(fwd.activation(layer)[0, channel].mean())
+
+    photos = [channel_mean(model.preprocess(g.load())) for g in gallery_images()]
+    imgs = visualize_units(model, [f"{layer}:{channel}"], steps=24, size=96, seed=0)
+    space = ImageSpace.for_model(model)
+    x = space.to_input(
+        space.from_pixels(torch.from_numpy(imgs[0].astype(np.float32)).permute(2, 0, 1)[None])
+    )
+    assert imgs[0].std() > 10  # not grey mush
+    assert channel_mean(x) > max(photos), (channel_mean(x), photos)
+
+
 def test_runs_are_bitwise_deterministic_under_a_seed(model):
     a = visualize_units(model, ["blocks.3:1", "blocks.4:2"], steps=2, size=32, seed=7)
     b = visualize_units(model, ["blocks.3:1", "blocks.4:2"], steps=2, size=32, seed=7)

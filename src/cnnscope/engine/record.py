@@ -80,6 +80,16 @@ def preserved(module: nn.Module) -> Iterator[None]:
                 m.training = flag
 
 
+def _submodule(root: nn.Module, name: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(name) if name else None
+    except AttributeError:  # "input", "logits" and other recorded names that are no module
+        return None
+
+
+#: Module types whose output is a ReLU-family function of their input.
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
+
 #: ``grad(batched=True)`` spans of at most this many recorded layers are vmapped on CPU too.
 _SHORT_SPAN = 4
 
@@ -134,6 +144,35 @@ class Forward:
     def activation(self, layer: str) -> torch.Tensor:
         """A detached copy-free view of ``layer``'s activation, batch first."""
         return self.tensor(layer).detach()
+
+    def pre_activation(self, layer: str) -> str:
+        """The layer whose output ``layer`` activates, if ``layer`` is a ReLU-family module
+        applied to the layer recorded just before it; else ``layer`` itself.
+
+        Reading a unit there keeps its gradient alive where the activation is off or
+        saturated (the "pre-ReLU" layer that feature visualization optimises).
+
+        Examples
+        --------
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8), grad=False)
+        >>> fwd.pre_activation("1"), fwd.pre_activation("0")
+        ('0', '0')
+        """
+        layer = self.resolve(layer)
+        module = _submodule(self.engine.module, split_call(layer)[0])
+        names = list(self._acts)
+        i = names.index(layer)
+        if not isinstance(module, ACTIVATIONS) or i == 0 or names[i - 1] == INPUT:
+            return layer
+        prev = names[i - 1]
+        pre, post = self._acts[prev].detach(), self._acts[layer].detach()
+        if pre.shape != post.shape:
+            return layer
+        with torch.no_grad():
+            again = module(pre.clone())
+        tol = 1e-5 * (1.0 + float(post.abs().max()))
+        return prev if torch.allclose(again, post, atol=tol, rtol=0) else layer
 
     def resolve(self, layer: str) -> str:
         """The canonical name of ``layer``; raises ``UnknownLayerError`` with suggestions."""

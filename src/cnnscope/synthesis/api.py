@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ..engine import Unit
+from ..engine import INPUT, LOGITS, Engine, Unit
 from ..errors import CnnscopeError
 from .config import SynthesisConfig
 from .objectives import Neuron, unit_objective
@@ -26,6 +27,7 @@ __all__ = [
     "VISUALIZE_DEFAULTS",
     "class_image",
     "deepdream",
+    "driven_unit",
     "invert",
     "unit_visualization",
     "visualize_config",
@@ -129,7 +131,7 @@ def visualize_config(
     """
     if not units:
         raise CnnscopeError("give at least one unit to visualize")
-    objs = [unit_objective(u) for u in units]
+    objs = [unit_objective(driven_unit(model, u)) for u in units]
     h, w = _size(size, model.preprocess_config.input_size)
     return _config(
         VISUALIZE_DEFAULTS,
@@ -140,6 +142,30 @@ def visualize_config(
         batch=len(objs),
         initial_size=f"{h}x{w}",
     )
+
+
+def driven_unit(model, unit: Unit | str) -> Unit:
+    """``unit`` read where optimisation can drive it: at its layer's pre-activation.
+
+    A unit of a ReLU-family layer that is off for the starting image has a zero gradient,
+    and its picture would stay grey; as in Lucid ("pre_relu"), it is read at the
+    activation's input, which rises with it and is never flat (see
+    :meth:`cnnscope.engine.Forward.pre_activation`). Other units are returned as they are.
+
+    Examples
+    --------
+    >>> from cnnscope.models import load_model
+    >>> str(driven_unit(load_model(), "head_act:3")), str(driven_unit(load_model(), "blocks.5:3"))
+    ('head_bn:3', 'blocks.5:3')
+    """
+    u = unit if isinstance(unit, Unit) else Unit.parse(str(unit))
+    if u.layer in (INPUT, LOGITS):
+        return u
+    param = next(model.module.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    grey = torch.zeros(1, 3, *model.preprocess_config.input_size, device=device)
+    fwd = Engine.for_module(model.module).forward(grey, grad=False)
+    return Unit(fwd.pre_activation(u.layer), u.channel, u.pos)
 
 
 def _config(defaults: dict, overrides: dict, steps: int, seed: int, **settings) -> SynthesisConfig:
@@ -256,13 +282,14 @@ def unit_visualization(
     ('.png', True)
     """
     u = unit if isinstance(unit, Unit) else Unit.parse(str(unit))
+    driven = driven_unit(model, u)
     if u.pos is not None:
         # Convolution shares a channel's weights across positions: every position's
         # neuron wants the same picture, drawn at the centre of the synthesis grid.
-        objective = Neuron(u.layer, u.channel).spec
+        objective = Neuron(driven.layer, driven.channel).spec
         label = f"{u.layer}:{u.channel}@centre"
     else:
-        objective, label = unit_objective(u).spec, str(u)
+        objective, label = unit_objective(driven).spec, str(u)
     cfg = visualize_config(model, [u], steps, size, seed, objective=objective)
     key = json.dumps(
         {

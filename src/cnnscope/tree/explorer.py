@@ -37,7 +37,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from PIL import Image
-from torch import nn
 
 from ..engine import INPUT, LOGITS, Engine, Forward, Unit, apply_rule
 from ..engine.rules import check_rule
@@ -53,7 +52,6 @@ SCORINGS: tuple[str, ...] = ("path", "local")
 SIGNS: tuple[str, ...] = ("pos", "neg", "abs")
 
 #: Activation modules whose input is the place to read a chain layer's gradient.
-_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
 #: Floats per chunk of seeds in :meth:`Explorer.parents` (bounds its memory).
 _PARENT_CHUNK_FLOATS = 1 << 24
 
@@ -298,18 +296,7 @@ class Explorer:
         """
         if layer in self._grad_at:
             return self._grad_at[layer]
-        at = layer
-        module = self._modules.get(split_call(layer)[0])
-        names = fwd.layers
-        if isinstance(module, _ACTIVATIONS) and layer in names and names.index(layer) > 0:
-            prev = names[names.index(layer) - 1]
-            pre, post = fwd.activation(prev), fwd.activation(layer)
-            if prev != INPUT and pre.shape == post.shape:
-                with torch.no_grad():
-                    again = module(pre.clone())
-                tol = 1e-5 * (1.0 + float(post.abs().max()))
-                if torch.allclose(again, post, atol=tol, rtol=0):
-                    at = prev
+        at = fwd.pre_activation(layer) if layer in fwd.layers else layer
         log.debug("gradient of chain layer %s read at %s", layer, at)
         self._grad_at[layer] = at
         return at
