@@ -222,10 +222,10 @@ def test_faithfulness_matches_explorer(client, explorer, x):
 
 
 def test_parents_drill_up(client, explorer, x):
-    unit = f"{explorer.chain[2]}:3"
+    unit = f"{explorer.chain[2]}:5"  # (channel 3 feeds nothing on chelsea: no parents)
     body = client.get(f"/api/images/chelsea/parents?unit={unit}&k=3").json()
     direct = explorer.parents(x, unit, k=3)
-    assert body["layer"] == explorer.chain[1]
+    assert body["layer"] == explorer.chain[1] and len(direct) == 3
     assert [p["unit"] for p in body["parents"]] == [str(n.unit) for n in direct]
     first = body["parents"][0]
     assert first["path"] == f"{first['unit']}/{unit}"

@@ -437,32 +437,25 @@ class ExplorerService:
             self.prefetch(image_id, [n["path"].split("/")[0] for n in nodes], rule, "auto")
         return nodes
 
-    async def faithfulness(
-        self,
-        image_id: str,
-        path: str,
-        *,
-        k: int = 5,
-        rule: str = "guided",
-        scoring: str = "path",
-        gain: str = "auto",
-        sign: str = "pos",
-    ) -> dict:
-        """How much the node drops when its shown children are zeroed, against random ones."""
+    async def faithfulness(self, image_id: str, path: str, **options) -> dict:
+        """How much the node drops when its shown children are zeroed, against random ones.
+
+        ``options`` are those of :meth:`children` (which children are shown).
+        """
         units, canonical = self.check_path(path)
-        nodes = await self.children(
-            image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign, prefetch=False
-        )
+        nodes = await self.children(image_id, path, **options, prefetch=False)
 
         if not nodes:
             raise BadRequestError(f"{units[-1]} is at the bottom of the chain: it has no children")
         kids = [Unit.parse(n["unit"]) for n in nodes]
 
         def compute() -> dict:
-            result = self.explorer.faithfulness(self._input(image_id), units, kids)
+            rule, scoring = options.get("rule", "guided"), options.get("scoring", "path")
+            x = self._input(image_id)
+            result = self.explorer.faithfulness(x, units, kids, rule=rule, scoring=scoring)
             return {key: float(result[key]) for key in ("drop", "random_drop", "random_std")}
 
-        key = ("faith", image_id, canonical, k, rule, scoring, gain, sign)
+        key = ("faith", image_id, canonical, *sorted(options.items()))
         result = await self._call(key, compute)
         return {**result, "children": [n["unit"] for n in nodes]}
 

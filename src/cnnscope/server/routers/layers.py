@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import threading
+from dataclasses import asdict, dataclass
 from typing import Literal
 from urllib.parse import quote
 
@@ -40,6 +41,23 @@ LayerPath = Path(
 OrderQuery = Query("none", description="channel ordering: none, kmeans, pca-slice or pca")
 KQuery = Query(None, ge=1, le=4096, description="k-means clusters (default 6)")
 RowQuery = Query(None, ge=0, le=100_000, description="row of the slice (default: the middle)")
+
+
+@dataclass
+class OrderingQuery:
+    """The channel ordering of a mosaic or volume (shared query parameters)."""
+
+    order: Order = OrderQuery
+    k: int | None = KQuery
+    row: int | None = RowQuery
+
+
+@dataclass
+class MosaicQuery(OrderingQuery):
+    """A mosaic: its ordering and normalisation."""
+
+    normalize: Normalize = Query("joint", description="joint (one scale) or channel")
+
 
 #: plotly.js never changes for one installed plotly: the browser may keep it for a year.
 VENDOR_CACHE = {"Cache-Control": "public, max-age=31536000, immutable"}
@@ -223,10 +241,7 @@ def layers(
 async def mosaic(
     image_id: str = ImageId,
     layer: str = LayerPath,
-    order: Order = OrderQuery,
-    normalize: Normalize = Query("joint", description="joint (one scale) or channel"),
-    k: int | None = KQuery,
-    row: int | None = RowQuery,
+    q: MosaicQuery = Depends(),
     svc: ExplorerService = Depends(service),
     model: str = Depends(checked_model),
 ) -> MosaicOut:
@@ -236,9 +251,10 @@ async def mosaic(
     ``order``: ``kmeans`` (k-means on row ``row``, ``k`` clusters), ``pca-slice`` (PCA on
     row ``row``), ``pca`` (PCA over whole maps) or ``none``.
     """
-    _, meta = await svc.layer_mosaic(image_id, layer, order, normalize, k=k, row=row)
+    _, meta = await svc.layer_mosaic(image_id, layer, q.order, q.normalize, k=q.k, row=q.row)
     info = svc.check_layer_maps(layer)
-    params = {"order": order, "normalize": normalize, "k": k, "row": row, "model": model}
+    params = {**asdict(q), "model": model}
+    order, normalize, k, row = q.order, q.normalize, q.k, q.row
     ordering = meta["ordering"]
     return MosaicOut(
         image=image_id,
@@ -269,16 +285,13 @@ async def mosaic(
 async def mosaic_png(
     image_id: str = ImageId,
     layer: str = LayerPath,
-    order: Order = OrderQuery,
-    normalize: Normalize = Query("joint", description="joint (one scale) or channel"),
-    k: int | None = KQuery,
-    row: int | None = RowQuery,
+    q: MosaicQuery = Depends(),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> Response:
     """The mosaic picture: channel numbers above the tiles; with k-means, each cluster's
     label strips in their own tint and a red mark where a cluster starts."""
-    png, _ = await svc.layer_mosaic(image_id, layer, order, normalize, k=k, row=row)
+    png, _ = await svc.layer_mosaic(image_id, layer, q.order, q.normalize, k=q.k, row=q.row)
     return Response(png, media_type="image/png", headers=CACHE)
 
 
@@ -291,9 +304,7 @@ async def volume(
     request: Request,
     image_id: str = ImageId,
     layer: str = LayerPath,
-    order: Order = OrderQuery,
-    k: int | None = KQuery,
-    row: int | None = RowQuery,
+    q: OrderingQuery = Depends(),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> Response:
@@ -301,7 +312,7 @@ async def volume(
     ``frames``): the volume rendering with the selected slice, the slice at full
     resolution, and a slider through the slices. Draw it with plotly.js from
     ``/vendor/plotly.min.js``."""
-    body = await svc.layer_volume(image_id, layer, order, k=k, row=row)
+    body = await svc.layer_volume(image_id, layer, q.order, k=q.k, row=q.row)
     return _gzip_response(request, body, "application/json", CACHE)
 
 

@@ -7,6 +7,15 @@ from fastapi.responses import HTMLResponse
 
 router = APIRouter(include_in_schema=False)
 
+#: Every page's URL; ``static/js/main.js`` routes them to their module.
+PAGES = (
+    "/",
+    "/images/{image_id}",
+    "/images/{image_id}/tree",
+    "/images/{image_id}/layers",
+    "/units/{unit}",
+)
+
 
 def shell(request: Request, status_code: int = 200) -> HTMLResponse:
     """The page shell; the route is read by ``static/js/main.js``."""
@@ -15,26 +24,10 @@ def shell(request: Request, status_code: int = 200) -> HTMLResponse:
     )
 
 
-@router.get("/", response_class=HTMLResponse)
-def gallery_page(request: Request) -> HTMLResponse:
+def page(request: Request) -> HTMLResponse:
+    """Any page: the shell (the path parameters are read by the front end)."""
     return shell(request)
 
 
-@router.get("/images/{image_id}", response_class=HTMLResponse)
-def image_page(request: Request, image_id: str) -> HTMLResponse:
-    return shell(request)
-
-
-@router.get("/images/{image_id}/tree", response_class=HTMLResponse)
-def tree_page(request: Request, image_id: str) -> HTMLResponse:
-    return shell(request)
-
-
-@router.get("/units/{unit}", response_class=HTMLResponse)
-def unit_page(request: Request, unit: str) -> HTMLResponse:
-    return shell(request)
-
-
-@router.get("/images/{image_id}/layers", response_class=HTMLResponse)
-def layers_page(request: Request, image_id: str) -> HTMLResponse:
-    return shell(request)
+for _url in PAGES:
+    router.add_api_route(_url, page, methods=["GET"], response_class=HTMLResponse)

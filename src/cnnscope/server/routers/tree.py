@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -27,6 +28,17 @@ GAIN = Query("auto", description="gain of each deeper node: auto (L1 mass), fixe
 SIGN = Query("pos", description="pos: excitatory children; neg: inhibitory (true gradient)")
 
 
+@dataclass
+class Expansion:
+    """How a node is expanded (query parameters shared by children and faithfulness)."""
+
+    k: int = K
+    rule: Rule = RULE
+    scoring: Scoring = SCORING
+    gain: Gain = GAIN
+    sign: Sign = SIGN
+
+
 def node_out(
     svc: ExplorerService,
     image_id: str,
@@ -48,11 +60,7 @@ def node_out(
 async def children(
     image_id: str = ImageId,
     path: str = PathQuery,
-    k: int = K,
-    rule: Rule = RULE,
-    scoring: Scoring = SCORING,
-    gain: Gain = GAIN,
-    sign: Sign = SIGN,
+    how: Expansion = Depends(),
     svc: ExplorerService = Depends(service),
     model: str = Depends(checked_model),
 ) -> ChildrenOut:
@@ -62,20 +70,14 @@ async def children(
     gradient (``scoring=path``) or the node's own (``scoring=local``). Their
     reconstructions are queued at once, so the URLs given here are fast to fetch.
     """
-    nodes = await svc.children(
-        image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign
-    )
+    nodes = await svc.children(image_id, path, **asdict(how))
     units, canonical = svc.check_path(path)
     return ChildrenOut(
         image=image_id,
         path=canonical,
         layer=nodes[0]["layer"] if nodes else svc.chain_below(units[-1].layer),
-        k=k,
-        rule=rule,
-        scoring=scoring,
-        gain=gain,
-        sign=sign,
-        children=[node_out(svc, image_id, n, rule, gain, model) for n in nodes],
+        **asdict(how),
+        children=[node_out(svc, image_id, n, how.rule, how.gain, model) for n in nodes],
     )
 
 
@@ -109,18 +111,12 @@ async def parents(
 async def faithfulness(
     image_id: str = ImageId,
     path: str = PathQuery,
-    k: int = K,
-    rule: Rule = RULE,
-    scoring: Scoring = SCORING,
-    gain: Gain = GAIN,
-    sign: Sign = SIGN,
+    how: Expansion = Depends(),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> FaithfulnessOut:
     """Zero the node's shown children and measure the node's drop, against random channels."""
-    result = await svc.faithfulness(
-        image_id, path, k=k, rule=rule, scoring=scoring, gain=gain, sign=sign
-    )
+    result = await svc.faithfulness(image_id, path, **asdict(how))
     _, canonical = svc.check_path(path)
     return FaithfulnessOut(image=image_id, path=canonical, **result)
 
