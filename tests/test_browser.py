@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,6 +19,8 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+
+from tests.live_server import serving
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -46,32 +46,12 @@ expect = sync_api.expect
 expect.set_options(timeout=SLOW)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from cnnscope.server import create_app
 
-    app = create_app(data_dir=tmp_path_factory.mktemp("browser-data"))
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(600):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serving(create_app(data_dir=tmp_path_factory.mktemp("browser-data"))) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
@@ -363,8 +343,6 @@ EXAMPLES_UNIT = "blocks.8.expand_act:24"  # its top examples come from five phot
 @pytest.fixture(scope="module")
 def indexed_server(tmp_path_factory):
     """A server with a small index: the augmented gallery, one layer, 8 examples a unit."""
-    import uvicorn
-
     from cnnscope.index import Source, build_index
     from cnnscope.models import load_model
     from cnnscope.server import create_app
@@ -376,18 +354,8 @@ def indexed_server(tmp_path_factory):
         model, Source(None, augment=True), [layer], top_k=8, out=root / "ix", workers=0
     )
     app = create_app(model, data_dir=root / "data", index=str(index))
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(600):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base
 
 
 def test_unit_page_example_cards_open_their_tree(page, indexed_server):

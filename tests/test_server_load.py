@@ -10,13 +10,14 @@ must be a 200 with the right content; the server must have merged reconstruction
 from __future__ import annotations
 
 import io
-import socket
 import threading
 import time
 
 import httpx
 import pytest
 from PIL import Image
+
+from tests.live_server import serving
 
 pytestmark = pytest.mark.slow
 
@@ -25,31 +26,13 @@ IMAGES = ("chelsea", "coffee", "rocket")
 BUDGET_S = 40.0  # no new expansion starts after this
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
     from cnnscope.server import create_app
 
     app = create_app(data_dir=tmp_path_factory.mktemp("load-data"), cache_mb=350)
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    for _ in range(600):
-        if srv.started:
-            break
-        time.sleep(0.05)
-    assert srv.started
-    yield f"http://127.0.0.1:{port}", app
-    srv.should_exit = True
-    thread.join(10)
+    with serving(app) as base:
+        yield base, app
 
 
 def walk(base: str, image: str, rank: int, deadline: float, log: list, errors: list) -> None:
