@@ -30,7 +30,7 @@ from ..engine import LOGITS, Engine, LayerInfo, Unit
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
-from ..tree import Explorer, format_path, parse_path
+from ..tree import Explorer, format_path, parse_path, render_gradient
 from .background import BackgroundLane, Task
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
@@ -478,7 +478,14 @@ class ExplorerService:
     def _recon(self, image_id: str, canonical: str, rule: str, gain: str) -> Awaitable[bytes]:
         key = ("recon", image_id, canonical, rule, gain)
         group = (image_id, rule, gain)
-        return self._once(key, lambda: self.worker.run("recon", group, canonical, priority=1))
+
+        async def compute() -> bytes:
+            # the worker only backpropagates; the picture is drawn and encoded in the thread
+            # pool, so the model's thread goes on with the next batch meanwhile
+            grad = await self.worker.run("recon", group, canonical, priority=1)
+            return await asyncio.to_thread(lambda: png_bytes(render_gradient(grad)))
+
+        return self._once(key, compute)
 
     def prefetch(self, image_id: str, paths: Sequence[str], rule: str, gain: str) -> None:
         """Start computing reconstructions that will be asked for soon (no waiting)."""
@@ -489,7 +496,7 @@ class ExplorerService:
                 task.add_done_callback(_quiet)
 
     def _run_recons(self, group, paths: Sequence[str]) -> list[Any]:
-        """Worker: reconstructions of many paths of one image, rule and gain, batched."""
+        """Worker: input gradients of many paths of one image, rule and gain, batched."""
         image_id, rule, gain = group
         try:
             x = self._input(image_id)
@@ -500,17 +507,17 @@ class ExplorerService:
         for start in range(0, len(unique), self.max_batch):
             chunk = unique[start : start + self.max_batch]
             try:
-                images = self.explorer.reconstructions(
+                grads = self.explorer.input_gradients(
                     x, [parse_path(p) for p in chunk], rule=rule, gain=gain
                 )
                 self.recon_batches += 1
                 self.recon_paths += len(chunk)
-                done.update({p: png_bytes(img) for p, img in zip(chunk, images)})
+                done.update(zip(chunk, grads))
             except Exception:  # find which path failed; the others still get answers
                 for p in chunk:
                     try:
-                        img = self.explorer.reconstruction(x, parse_path(p), rule=rule, gain=gain)
-                        done[p] = png_bytes(img)
+                        one = self.explorer.input_gradients(x, [parse_path(p)], rule, gain)
+                        done[p] = one[0]
                     except Exception as exc:
                         done[p] = Failed(exc)
         return [done[p] for p in paths]
@@ -606,7 +613,9 @@ class ExplorerService:
         def build(model: LoadedModel, progress: Callable[[int, int], None]):
             from ..index import ensure_default_index
 
-            path = ensure_default_index(model, index_dir, progress=progress)
+            # workers=0: no DataLoader processes forked from this threaded server (a fork
+            # can inherit a held lock and hang); the gallery's pictures are made in memory
+            path = ensure_default_index(model, index_dir, progress=progress, workers=0)
             self._index = _open_index(str(path))
             self.index_path = str(path)
             log.info("default dataset index ready: %s", path)
