@@ -101,6 +101,7 @@ def main() -> None:
         wait_for(vis, lambda s: s["state"] in ("done", "failed"), "a feature visualization")
         page.locator('.zoom-btn[aria-label="fit the tree"]').click()
         settle(page)
+        page.locator(".vis-slot").scroll_into_view_if_needed()
         page.locator("svg.tree-svg g.node").nth(7).hover()
         expect(page.locator(".popover img")).to_be_visible()
         settle(page)
@@ -111,7 +112,8 @@ def main() -> None:
         settle(page)
         page.screenshot(path=str(args.out / "unit.png"), full_page=True)
 
-        page.goto(base + "/images/chelsea/layers?layer=blocks.3.expand_act&order=kmeans")
+        page.goto(base + "/images/chelsea/layers?layer=stem_act&order=kmeans")
+        expect(page.locator("img.mosaic-img")).to_have_js_property("complete", True)
         settle(page)
         page.screenshot(path=str(args.out / "layers_mosaic.png"))
         browser.close()
