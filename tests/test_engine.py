@@ -221,3 +221,22 @@ def test_cache_notices_weight_edits():
     second = engine.forward(x)
     assert second is not first
     torch.testing.assert_close(second.activation("logits"), first.activation("logits") + 1.0)
+
+
+def test_keep_graph_false_frees_the_graph_of_a_private_forward(net, x):
+    engine = Engine(net)
+    kept = engine.forward(x, cache=False)
+    seed = torch.ones_like(kept.activation("logits"))
+    expected = kept.grad("logits", seed, to="input", rule="guided")
+    once = engine.forward(x, cache=False)
+    got = once.grad("logits", seed, to="input", rule="guided", keep_graph=False)
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(CnnscopeError, match="freed"):
+        once.grad("logits", seed, to="input")
+    batched = engine.forward(x, cache=False)
+    seeds = torch.stack([seed, 2 * seed])
+    two = batched.grad("logits", seeds, to="input", batched=True, keep_graph=False)
+    torch.testing.assert_close(two[1], 2 * two[0])
+    with pytest.raises(CnnscopeError, match="cached forward"):
+        engine.forward(x).grad("logits", seed, keep_graph=False)
+    engine.forward(x).grad("logits", seed)  # the cached forward still has its graph

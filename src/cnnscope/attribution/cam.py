@@ -73,7 +73,7 @@ def _record_cam(ctx: Context, layers: list[str], rule: str = "gradient", grads: 
         acts.append(a)
     if not grads:
         return names, acts, None
-    g = ctx.grad(fwd, list(range(ctx.n)), names, rule)
+    g = ctx.grad(fwd, list(range(ctx.n)), names, rule, last=True)
     return names, acts, list(g)
 
 
@@ -355,7 +355,7 @@ def guided_grad_cam(ctx: Context, layer=None) -> MethodOutput:
         if a.dim() != 4:
             raise CnnscopeError(f"layer {n!r} has no spatial map: pick a convolutional layer")
     grads = ctx.grad(fwd, rows, names, "gradient")
-    guided = ctx.grad(fwd, rows, INPUT, "guided")
+    guided = ctx.grad(fwd, rows, INPUT, "guided", last=True)
     cams = []
     for a, g in zip(acts, grads):
         w = g.mean(dim=(2, 3), keepdim=True)

@@ -532,11 +532,16 @@ class Context:
         fwd = self.engine.forward(x, cache=False, grad=False, layers=only, truncate=bool(only))
         return fwd.activation(fwd.resolve(layer))
 
-    def grad(self, fwd: Forward, rows: Sequence[int], to, rule: str = "gradient"):
-        """Backpropagate the targets of ``rows`` (one image index per batch row) to ``to``."""
+    def grad(
+        self, fwd: Forward, rows: Sequence[int], to, rule: str = "gradient", last: bool = False
+    ):
+        """Backpropagate the targets of ``rows`` (one image index per batch row) to ``to``.
+
+        ``last``: the forward's only or last backward (its graph is freed as it goes).
+        """
         top = self.target_layer
         shape = fwd.activation(top).shape[1:]
-        return fwd.grad(top, self.seeds(rows, shape), to=to, rule=rule)
+        return fwd.grad(top, self.seeds(rows, shape), to=to, rule=rule, keep_graph=not last)
 
     @property
     def batch_size(self) -> int:
@@ -568,7 +573,7 @@ class Context:
         if self._targets is None and self.n <= self.batch_size:
             fwd = self.record(self.x)
             self.resolve_targets(fwd)
-            return self.grad(fwd, list(range(self.n)), INPUT, rule)
+            return self.grad(fwd, list(range(self.n)), INPUT, rule, last=True)
         return self.input_gradients(self.x, rule=rule)
 
     def input_gradients(
@@ -608,7 +613,7 @@ class Context:
         parts = []
         for s in self.chunks(len(rows), desc):
             fwd = self.record(make(s))
-            g = self.grad(fwd, rows[s], INPUT, rule)
+            g = self.grad(fwd, rows[s], INPUT, rule, last=True)
             del fwd
             if weights is None:
                 parts.append(g)
