@@ -95,7 +95,7 @@ def resize_map(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(img.resize((size[1], size[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def gradient_image(grad, percentile: float = 98.0) -> np.ndarray:
+def gradient_image(grad, percentile: float = 99.0) -> np.ndarray:
     """A signed 3xHxW gradient as an RGB uint8 picture centred on grey.
 
     Each map is scaled by its own percentile of the nonzero |g|, so a reconstruction is
