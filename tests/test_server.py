@@ -81,6 +81,14 @@ def png_array(data: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
+def assert_same_picture(got: np.ndarray, want: np.ndarray) -> None:
+    """Equal pictures, up to float rounding: the server's thread may sum in another order,
+    which moves a rare pixel by one grey level."""
+    assert got.shape == want.shape
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-4, (diff.max(), (diff > 0).mean())
+
+
 def png_upload(color=(10, 120, 200), size=(40, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, color).save(buf, "PNG")
@@ -179,7 +187,7 @@ def test_children_and_reconstructions_equal_the_explorer(client, explorer, x, ru
     first = body["children"][0]
     got = png_array(client.get(first["reconstruction"]).content)
     want = explorer.reconstruction(x, first["path"], rule=rule)
-    np.testing.assert_array_equal(got, want)
+    assert_same_picture(got, want)
     assert got.std() > 1.0  # not a blank picture
 
 
@@ -230,7 +238,7 @@ def test_parents_drill_up(client, explorer, x):
     first = body["parents"][0]
     assert first["path"] == f"{first['unit']}/{unit}"
     got = png_array(client.get(first["reconstruction"]).content)
-    np.testing.assert_array_equal(got, explorer.reconstruction(x, first["unit"]))
+    assert_same_picture(got, explorer.reconstruction(x, first["unit"]))
     top = client.get("/api/images/chelsea/parents?unit=logits:285").json()
     assert top["parents"] == [] and top["layer"] is None
 
@@ -501,6 +509,28 @@ def test_worker_merges_jobs_waiting_together():
     assert ("other", [99]) in calls
 
 
+def test_only_the_model_worker_runs_torch_multithreaded(model, sandbox):
+    """One multi-threaded OpenMP team per server (cnnscope.server.threads says why)."""
+    from cnnscope.server.service import ExplorerService
+    from cnnscope.server.store import ImageStore
+
+    before = torch.get_num_threads()
+    service = ExplorerService(model, ImageStore(sandbox / "data"), threads=3)
+    try:
+        on_worker = service.worker.submit(Job("call", object(), torch.get_num_threads))
+        assert on_worker.result(30) == 3
+
+        async def beside():
+            return await service._off_loop(torch.get_num_threads)
+
+        assert asyncio.run(beside()) == 1
+        task = service.background.submit("count", lambda _m, _p: torch.get_num_threads())
+        assert task.finished.wait(60) and task.result == 1
+    finally:
+        service.close()
+    assert torch.get_num_threads() == before  # the caller's thread is left as it was
+
+
 def test_concurrent_reconstructions_share_one_batched_backward(app, explorer, x):
     service = app.state.service
     paths = [f"logits:285/{explorer.chain[1]}:{c}" for c in (3, 5, 7, 11, 13, 17)]
@@ -535,9 +565,7 @@ def test_concurrent_reconstructions_share_one_batched_backward(app, explorer, x)
     assert all(a.status_code == 200 for a in answers)
     assert batches == 1  # six paths (and a duplicate request) in one batched backward
     for p, a in zip(paths + [paths[0]], answers):
-        np.testing.assert_array_equal(
-            png_array(a.content), explorer.reconstruction(x, p, rule="gradient")
-        )
+        assert_same_picture(png_array(a.content), explorer.reconstruction(x, p, rule="gradient"))
 
 
 def test_clients_do_not_see_each_others_options(client, explorer, x):

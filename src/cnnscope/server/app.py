@@ -78,6 +78,7 @@ def create_app(
     window_ms: float = 4.0,
     synthesis_steps: int = 128,
     synthesis_size: int = 160,
+    threads: int | None = None,
 ) -> FastAPI:
     """Build the explorer app.
 
@@ -108,6 +109,9 @@ def create_app(
     synthesis_steps, synthesis_size
         Optimisation steps and picture size of feature visualizations (rendered on
         request, cached in ``data_dir/visualizations``).
+    threads
+        Torch threads of the model's worker thread (default: the calling thread's). The
+        server's other threads run torch single-threaded (:mod:`cnnscope.server.threads`).
 
     Returns
     -------
@@ -142,6 +146,7 @@ def create_app(
         index_dir=data_dir,
         synthesis_steps=synthesis_steps,
         synthesis_size=synthesis_size,
+        threads=threads,
     )
 
     @contextlib.asynccontextmanager

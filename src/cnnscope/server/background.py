@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import LoadedModel
+from .threads import single_threaded
 
 __all__ = ["BackgroundLane", "Cancelled", "Task"]
 
@@ -118,6 +119,7 @@ class BackgroundLane:
 
     def _loop(self) -> None:
         _lower_priority(self._nice)
+        single_threaded()
         while True:
             task = self._queue.get()
             if task is None or self._closing.is_set():

@@ -106,6 +106,7 @@ def serve(args: argparse.Namespace) -> int:
         raise CnnscopeError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     if args.cache_mb <= 0:
         raise CnnscopeError(f"--cache-mb must be positive, got {args.cache_mb:g}")
+    threads = _keep_main_thread_single()
     model = model_from_args(args)
     _fast_layout(model)
     app = create_app(
@@ -117,6 +118,7 @@ def serve(args: argparse.Namespace) -> int:
         index=args.index,
         default_index=not args.no_default_index,
         cache_mb=args.cache_mb,
+        threads=threads,
     )
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     url = f"http://{shown}:{args.port}/"
@@ -127,6 +129,20 @@ def serve(args: argparse.Namespace) -> int:
         threading.Timer(1.0, _open_browser, args=(url,)).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def _keep_main_thread_single() -> int:
+    """Run this (the event loop's) thread's torch calls on one thread; return how many
+    threads torch had, for the model's worker thread.
+
+    This process is the server's own, so the change is free of side effects: the worker
+    keeps the only multi-threaded OpenMP team (:mod:`cnnscope.server.threads` says why).
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    return threads
 
 
 def _fast_layout(model) -> None:

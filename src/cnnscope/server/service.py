@@ -34,6 +34,7 @@ from ..tree import Explorer, format_path, parse_path, render_gradient
 from .background import BackgroundLane, Task
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
+from .threads import compute_threads, side_pool
 from .worker import BatchWorker, Failed
 
 __all__ = ["ExplorerService", "RULES", "GAINS", "SCORINGS", "SIGNS"]
@@ -119,6 +120,10 @@ class ExplorerService:
         kept in ``index_dir``) and use it when ready.
     index_dir
         Where the default index lives (default: the one ``cnnscope index`` builds).
+    threads
+        Torch threads of the model's worker thread (default: the constructing thread's);
+        every other thread of the service runs torch single-threaded (see
+        :mod:`cnnscope.server.threads`).
 
     Examples
     --------
@@ -145,6 +150,7 @@ class ExplorerService:
         data_dir: str | os.PathLike | None = None,
         synthesis_steps: int = 128,
         synthesis_size: int = 160,
+        threads: int | None = None,
     ):
         self.model = model
         self.store = store
@@ -175,16 +181,23 @@ class ExplorerService:
         self._inflight: dict[Hashable, asyncio.Future] = {}
         self.recon_batches = 0  # batched backwards run for reconstructions
         self.recon_paths = 0  # reconstructions computed
+        self._side = side_pool()
         self.worker = BatchWorker(
             {"call": self._run_calls, "recon": self._run_recons},
             window_ms=window_ms,
             max_batch=self.max_batch,
+            initializer=compute_threads(threads or torch.get_num_threads()),
         )
 
     def close(self) -> None:
-        """Stop the worker thread and the background lane."""
+        """Stop the worker thread, the background lane and the side pool."""
         self.worker.close()
         self.background.close()
+        self._side.shutdown(wait=False, cancel_futures=True)
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` beside the model: in the side pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._side, fn, *args)
 
     # -- what the model offers -----------------------------------------------------------
 
@@ -345,7 +358,7 @@ class ExplorerService:
             image = self.model.preprocess_config.geometry(self.store.load(image_id))
             return png_bytes(image)
 
-        return await self._once(("input", image_id), lambda: asyncio.to_thread(make))
+        return await self._once(("input", image_id), lambda: self._off_loop(make))
 
     async def thumbnail(self, image_id: str, size: int = 320) -> bytes:
         """A JPEG thumbnail of the original image."""
@@ -358,7 +371,7 @@ class ExplorerService:
             image.save(buf, format="JPEG", quality=85)
             return buf.getvalue()
 
-        return await self._once(("thumb", image_id, size), lambda: asyncio.to_thread(make))
+        return await self._once(("thumb", image_id, size), lambda: self._off_loop(make))
 
     # -- model answers -------------------------------------------------------------------
 
@@ -473,7 +486,7 @@ class ExplorerService:
         if crop == "none":
             return png
         key = ("crop", image_id, canonical, rule, gain)
-        return await self._once(key, lambda: asyncio.to_thread(crop_to_support, png))
+        return await self._once(key, lambda: self._off_loop(crop_to_support, png))
 
     def _recon(self, image_id: str, canonical: str, rule: str, gain: str) -> Awaitable[bytes]:
         key = ("recon", image_id, canonical, rule, gain)
@@ -483,7 +496,7 @@ class ExplorerService:
             # the worker only backpropagates; the picture is drawn and encoded in the thread
             # pool, so the model's thread goes on with the next batch meanwhile
             grad = await self.worker.run("recon", group, canonical, priority=1)
-            return await asyncio.to_thread(lambda: png_bytes(render_gradient(grad)))
+            return await self._off_loop(lambda: png_bytes(render_gradient(grad)))
 
         return self._once(key, compute)
 
@@ -690,12 +703,10 @@ class ExplorerService:
             index.check_model(self.model)  # CnnscopeError (400): built with other weights
             return True
 
-        await self._once(
-            ("examples_model", index.fingerprint), lambda: asyncio.to_thread(same_model)
-        )
+        await self._once(("examples_model", index.fingerprint), lambda: self._off_loop(same_model))
         examples = await self._once(
             ("examples_of", index.fingerprint, str(indexed)),
-            lambda: asyncio.to_thread(index.examples, indexed),
+            lambda: self._off_loop(index.examples, indexed),
         )
         return index, Unit(parsed.layer, parsed.channel), examples
 
@@ -798,7 +809,7 @@ class ExplorerService:
             return png_bytes(self.field_patch(view, index.field_box(ex), self.EXAMPLE_PATCH_SIDE))
 
         key = ("example_patch", index.fingerprint, str(parsed), rank)
-        return await self._once(key, lambda: asyncio.to_thread(make))
+        return await self._once(key, lambda: self._off_loop(make))
 
     async def open_example(self, unit: str, rank: int) -> dict:
         """Put an example's image (augmentation applied) in the image store.
@@ -836,7 +847,7 @@ class ExplorerService:
                 ) from None
             return record.id, record.name, created
 
-        image_id, stored_name, created = await asyncio.to_thread(store)
+        image_id, stored_name, created = await self._off_loop(store)
         return {
             "image": image_id,
             "name": stored_name,
@@ -868,7 +879,7 @@ class ExplorerService:
         state = self.visualization_state(unit)
         if state["state"] == "done":
             path = self._vis_file(self.check_unit(unit))
-            return await asyncio.to_thread(path.read_bytes)
+            return await self._off_loop(path.read_bytes)
         if not self.synthesis_available:
             raise NotFoundError(
                 f"not computed yet: no feature visualization of {state['unit']} "
@@ -1009,7 +1020,7 @@ class ExplorerService:
             return dataclasses.replace(ordering, info=info_small)
 
         key = ("layer_order", image_id, info.name, order, tuple(sorted(opts.items())))
-        return await self._once(key, lambda: asyncio.to_thread(compute))
+        return await self._once(key, lambda: self._off_loop(compute))
 
     async def layer_mosaic(
         self,
@@ -1057,7 +1068,7 @@ class ExplorerService:
             return png_bytes(mosaic.image), meta
 
         key = ("layer_mosaic", image_id, info.name, order, normalize, tuple(sorted(opts.items())))
-        return await self._once(key, lambda: asyncio.to_thread(compute))
+        return await self._once(key, lambda: self._off_loop(compute))
 
     async def layer_volume(
         self,
@@ -1089,10 +1100,10 @@ class ExplorerService:
             return gzip.compress(fig.to_json().encode("utf-8"), compresslevel=5, mtime=0)
 
         key = ("layer_volume", image_id, info.name, order, tuple(sorted(opts.items())))
-        return await self._once(key, lambda: asyncio.to_thread(compute))
+        return await self._once(key, lambda: self._off_loop(compute))
 
 
-def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 28) -> bytes:
+def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 16) -> bytes:
     """Zoom a reconstruction on where it differs from its grey background.
 
     The box is the support of ``|picture - background| > 6`` (any channel), made square,

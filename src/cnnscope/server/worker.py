@@ -74,6 +74,8 @@ class BatchWorker:
         How long to wait for more jobs after the first one of a batch.
     max_batch
         Most jobs taken in one round.
+    initializer
+        Called first on the worker thread (e.g. to set its number of torch threads).
 
     Examples
     --------
@@ -84,9 +86,15 @@ class BatchWorker:
     """
 
     def __init__(
-        self, handlers: dict[str, Handler], *, window_ms: float = 4.0, max_batch: int = 64
+        self,
+        handlers: dict[str, Handler],
+        *,
+        window_ms: float = 4.0,
+        max_batch: int = 64,
+        initializer: Callable[[], Any] | None = None,
     ):
         self.handlers = dict(handlers)
+        self._initializer = initializer
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
         self.rounds = 0
@@ -147,6 +155,8 @@ class BatchWorker:
         return batch, stop
 
     def _run(self) -> None:
+        if self._initializer is not None:
+            self._initializer()
         stop = False
         while not stop:
             first = self._queue.get()[2]
