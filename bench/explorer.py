@@ -486,6 +486,9 @@ def render(r: dict, args, mem_expansions: int, mem_images: int) -> str:
         "time as one; on a GPU the batched backward is where the gain comes from.",
         "- With four images the forward cache bound (here smaller than four forwards) makes "
         "clients evict each other's forwards, which are then recomputed.",
+        "- The server keeps one multi-threaded OpenMP team, its model worker's "
+        "(`cnnscope.server.threads`): with a second team alive, GNU OpenMP stops spinning "
+        "between parallel regions and the reconstruction backwards ran 2x slower.",
         "",
     ]
     return "\n".join(lines)
