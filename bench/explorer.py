@@ -117,6 +117,18 @@ class Baseline:
         return statistics.median(self.full_cl)
 
 
+def quiet_reference(baseline: Baseline, settle_s: float = 0.25) -> None:
+    """One reference sample, taken while the server is idle.
+
+    Interleaved with the expansions (same machine, same minutes), but not overlapping the
+    server's last pictures of the previous expansion, which would slow the reference down
+    and flatter the ratio; the next expansion starts on an idle machine too.
+    """
+    time.sleep(settle_s)
+    baseline.once()
+    time.sleep(settle_s)
+
+
 def batching_gain(reps: int, k: int = 8) -> tuple[float, float]:
     """Seconds for ``k`` reconstructions: one batched call vs ``k`` single calls (medians).
 
@@ -331,7 +343,7 @@ def main(argv=None) -> int:
         warm = []
         for _ in range(n_warm):
             warm.append(walker.expand())
-            baseline.once()  # interleaved: same load as the expansions
+            quiet_reference(baseline)
         walker.close()
         # Cold: a new image each time (its forward is part of the expansion).
         print("cold expansions ...", flush=True)
@@ -340,7 +352,7 @@ def main(argv=None) -> int:
             w = Walker(server.base, image, roots)
             cold.append(w.expand())
             w.close()
-            baseline.once()
+            quiet_reference(baseline)
         results.update(
             warm=warm,
             cold=cold,
@@ -477,9 +489,9 @@ def render(r: dict, args, mem_expansions: int, mem_images: int) -> str:
         "",
         "## Reading these figures",
         "",
-        "- Ratios compare medians of samples interleaved in time with the HTTP measurements; "
-        "on a CPU shared with other jobs single samples still vary several-fold, so compare "
-        "runs only through the ratios.",
+        "- Ratios compare medians of samples interleaved in time with the HTTP measurements, "
+        "each taken with the server idle; on a CPU shared with other jobs single samples "
+        "still vary several-fold, so compare runs only through the ratios.",
         "- Merging concurrent requests can only pay if one batched backward is cheaper than "
         "the same backwards one by one: the line above the memory table measures that on the "
         "tree API itself. On a 2-core CPU it is small, so 8 clients mostly share the same CPU "
