@@ -531,6 +531,22 @@ def test_only_the_model_worker_runs_torch_multithreaded(model, sandbox):
     assert torch.get_num_threads() == before  # the caller's thread is left as it was
 
 
+def test_serve_keeps_its_main_thread_single_threaded():
+    from cnnscope.server.cli import _keep_main_thread_single
+
+    seen = {}
+
+    def main_thread():  # a thread of its own, so that the test process is left as it was
+        torch.set_num_threads(2)
+        seen["handed"] = _keep_main_thread_single()
+        seen["left"] = torch.get_num_threads()
+
+    thread = threading.Thread(target=main_thread)
+    thread.start()
+    thread.join(30)
+    assert seen == {"handed": 2, "left": 1}
+
+
 def test_concurrent_reconstructions_share_one_batched_backward(app, explorer, x):
     service = app.state.service
     paths = [f"logits:285/{explorer.chain[1]}:{c}" for c in (3, 5, 7, 11, 13, 17)]

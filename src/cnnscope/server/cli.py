@@ -140,8 +140,10 @@ def _keep_main_thread_single() -> int:
     """
     import torch
 
+    from .threads import single_threaded
+
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    single_threaded()
     return threads
 
 

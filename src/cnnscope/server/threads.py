@@ -13,15 +13,27 @@ background lane run torch on one thread, which makes no team at all.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 
 import torch
 
 __all__ = ["compute_threads", "single_threaded", "side_pool"]
 
 
+@functools.cache
+def _per_thread() -> bool:
+    """Whether ``torch.set_num_threads`` acts on the calling thread only (OpenMP builds)."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def single_threaded() -> None:
-    """Run this thread's torch calls on one thread (no OpenMP team of its own)."""
-    torch.set_num_threads(1)
+    """Run this thread's torch calls on one thread (no OpenMP team of its own).
+
+    Skipped where the setting is process-wide (a build on PyTorch's native thread pool):
+    there it would take the model worker's threads away too.
+    """
+    if _per_thread():
+        torch.set_num_threads(1)
 
 
 def compute_threads(threads: int):
