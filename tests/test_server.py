@@ -532,13 +532,13 @@ def test_only_the_model_worker_runs_torch_multithreaded(model, sandbox):
 
 
 def test_serve_keeps_its_main_thread_single_threaded():
-    from cnnscope.server.cli import _keep_main_thread_single
+    from cnnscope.server.threads import main_thread_single
 
     seen = {}
 
     def main_thread():  # a thread of its own, so that the test process is left as it was
         torch.set_num_threads(2)
-        seen["handed"] = _keep_main_thread_single()
+        seen["handed"] = main_thread_single()
         seen["left"] = torch.get_num_threads()
 
     thread = threading.Thread(target=main_thread)

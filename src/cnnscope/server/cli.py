@@ -100,13 +100,14 @@ def serve(args: argparse.Namespace) -> int:
 
     from ..cli.common import model_from_args
     from .app import create_app
+    from .threads import main_thread_single
 
     check_port(args.host, args.port)
     if args.max_upload_mb <= 0:
         raise CnnscopeError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
     if args.cache_mb <= 0:
         raise CnnscopeError(f"--cache-mb must be positive, got {args.cache_mb:g}")
-    threads = _keep_main_thread_single()
+    threads = main_thread_single()  # the worker keeps the only OpenMP team (threads.py)
     model = model_from_args(args)
     _fast_layout(model)
     app = create_app(
@@ -129,22 +130,6 @@ def serve(args: argparse.Namespace) -> int:
         threading.Timer(1.0, _open_browser, args=(url,)).start()
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
-
-
-def _keep_main_thread_single() -> int:
-    """Run this (the event loop's) thread's torch calls on one thread; return how many
-    threads torch had, for the model's worker thread.
-
-    This process is the server's own, so the change is free of side effects: the worker
-    keeps the only multi-threaded OpenMP team (:mod:`cnnscope.server.threads` says why).
-    """
-    import torch
-
-    from .threads import single_threaded
-
-    threads = torch.get_num_threads()
-    single_threaded()
-    return threads
 
 
 def _fast_layout(model) -> None:

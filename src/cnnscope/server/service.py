@@ -14,6 +14,7 @@ by user or session, so clients cannot see or disturb each other's state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import os
@@ -34,7 +35,7 @@ from ..tree import Explorer, format_path, parse_path, render_gradient
 from .background import BackgroundLane, Task
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
-from .threads import compute_threads, side_pool
+from .threads import side_pool
 from .worker import BatchWorker, Failed
 
 __all__ = ["ExplorerService", "RULES", "GAINS", "SCORINGS", "SIGNS"]
@@ -186,7 +187,9 @@ class ExplorerService:
             {"call": self._run_calls, "recon": self._run_recons},
             window_ms=window_ms,
             max_batch=self.max_batch,
-            initializer=compute_threads(threads or torch.get_num_threads()),
+            initializer=functools.partial(
+                torch.set_num_threads, threads or torch.get_num_threads()
+            ),
         )
 
     def close(self) -> None:

@@ -17,7 +17,7 @@ import functools
 
 import torch
 
-__all__ = ["compute_threads", "single_threaded", "side_pool"]
+__all__ = ["main_thread_single", "single_threaded", "side_pool"]
 
 
 @functools.cache
@@ -36,13 +36,15 @@ def single_threaded() -> None:
         torch.set_num_threads(1)
 
 
-def compute_threads(threads: int):
-    """An initializer that gives the calling thread ``threads`` torch threads."""
+def main_thread_single() -> int:
+    """Make the calling thread single-threaded; return the torch threads it had.
 
-    def initialize() -> None:
-        torch.set_num_threads(max(1, int(threads)))
-
-    return initialize
+    For a process that serves (``cnnscope serve``): its main thread only loads the model and
+    runs the event loop, and hands the returned count to the model's worker thread.
+    """
+    threads = torch.get_num_threads()
+    single_threaded()
+    return threads
 
 
 def side_pool(max_workers: int = 4) -> concurrent.futures.ThreadPoolExecutor:
