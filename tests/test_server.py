@@ -487,10 +487,11 @@ def test_openapi_schema_is_complete(client):
 
 def test_worker_merges_jobs_waiting_together():
     calls = []
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
 
     def handler(group, payloads):
         if group == "block":
+            started.set()
             release.wait(10)
         calls.append((group, list(payloads)))
         return [p * 10 for p in payloads]
@@ -498,6 +499,7 @@ def test_worker_merges_jobs_waiting_together():
     worker = BatchWorker({"x": handler}, window_ms=1)
     try:
         blocker = worker.submit(Job("x", "block", 0))
+        assert started.wait(10)  # the blocker's round is closed: the rest queue behind it
         futures = [worker.submit(Job("x", "same", i)) for i in range(1, 9)]
         other = worker.submit(Job("x", "other", 99))
         release.set()
@@ -550,8 +552,11 @@ def test_serve_keeps_its_main_thread_single_threaded():
 def test_concurrent_reconstructions_share_one_batched_backward(app, explorer, x):
     service = app.state.service
     paths = [f"logits:285/{explorer.chain[1]}:{c}" for c in (3, 5, 7, 11, 13, 17)]
-    release = threading.Event()
-    blocker = service.worker.submit(Job("call", object(), lambda: release.wait(20)))
+    started, release = threading.Event(), threading.Event()
+    blocker = service.worker.submit(
+        Job("call", object(), lambda: started.set() or release.wait(20))
+    )
+    assert started.wait(20)  # the blocker's round is closed: the requests queue behind it
 
     async def scenario():
         transport = httpx.ASGITransport(app=app)
