@@ -533,7 +533,7 @@ def test_only_the_model_worker_runs_torch_multithreaded(model, sandbox):
     assert torch.get_num_threads() == before  # the caller's thread is left as it was
 
 
-def test_serve_keeps_its_main_thread_single_threaded():
+def test_main_thread_single_leaves_one_thread_and_returns_the_count_it_had():
     from cnnscope.server.threads import main_thread_single
 
     seen = {}
