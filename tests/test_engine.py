@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from cnnscope.engine import RULES, Engine, Unit
+from cnnscope.engine import RULES, Engine, Unit, weights_fingerprint
 from cnnscope.errors import CnnscopeError, UnitSpecError, UnknownLayerError
+from cnnscope.index import model_fingerprint
 
 from .mixed_net import INPUT_SIZE, MixedNet, reference_grad
 
@@ -240,3 +244,112 @@ def test_keep_graph_false_frees_the_graph_of_a_private_forward(net, x):
     with pytest.raises(CnnscopeError, match="cached forward"):
         engine.forward(x).grad("logits", seed, keep_graph=False)
     engine.forward(x).grad("logits", seed)  # the cached forward still has its graph
+
+
+# ---------------------------------------------------------------- weight edits and caches
+def _bn_net() -> nn.Sequential:
+    torch.manual_seed(4)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.BatchNorm2d(6),
+        nn.ReLU(),
+        nn.Conv2d(6, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 4),
+    )
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-0.5, 0.5)
+        net[1].running_var.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _train_step(net: nn.Module) -> None:
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(4, 3, 9, 9) + 1.0)  # updates BatchNorm's running statistics
+    net.eval()
+
+
+def _load_other(net: nn.Module) -> None:
+    other = _bn_net()
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(-1.5)
+    net.load_state_dict(other.state_dict())
+
+
+def _no_grad_add(net: nn.Module) -> None:
+    with torch.no_grad():
+        net[3].weight.add_(1.0)
+
+
+# edits through .data (and of buffers) bypass autograd's version counter
+WEIGHT_EDITS = {
+    "param.data.mul_": lambda net: net[3].weight.data.mul_(2.0),
+    "no_grad add_": _no_grad_add,
+    "running_mean.data": lambda net: net[1].running_mean.data.add_(0.75),
+    "train-mode forward": _train_step,
+    "load_state_dict": _load_other,
+}
+
+
+def _tree_model(net: nn.Module):
+    from cnnscope.models.base import LoadedModel, Preprocessing
+
+    pre = Preprocessing((9, 9), (0.5,) * 3, (0.5,) * 3, resize="resize")
+    return LoadedModel(net, pre, [f"c{i}" for i in range(4)], "bn", ["logits", "4", "2"], "7")
+
+
+def _answers(net: nn.Module, x: torch.Tensor):
+    """What the engine, a new explorer and LRP say about ``x``, through shared engines."""
+    from cnnscope.attribution import attribute
+    from cnnscope.tree import Explorer
+
+    fwd = Engine.for_module(net).forward(x)
+    seed = torch.ones_like(fwd.activation("logits"))
+    grad = fwd.grad("logits", seed, to="input", rule="guided")
+    nodes = Explorer(_tree_model(net)).children(x, "logits:1", k=3)
+    lrp = attribute(net, x, "lrp_epsilon", target=1).tensor
+    return fwd.activation("logits").clone(), grad, [(n.unit, n.weight) for n in nodes], lrp
+
+
+@pytest.mark.parametrize("edit", list(WEIGHT_EDITS))
+def test_caches_see_every_weight_edit(edit):
+    net = _bn_net()
+    x = torch.randn(1, 3, 9, 9)
+    before = _answers(net, x)
+    WEIGHT_EDITS[edit](net)
+    fresh = copy.deepcopy(net)  # built after the edit: no cache has seen it
+    got, expected = _answers(net, x), _answers(fresh, x)
+    assert not torch.allclose(before[0], expected[0]), "the edit changes nothing"
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    assert [u for u, _ in got[2]] == [u for u, _ in expected[2]]
+    np.testing.assert_allclose([w for _, w in got[2]], [w for _, w in expected[2]], rtol=1e-5)
+    torch.testing.assert_close(got[3], expected[3])
+
+
+def test_weights_fingerprint_reads_values_and_identity():
+    net = _bn_net()
+    first = weights_fingerprint(net)
+    assert weights_fingerprint(net) == first
+    assert Engine(net).weights_fingerprint() == first  # same value from any engine
+    net[7].bias.data[0] += 1.0  # a write that autograd does not count
+    second = weights_fingerprint(net)
+    assert second != first
+    net[7].bias = nn.Parameter(net[7].bias.detach().clone())  # same values, a new tensor
+    assert weights_fingerprint(net) != second
+    net = net.to(memory_format=torch.channels_last)  # non-contiguous weights are sampled too
+    third = weights_fingerprint(net)
+    net[3].weight.data.mul_(-1.0)
+    assert weights_fingerprint(net) != third
+
+
+def test_index_model_fingerprint_follows_weight_edits():
+    net = _bn_net()
+    before = model_fingerprint(net)
+    net[3].weight.data.mul_(2.0)
+    assert model_fingerprint(net) != before
+    assert model_fingerprint(net) == model_fingerprint(copy.deepcopy(net))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -12,12 +15,15 @@ from PIL import Image
 
 from cnnscope.errors import ImageError
 from cnnscope.images import (
+    decoding_bytes,
     gallery_images,
     iter_image_files,
     load_gallery_image,
     load_image,
     resolve_image,
 )
+
+from .bad_images import EPS_READS_FILE, bad_images, bomb_png_16bit, png_with_header
 
 
 def encode(img: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -159,3 +165,162 @@ def test_iter_image_files(tmp_path):
     assert found == ["a/c.png", "b.JPG", "e.webp"]
     with pytest.raises(ImageError):
         list(iter_image_files(tmp_path / "missing"))
+
+
+# --- formats: only in-process decoders, refused from the first bytes -------------------------
+
+
+def test_only_accepted_formats_are_decoded():
+    """EPS, PostScript, DDS, ICO... are refused by format, before any decoder runs."""
+    for data, fmt in [
+        (EPS_READS_FILE, "EPS"),
+        (encode(Image.new("RGB", (8, 8)), "EPS"), "EPS"),
+        (b"%!PS-Adobe-3.0 EPSF-3.0\n" + encode(Image.new("RGB", (8, 8)), "JPEG"), "EPS"),
+        (encode(Image.new("RGB", (8, 8)), "DDS"), "DDS"),
+        (encode(Image.new("RGB", (8, 8)), "ICO"), "ICO"),
+    ]:
+        with pytest.raises(ImageError, match=f"looks like {fmt} data.*accepted: JPEG, PNG") as info:
+            load_image(data)
+        assert "\n" not in str(info.value)
+    for fmt in ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM", "MPO"):
+        assert load_image(encode(Image.new("RGB", (8, 6), (9, 8, 7)), fmt)).size == (8, 6)
+
+
+def test_eps_never_runs_ghostscript(tmp_path):
+    """`cnnscope predict evil.eps` refuses the file; a `gs` on the PATH is never started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "gs-ran"
+    gs = bin_dir / "gs"
+    gs.write_text(f'#!/bin/sh\necho "$@" >> {ran}\nexit 1\n')
+    gs.chmod(0o755)
+    evil = tmp_path / "evil.eps"
+    evil.write_bytes(EPS_READS_FILE)
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, "-m", "cnnscope", "predict", str(evil)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert not ran.exists(), f"Ghostscript was started: {ran.read_text()}"
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "looks like EPS data" in done.stderr
+
+
+# --- memory: the decoded size is checked from the header ---------------------------------------
+
+
+def test_16_bit_bomb_is_refused_before_decoding():
+    """A 120 KB 16-bit PNG of 8000 x 8000 would take ~600 MB to decode and convert."""
+    bomb = bomb_png_16bit(8000, 8000)
+    assert len(bomb) < 200_000
+    with pytest.raises(ImageError, match=r"too large to decode: 8000x8000 I;16 .*610 MB"):
+        load_image(bomb)
+    # the same header with no pixel data: refused by size, so never decoded (else: truncated)
+    with pytest.raises(ImageError, match="too large to decode"):
+        load_image(png_with_header(8000, 8000, depth=16))
+    # the server's 40 M pixel limit implies a 320 MB budget: 8000 x 5000 x 16 bits is over it
+    with pytest.raises(ImageError, match="too large to decode"):
+        load_image(png_with_header(8000, 5000, depth=16), max_pixels=40_000_000)
+    # an 8-bit RGB photo of the largest accepted size is within the default budget
+    assert decoding_bytes(Image.new("RGB", (8000, 8000))) <= 8 * 64_000_000
+    with pytest.raises(ImageError, match="need about 2 MB of memory"):
+        load_image(encode(Image.new("RGBA", (1000, 300)), "PNG"), max_bytes=1 << 20)
+
+
+def test_decoding_bytes_bounds_the_real_peak(tmp_path):
+    """The estimate is an upper bound of the memory a decode really takes (measured)."""
+    for mode, size in [("I;16", (4000, 2500)), ("RGBA", (4000, 2500)), ("RGB", (4000, 2500))]:
+        path = tmp_path / f"{mode.replace(';', '')}.png"
+        img = (
+            Image.new(mode, size)
+            if mode != "I;16"
+            else Image.fromarray(np.zeros(size[::-1], np.uint16))
+        )
+        img.save(path)
+        with Image.open(path) as opened:
+            estimate = decoding_bytes(opened)
+        probe = (
+            "import resource, sys; from cnnscope.images import load_image;"
+            "r = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024;"
+            "base = r(); load_image(sys.argv[1]); print(r() - base)"
+        )
+        used = int(subprocess.check_output([sys.executable, "-c", probe, str(path)], timeout=120))
+        assert used <= estimate, (mode, used, estimate)
+
+
+def test_empty_image_is_refused():
+    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
+    data[16:20] = struct.pack(">I", 0)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    with pytest.raises(ImageError, match="<image bytes>"):
+        load_image(bytes(data))
+
+
+# --- the corpus: every bad file through the CLI and the HTTP API ------------------------------
+
+CORPUS = bad_images()
+
+
+def _kind(name: str) -> str:
+    return name.split("-", 1)[0].split(".", 1)[0]
+
+
+def test_corpus_is_varied():
+    kinds = {_kind(n) for n, _ in CORPUS}
+    assert {"whole", "foreign", "cut", "flip", "dims", "bomb", "polyglot", "empty"} <= kinds
+    assert len({data for _, data in CORPUS}) > 400
+
+
+def test_corpus_through_the_cli(tmp_path, capsys):
+    """`cnnscope predict FILE` on every file: exit 0 or 2, one line, never a traceback."""
+    from cnnscope.cli import main
+
+    for i, (name, data) in enumerate(CORPUS):
+        path = tmp_path / f"{i:03d}-{name}"
+        path.write_bytes(data)
+        rc = main(["predict", str(path), "--input-size", "32", "--top", "1"])
+        err = capsys.readouterr().err
+        lines = [line for line in err.splitlines() if not line.startswith("WARNING")]
+        assert rc in (0, 2), name
+        assert "Traceback" not in err, (name, err)
+        if rc == 2:
+            assert len(lines) == 1 and lines[0].startswith("cnnscope predict: error:"), (name, err)
+        kind = _kind(name)
+        assert rc == {"whole": 0, "foreign": 2}.get(kind, rc), (name, err)
+        if kind == "foreign":
+            assert "accepted: JPEG" in err, (name, err)
+
+
+@pytest.fixture(scope="module")
+def explorer(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    from cnnscope.models import load_model
+    from cnnscope.server.app import create_app
+
+    app = create_app(load_model(), data_dir=tmp_path_factory.mktemp("bad-images-data"))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_corpus_through_the_upload_api(explorer):
+    """`POST /api/images` of every file: 201/200 or 4xx, 415 for refused formats, never 5xx."""
+    for name, data in CORPUS:
+        r = explorer.post(
+            "/api/images", content=data, headers={"Content-Type": "application/octet-stream"}
+        )
+        assert r.status_code < 500, (name, r.status_code, r.text)
+        kind = _kind(name)
+        if kind == "whole":
+            assert r.status_code in (200, 201), (name, r.text)
+        elif kind == "foreign":
+            assert r.status_code == 415 and "accepted: JPEG" in r.json()["detail"], (name, r.text)
+        if r.status_code in (200, 201):
+            thumb = explorer.get(f"/api/images/{r.json()['id']}/thumbnail.jpg")
+            assert thumb.status_code == 200 and thumb.content[:2] == b"\xff\xd8", name
+        else:
+            detail = r.json()["detail"]
+            assert 400 <= r.status_code < 500 and detail and "\n" not in detail, (name, r.text)

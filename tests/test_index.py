@@ -371,8 +371,11 @@ def test_examples_command_text_and_json(built, capsys):
 
 def test_examples_grid_png(built, mixed, tmp_path, capsys):
     png = tmp_path / "g.png"
-    # the model comes from the manifest
-    assert main(["examples", str(built), "conv2:3", "--grid", str(png), "--tile", "16"]) == 0
+    # a model that is not built in is never loaded from the manifest: the user names it
+    argv = ["examples", str(built), "conv2:3", "--grid", str(png), "--tile", "16"]
+    assert main(argv) == 2
+    assert f"pass --model {MIXED}" in capsys.readouterr().err
+    assert main([*argv, "--model", MIXED]) == 0
     assert "grid written to" in capsys.readouterr().out
     image = np.asarray(Image.open(png))
     assert image.shape == (2 * 18 + 2, 2 * (3 * 18 + 2) + 5, 3)  # k = 5: 3 columns, 2 rows

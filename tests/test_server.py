@@ -219,13 +219,21 @@ def test_local_scoring_negative_sign_and_gain_change_answers(client, explorer, x
     assert neg and all(c["weight"] < 0 and c["sign"] == "neg" for c in neg)
 
 
+FLOAT32_DROP = 1e-6  # see test_faithfulness_matches_explorer
+
+
 def test_faithfulness_matches_explorer(client, explorer, x):
     body = client.get("/api/images/chelsea/faithfulness?path=logits:285&k=5").json()
     kids = [n.unit for n in explorer.children(x, "logits:285", k=5)]
     direct = explorer.faithfulness(x, "logits:285", kids)
     assert body["children"] == [str(u) for u in kids]
-    assert body["drop"] == pytest.approx(direct["drop"], rel=1e-6)
-    assert body["random_drop"] == pytest.approx(direct["random_drop"], rel=1e-6, abs=1e-9)
+    # The server's worker runs torch on its own thread team, this test on the main thread
+    # (1 or 2 threads, whatever earlier tests of the module left): convolutions then sum in
+    # another order, and float32 logits differ by ~1e-7 of their size. Drops are differences
+    # of such logits over |logit|, so they agree to that absolute size, not relatively
+    # (chelsea, 1 vs 2 threads: drop 0.2056 moves by 8e-8; random_drop 0.0062 by 7e-10).
+    assert body["drop"] == pytest.approx(direct["drop"], abs=FLOAT32_DROP)
+    assert body["random_drop"] == pytest.approx(direct["random_drop"], abs=FLOAT32_DROP)
     assert body["drop"] > body["random_drop"]
 
 
@@ -368,10 +376,10 @@ def test_upload_validation_and_storage(client, sandbox):
     pixels = png_array(client.get(f"/api/images/{body['id']}/input.png").content)
     assert tuple(pixels[5, 5]) == (10, 120, 200)
     assert client.get(f"/api/images/{body['id']}/predictions").status_code == 200
-    # multipart works too
+    # multipart is what a cross-site form sends: refused, with how to send the file instead
     files = {"file": ("green.png", png_upload((0, 200, 0)), "image/png")}
     multi = client.post("/api/images", files=files)
-    assert multi.status_code == 201 and multi.json()["name"] == "green.png"
+    assert multi.status_code == 415 and "multipart uploads are refused" in multi.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -704,7 +712,12 @@ def test_serve_subprocess_gives_the_whole_flow(tmp_path):
         assert len(kids["children"]) == 2
         png = httpx.get(base + kids["children"][0]["reconstruction"], timeout=600)
         assert png.headers["content-type"] == "image/png"
-        up = httpx.post(base + "/api/images", content=png_upload(), timeout=60)
+        up = httpx.post(
+            base + "/api/images",
+            content=png_upload(),
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
         assert up.status_code == 201
         assert (
             tmp_path / "cache" / "cnnscope" / "explorer" / "uploads" / f"{up.json()['id']}.png"

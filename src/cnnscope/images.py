@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageMode, ImageOps, UnidentifiedImageError
 
 from cnnscope.errors import ImageError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "GalleryImage",
     "gallery",
     "gallery_images",
+    "decoding_bytes",
     "iter_image_files",
     "load_gallery_image",
     "load_image",
@@ -34,18 +36,40 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"}
 )
+
+#: The only formats decoded: all by Pillow's own in-process decoders. Formats that make
+#: Pillow run other programs (EPS and PostScript run Ghostscript) or that few users need
+#: (DDS, ICNS, FITS, PSD...) are refused from their first bytes, before anything is decoded.
+#: JPEG includes the multi-picture JPEGs (MPO) of cameras; PPM includes PGM and PBM.
+IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
+_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, PPM"
+
+#: Bytes per pixel that an 8-bit RGB photo takes to decode and turn upright: the default
+#: budget of :func:`load_image` is what the largest photo it accepts takes.
+RGB_BYTES_PER_PIXEL = 8
+_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
 
-def load_image(source: ImageSource, max_pixels: int = 64_000_000) -> Image.Image:
+def load_image(
+    source: ImageSource, max_pixels: int = 64_000_000, *, max_bytes: int | None = None
+) -> Image.Image:
     """Read an image as an RGB PIL image, upright and fully decoded.
+
+    Only the formats of :data:`IMAGE_FORMATS` are decoded; the limits are checked from
+    the header, before anything is decoded.
 
     Parameters
     ----------
     source
-        A path, the encoded bytes, or a binary file object; any format Pillow reads.
+        A path, the encoded bytes, or a binary file object.
     max_pixels
-        Largest ``width * height`` accepted; checked from the header before decoding.
+        Largest ``width * height`` accepted.
+    max_bytes
+        Largest memory that decoding and converting to RGB may take, as estimated from
+        the header by :func:`decoding_bytes` (default: what an 8-bit RGB photo of
+        ``max_pixels`` takes, ``8 * max_pixels``; a 16-bit or transparent image costs more).
 
     Returns
     -------
@@ -56,7 +80,7 @@ def load_image(source: ImageSource, max_pixels: int = 64_000_000) -> Image.Image
     Raises
     ------
     ImageError
-        If the file is missing, not an image, truncated or too large.
+        If the file is missing, not in an accepted format, truncated or too large.
 
     Example
     -------
@@ -66,42 +90,134 @@ def load_image(source: ImageSource, max_pixels: int = 64_000_000) -> Image.Image
     >>> img.mode, img.size, img.getpixel((0, 0))
     ('RGB', (4, 3), (200, 200, 200))
     """
-    if isinstance(source, (bytes, bytearray)):
-        name, fp = "<image bytes>", io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)):
-        name, fp = str(source), source
-        if not Path(source).is_file():
-            raise ImageError(f"image file not found: {name}")
-    else:
-        name, fp = str(getattr(source, "name", "<image stream>")), source
+    if max_bytes is None:
+        max_bytes = RGB_BYTES_PER_PIXEL * max_pixels
+    name, fp = _open_source(source)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(fp) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise ImageError(
-                        f"{name} is too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})"
-                    )
+            with Image.open(fp, formats=IMAGE_FORMATS) as img:
+                _check_size(img, name, max_pixels, max_bytes)
                 img.load()
-                return to_rgb(_upright(img, name))
+                _upright(img, name)
+                return to_rgb(img)
     except ImageError:
         raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
         raise ImageError(f"{name} is too large to decode safely: {exc}") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{name} is not an image Pillow can read") from None
+        raise ImageError(_unaccepted(name, fp)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"cannot read image {name}: {exc}") from None
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise ImageError(f"cannot read image {name}: {reason}") from None
+    finally:
+        if fp is not source:
+            fp.close()
 
 
-def _upright(img: Image.Image, name: str) -> Image.Image:
-    """Apply the EXIF orientation; a broken EXIF block is ignored with a warning."""
+def _open_source(source: ImageSource) -> tuple[str, BinaryIO]:
+    """A display name and a seekable binary file for ``source``."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return "<image bytes>", io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            raise ImageError(f"image file not found: {source}")
+        try:
+            return str(source), open(source, "rb")
+        except OSError as exc:
+            raise ImageError(f"cannot open image {source}: {exc.strerror or exc}") from None
+    return str(getattr(source, "name", "<image stream>")), source
+
+
+def _check_size(img: Image.Image, name: str, max_pixels: int, max_bytes: int) -> None:
+    """Refuse an empty image, or one over the pixel or memory budget, from its header."""
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{name} has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"{name} is too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
+    need = decoding_bytes(img)
+    if need > max_bytes:
+        raise ImageError(
+            f"{name} is too large to decode: {w}x{h} {img.mode} pixels need about "
+            f"{_mb(need)} of memory (limit {_mb(max_bytes)})"
+        )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:,.0f} MB"
+
+
+def decoding_bytes(img: Image.Image) -> int:
+    """Peak memory that decoding an opened image and :func:`to_rgb` take (an estimate).
+
+    From the header only: Pillow keeps a pixel in 1 byte (``1``, ``L``, ``P``), 2
+    (``I;16``) or 4 (all other modes); turning it upright takes a second copy, and the
+    conversion to RGB takes an RGB image (4 bytes a pixel) plus, for high bit depths, a
+    NumPy copy and an 8-bit one, and for transparent images other than RGBA and LA, an
+    RGBA copy.
+
+    Example
+    -------
+    >>> decoding_bytes(Image.new("RGB", (100, 10))), decoding_bytes(Image.new("I;16", (100, 10)))
+    (8000, 10000)
+    """
+    mode = img.mode
     try:
-        return ImageOps.exif_transpose(img)
+        info = ImageMode.getmode(mode)
+        pixel = 4 if len(info.bands) > 1 else int(info.typestr[-1])
+    except (KeyError, ValueError):
+        pixel = 4
+    if mode == "RGB":
+        convert = 0
+    elif mode.startswith("I") or mode == "F":
+        convert = pixel + 6  # a NumPy copy, the 8-bit result, its L image and the RGB one
+    elif mode in ("RGBA", "LA"):
+        convert = 4  # the white RGB canvas it is pasted on
+    elif mode in _ALPHA or (mode == "P" and "transparency" in img.info):
+        convert = 8  # an RGBA copy and the canvas
+    else:
+        convert = 4  # the RGB image
+    w, h = img.size
+    return w * h * (pixel + max(pixel, convert))
+
+
+def _unaccepted(name: str, fp: BinaryIO) -> str:
+    """Why an image that no accepted decoder recognised was refused."""
+    fmt = _sniff(fp)
+    if fmt in IMAGE_FORMATS:
+        return f"cannot read image {name}: a damaged or truncated {fmt} file"
+    what = (
+        f"looks like {fmt} data, a format cnnscope does not read"
+        if fmt
+        else ("is not an image in a format cnnscope reads")
+    )
+    return f"{name} {what} (accepted: {_FORMAT_NAMES})"
+
+
+def _sniff(fp: BinaryIO) -> str | None:
+    """The format Pillow recognises from the first 16 bytes, without opening anything."""
+    try:
+        fp.seek(0)
+        prefix = fp.read(16)
+    except (OSError, ValueError):
+        return None
+    Image.init()
+    for fmt, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return fmt
+        except Exception:  # a plugin's check on odd bytes: not that format
+            continue
+    return None
+
+
+def _upright(img: Image.Image, name: str) -> None:
+    """Apply the EXIF orientation in place; a broken EXIF block is ignored with a warning."""
+    try:
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception as exc:  # malformed EXIF must not make a readable image unusable
         log.warning("ignoring unreadable EXIF orientation of %s: %s", name, exc)
-        return img.copy()
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -120,29 +236,36 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+    if img.mode in _ALPHA:
+        if img.mode not in ("RGBA", "LA"):
+            img = img.convert("RGBA")
+        canvas = Image.new("RGB", img.size, (255, 255, 255))
+        canvas.paste(img, mask=img)
+        return canvas
     if img.mode.startswith("I") or img.mode == "F":
         return Image.fromarray(_to_uint8(np.asarray(img), img.mode)).convert("RGB")
     return img.convert("RGB")
 
 
 def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    a = a.astype(np.float64)
+    """Scale a high-bit-depth array to 8 bits, a block of rows at a time (little memory)."""
     lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if mode.startswith("I;16"):
-        a = a / 257.0
+        scale, offset = 1 / 257.0, 0.0
     elif mode == "F" and lo >= 0 and hi <= 1:
-        a = a * 255.0
+        scale, offset = 255.0, 0.0
     elif lo >= 0 and hi <= 255:
-        pass
+        scale, offset = 1.0, 0.0
     elif mode == "I" and lo >= 0 and hi <= 65535:
-        a = a / 257.0
+        scale, offset = 1 / 257.0, 0.0
     else:
-        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
-    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+        scale, offset = (255.0 / (hi - lo), lo) if hi > lo else (0.0, lo)
+    out = np.empty(a.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(a.shape[-1], 1))
+    for r in range(0, a.shape[0], rows):
+        block = (a[r : r + rows].astype(np.float64) - offset) * scale
+        out[r : r + rows] = np.clip(np.round(block), 0, 255)
+    return out
 
 
 @dataclass(frozen=True)

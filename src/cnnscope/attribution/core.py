@@ -15,7 +15,6 @@ import difflib
 import inspect
 import logging
 import math
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,9 +308,6 @@ def _resolve_name(module: nn.Module, name: str) -> str:
     raise unknown_layer(name, names + [LOGITS])
 
 
-_DEFAULT_LAYER: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class Context:
     """Everything a method needs for one call: engine, inputs, targets and chunking.
 
@@ -491,8 +487,8 @@ class Context:
 
     def default_cam_layer(self) -> str:
         """The last leaf layer with a spatial map larger than 1 x 1 (below the target)."""
-        key = (self.size, self.target_layer)
-        known = _DEFAULT_LAYER.setdefault(self.module, {})
+        key = ("default_cam_layer", self.size, self.target_layer)
+        known = self.engine.memo  # per model, and gone with it
         if key in known:
             return known[key]
         fwd = self.engine.forward(self.x[:1], cache=False, grad=False)
@@ -548,7 +544,7 @@ class Context:
         """Rows per chunk: the option, or what fits the memory budget (capped)."""
         if self._batch_size is not None:
             return self._batch_size
-        per_row = _bytes_per_row(self.engine, self.module, self.x)
+        per_row = _bytes_per_row(self.engine, self.x)
         cap = _CUDA_CAP if self.device.type == "cuda" else _CPU_CAP
         self._batch_size = max(1, min(cap, self.max_memory // max(per_row, 1)))
         return self._batch_size
@@ -664,10 +660,10 @@ class Context:
         return self.x.amin(dim=(2, 3), keepdim=True), self.x.amax(dim=(2, 3), keepdim=True)
 
 
-def _bytes_per_row(engine: Engine, module: nn.Module, x: torch.Tensor) -> int:
+def _bytes_per_row(engine: Engine, x: torch.Tensor) -> int:
     """Estimated memory of one row of a graph-keeping forward + backward."""
-    key = ("rowbytes", tuple(x.shape[1:]))
-    known = _DEFAULT_LAYER.setdefault(module, {})
+    key = ("row_bytes", tuple(x.shape[1:]))
+    known = engine.memo  # per model, and gone with it
     if key not in known:
         fwd = engine.forward(x[:1], cache=False, grad=False)
         # distinct activations, twice: what autograd saves plus the gradients in flight

@@ -40,7 +40,6 @@ import copy
 import fnmatch
 import logging
 import threading
-import weakref
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -645,32 +644,25 @@ def build_lrp_model(
     return LRPModel(model, Engine(model), rules, folded, box, layers)
 
 
-def _fingerprint(module: nn.Module) -> tuple:
-    state = [(id(t), t._version, str(t.device), str(t.dtype)) for t in module.parameters()]
-    state += [(id(t), t._version) for t in module.buffers()]
-    return tuple(state)
-
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_LOCK = threading.Lock()
 
 
 def lrp_model_for(ctx: Context, composite: Composite, canonize: bool) -> LRPModel:
-    """The cached rewritten copy of ``ctx.module`` for this composite (rebuilt on change)."""
-    key = (_fingerprint(ctx.module), repr(composite), canonize)
+    """The rewritten copy of ``ctx.module`` for this composite, rebuilt on change.
+
+    One copy per model, the one used last, is kept in the model's engine
+    (:attr:`~cnnscope.engine.Engine.memo`), so it goes away with the model; a copy for
+    another composite or for changed weights (or device) replaces it.
+    """
+    key = (ctx.engine.weights_fingerprint(), repr(composite), canonize)
+    memo = ctx.engine.memo
     with _CACHE_LOCK:
-        entries = _CACHE.setdefault(ctx.module, {})
-        if key in entries:
-            return entries[key]
+        if memo.get("lrp_model", (None,))[0] == key:
+            return memo["lrp_model"][1]
+        memo.pop("lrp_model", None)  # the stale copy goes before the new one is built
     built = build_lrp_model(ctx.module, ctx.x, composite, canonize)
     with _CACHE_LOCK:
-        entries = _CACHE.setdefault(ctx.module, {})
-        stale = [k for k in entries if k[0] != key[0]]
-        for k in stale:
-            del entries[k]
-        if len(entries) >= 4:
-            entries.pop(next(iter(entries)))
-        entries[key] = built
+        memo["lrp_model"] = (key, built)
     return built
 
 

@@ -1,7 +1,7 @@
 """The engine: record activations once, backpropagate any seed under any ReLU rule."""
 
 from .receptive import Field
-from .record import Engine, Forward, LayerInfo, preserved
+from .record import Engine, Forward, LayerInfo, preserved, weights_fingerprint
 from .rules import RULES, RuleState, apply_rule, attach_rules
 from .units import INPUT, LOGITS, Unit
 
@@ -18,4 +18,5 @@ __all__ = [
     "RuleState",
     "Unit",
     "preserved",
+    "weights_fingerprint",
 ]

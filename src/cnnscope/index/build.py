@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import Engine
+from ..engine import Engine, weights_fingerprint
 from ..errors import CnnscopeError, UnknownLayerError
-from .merge import IMAGE_LIMIT, RunningTopK, gather_states
+from .merge import IMAGE_LIMIT, RunningTopK, decode, gather_states
 from .sources import Item, Source
 from .store import (
     FORMAT,
@@ -48,6 +48,7 @@ from .store import (
     remove_stale_temps,
     write_bundle,
 )
+from .validate import MAX_TOP_K, read_index
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_TOP_K = 16
 DEFAULT_BATCH_SIZE = 32
 CHECKPOINT_DIR = ".building"
+LOCK_FILE = ".lock"
 GRID_DIR = "grids"
 _FINGERPRINTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -100,7 +102,7 @@ class BuildResult:
 def model_fingerprint(module: torch.nn.Module) -> str:
     """SHA-256 of a module's class and state dict (names, dtypes, shapes, values).
 
-    Computed once per module object (weights are assumed not to change afterwards).
+    Cached per module object while its :func:`~cnnscope.engine.weights_fingerprint` holds.
 
     Examples
     --------
@@ -108,12 +110,13 @@ def model_fingerprint(module: torch.nn.Module) -> str:
     >>> model_fingerprint(a) == model_fingerprint(a), model_fingerprint(a) == model_fingerprint(b)
     (True, False)
     """
+    quick = weights_fingerprint(module)
     try:
         cached = _FINGERPRINTS.get(module)
     except TypeError:
         cached = None
-    if cached:
-        return cached
+    if cached and cached[0] == quick:
+        return cached[1]
     h = hashlib.sha256(type(module).__name__.encode())
     for name, tensor in sorted(module.state_dict().items()):
         if not isinstance(tensor, torch.Tensor):
@@ -123,7 +126,7 @@ def model_fingerprint(module: torch.nn.Module) -> str:
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     digest = h.hexdigest()
     with contextlib.suppress(TypeError):
-        _FINGERPRINTS[module] = digest
+        _FINGERPRINTS[module] = (quick, digest)
     return digest
 
 
@@ -191,16 +194,6 @@ def _hash(*parts) -> str:
 
 def _ids_blob(ids: Sequence[str]) -> np.ndarray:
     return np.frombuffer("\0".join(ids).encode("utf-8"), dtype=np.uint8).copy()
-
-
-def decode_ids(blob: np.ndarray, n: int) -> list[str]:
-    """Inverse of the ``image_ids`` encoding (UTF-8, NUL-separated)."""
-    if n == 0:
-        return []
-    ids = bytes(np.asarray(blob, np.uint8)).decode("utf-8").split("\0")
-    if len(ids) != n:
-        raise IndexFormatError(f"image table holds {len(ids)} ids, expected {n}")
-    return ids
 
 
 # -- the dataset ------------------------------------------------------------------------------
@@ -275,30 +268,80 @@ def _dist() -> tuple[int, int]:
 
 @contextlib.contextmanager
 def _locked(out: Path, wait: bool):
-    """Hold an exclusive lock on ``out/.lock`` (released by the kernel if killed)."""
+    """Hold an exclusive lock on ``out/.lock``, and remove the file when done.
+
+    ``flock`` dies with its process: a killed build leaves at most an unlocked file. A
+    waiter may get the lock of a file its holder has just removed; it then locks anew.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX
         yield
         return
-    fh = open(out / ".lock", "a+")  # noqa: SIM115
-    try:
+    path = out / LOCK_FILE
+    while True:
+        out.mkdir(parents=True, exist_ok=True)  # the holder may have removed it
+        fh = open(path, "a+")  # noqa: SIM115
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
+            fh.close()
             if exc.errno in (errno.EAGAIN, errno.EACCES):
                 raise CnnscopeError(f"another process is building the index {out}") from None
             raise
+        if _same_file(fh, path):
+            break
+        fh.close()
+    try:
         yield
     finally:
+        path.unlink(missing_ok=True)
         fh.close()
+
+
+def _same_file(fh, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fh.fileno())
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+@contextlib.contextmanager
+def _build_folder(out: Path, wait: bool, rank: int):
+    """Create ``out`` and its checkpoint folder and, on rank 0, hold the build lock.
+
+    However the build ends, rank 0 removes the lock file, the checkpoint folder if it is
+    empty, and ``out`` if this run created it and it is empty: a failed start leaves
+    nothing behind. Writing errors become one line.
+    """
+    created = not out.exists()
+    try:
+        with _locked(out, wait) if rank == 0 else contextlib.nullcontext():
+            (out / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+            try:
+                yield
+            finally:
+                if rank == 0:
+                    _remove_if_empty(out / CHECKPOINT_DIR)
+    except OSError as exc:
+        raise CnnscopeError(f"cannot write the index {out}: {exc}") from None
+    finally:
+        if created and rank == 0:
+            _remove_if_empty(out)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise CnnscopeError(f"--out {out} is a file: give a folder for the index")
     if out.is_dir():
-        known = {MANIFEST, CHECKPOINT_DIR, GRID_DIR, ".lock"}
+        known = {MANIFEST, CHECKPOINT_DIR, GRID_DIR, LOCK_FILE}
         names = {p.name for p in out.iterdir()}
         others = {n for n in names if n not in known and not n.startswith(("topk-", "."))}
         if others and MANIFEST not in names:
@@ -408,8 +451,8 @@ def run_build(
     else:
         src = Source(source, augment=(source is None) if augment is None else augment)
     top_k = int(top_k)
-    if not 1 <= top_k <= 10_000:
-        raise CnnscopeError(f"--top-k must be between 1 and 10000, got {top_k}")
+    if not 1 <= top_k <= MAX_TOP_K:
+        raise CnnscopeError(f"--top-k must be between 1 and {MAX_TOP_K}, got {top_k}")
     if batch_size is not None and not 1 <= int(batch_size) <= 65_536:
         raise CnnscopeError(f"--batch-size must be at least 1, got {batch_size}")
     if int(checkpoint_every) < 1:
@@ -437,11 +480,8 @@ def run_build(
     config_key = _hash(config)
     if model_spec is None and _loadable(model.name):
         model_spec = {"model": model.name, "weights": None}
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / CHECKPOINT_DIR
-    ckpt_dir.mkdir(exist_ok=True)
-    lock = _locked(out, wait_lock) if rank == 0 else contextlib.nullcontext()
-    with lock:
+    with _build_folder(out, wait_lock, rank):
         if rank == 0:
             remove_stale_temps(out)
         remove_stale_temps(ckpt_dir, prefix=f"rank{rank}.")
@@ -518,14 +558,13 @@ class _Build:
         if self.rebuild or not (self.out / MANIFEST).is_file():
             return None
         try:
-            meta, arrays = read_bundle(self.out, "index")
+            meta, arrays, ids = read_index(self.out)
         except IndexFormatError as exc:
             log.warning("rebuilding %s: the index there is unreadable (%s)", self.out, exc)
             return None
         if meta.get("config_key") != self.config_key:
             log.warning("rebuilding %s: it was built with other settings", self.out)
             return None
-        ids = decode_ids(arrays["image_ids"], len(arrays["image_status"]))
         current = {it.id: it for it in items}
         for i, image_id in enumerate(ids):
             if arrays["image_status"][i] != 1:
@@ -636,7 +675,7 @@ class _Build:
         lo, hi = self.rank * n_batches // self.world, (self.rank + 1) * n_batches // self.world
         channels = {e["name"]: e["channels"] for e in self.entries}
         state = RunningTopK(channels, self.top_k, self.device)
-        done, skipped = self._resume(plan["plan_key"], state, hi - lo)
+        done, skipped = self._resume(plan["plan_key"], state, hi - lo, items)
         batches = [pending[b * bs : (b + 1) * bs].tolist() for b in range(lo + done, hi)]
         error = None
         try:
@@ -652,7 +691,7 @@ class _Build:
     def _ckpt_stem(self) -> str:
         return f"rank{self.rank}"
 
-    def _resume(self, plan_key: str, state: RunningTopK, total: int) -> tuple[int, list]:
+    def _resume(self, plan_key: str, state: RunningTopK, total: int, items) -> tuple[int, list]:
         """Load this rank's checkpoint of the same plan: ``(batches done, skipped so far)``."""
         stem = self._ckpt_stem()
         if self.rebuild or not (self.out / CHECKPOINT_DIR / f"{stem}.json").is_file():
@@ -669,12 +708,30 @@ class _Build:
             skipped = [
                 {"image": str(s["image"]), "reason": str(s["reason"])} for s in meta["skipped"]
             ]
+            self._check_state(state, skipped, items)
         except (IndexFormatError, KeyError, ValueError, TypeError) as exc:
             log.warning("ignoring a damaged checkpoint (%s)", exc)
             state.reset()
             return 0, []
         log.info("resuming: %d of %d batches already done", done, total)
         return done, skipped
+
+    def _check_state(self, state: RunningTopK, skipped: list, items) -> None:
+        """Raise ValueError unless a loaded state names only images and positions of the plan."""
+        known = {it.id for it in items}
+        if any(s["image"] not in known for s in skipped):
+            raise ValueError("it skipped an image that is not in the plan")
+        for entry in self.entries:
+            images = decode(state.keys[entry["name"]])[1]
+            pos = state.pos[entry["name"]]
+            if (
+                images.max() >= len(items)
+                or pos.min() < -1
+                or pos.max() >= math.prod(entry["shape"][1:])
+            ):
+                raise ValueError(
+                    f"its state of {entry['name']} names images or positions out of range"
+                )
 
     def _checkpoint(self, plan_key, state, done, skipped, span) -> None:
         meta = {

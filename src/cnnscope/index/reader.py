@@ -16,9 +16,10 @@ from PIL import Image
 from ..engine import Field, Unit
 from ..engine.units import split_call, suggest
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
-from .build import GRID_DIR, decode_ids, model_fingerprint
+from .build import GRID_DIR, model_fingerprint
 from .sources import Source
-from .store import FORMAT, MANIFEST, VERSION, IndexFormatError, atomic_write, read_bundle
+from .store import MANIFEST, IndexFormatError, atomic_write
+from .validate import read_index
 
 __all__ = ["Example", "Index", "open_index"]
 
@@ -101,7 +102,7 @@ class Index:
         Where the images come from.
     """
 
-    def __init__(self, path: Path, manifest: dict, arrays: dict, root=None):
+    def __init__(self, path: Path, manifest: dict, arrays: dict, ids: list[str], root=None):
         self.path = path
         self.manifest = manifest
         self._arrays = arrays
@@ -109,7 +110,7 @@ class Index:
         self._entries = {e["name"]: (i, e) for i, e in enumerate(manifest["layers"])}
         self.layers = [e["name"] for e in manifest["layers"]]
         self.source = Source.from_manifest(manifest["source"], root)
-        self._ids: list[str] | None = None
+        self._ids = ids
         self._lock = threading.Lock()
         self._model = None
 
@@ -124,8 +125,6 @@ class Index:
     @property
     def images(self) -> list[str]:
         """Every image id, in table order (indexed and skipped)."""
-        if self._ids is None:
-            self._ids = decode_ids(self._arrays["image_ids"], len(self._arrays["image_status"]))
         return self._ids
 
     @property
@@ -257,21 +256,34 @@ class Index:
             )
 
     def load_model(self):
-        """Load the model the index was built with (from its manifest); cached."""
+        """Load the model the index was built with, if it is a built-in one; cached.
+
+        The manifest only names the model: a built-in name (with an optional weights file,
+        read as tensors only) is loaded; anything else (``package.module:callable``, a
+        TorchScript file) would run code named by a file, so the caller must pass it.
+
+        Raises
+        ------
+        CnnscopeError
+            If the index was built with another model than a built-in one.
+        """
         with self._lock:
             if self._model is None:
                 from ..models import builtin_name, load_model
 
                 info = self.manifest["model"]
                 spec = info.get("spec") or {}
-                name = spec.get("model") or (info["name"] if builtin_name(info["name"]) else None)
-                if name is None:
+                name = spec.get("model") or info["name"]
+                builtin = builtin_name(name)
+                if builtin is None:
+                    weights = f" --weights {spec['weights']}" if spec.get("weights") else ""
                     raise CnnscopeError(
-                        f"the index {self.path} does not say how to load its model: give --model"
+                        f"the index {self.path} was built with model {name}; "
+                        f"pass --model {name}{weights}"
                     )
                 pre = self.manifest["preprocessing"]
                 model = load_model(
-                    name,
+                    builtin,
                     spec.get("weights"),
                     input_size=pre["input_size"],
                     mean=pre["mean"],
@@ -421,15 +433,5 @@ def open_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
             else ""
         )
         raise IndexFormatError(f"{path} is not a cnnscope index (no {MANIFEST}){hint}")
-    meta, arrays = read_bundle(path, "index")
-    if meta.get("format") != FORMAT:
-        raise IndexFormatError(f"{path} is not a cnnscope index (format {meta.get('format')!r})")
-    if not isinstance(meta.get("version"), int) or meta["version"] > VERSION:
-        raise IndexFormatError(
-            f"{path} has index format version {meta.get('version')}; this cnnscope reads "
-            f"version {VERSION} or older: upgrade cnnscope"
-        )
-    try:
-        return Index(path.resolve(), meta, arrays, root)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise IndexFormatError(f"{path} has a damaged manifest ({exc})") from None
+    meta, arrays, ids = read_index(path)
+    return Index(path.resolve(), meta, arrays, ids, root)

@@ -17,11 +17,13 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import secrets
 import signal
 import zipfile
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +52,17 @@ VERSION = 1
 MANIFEST = "index.json"
 #: Environment variable naming a point where the writer kills itself (tests only).
 KILL_ENV = "CNNSCOPE_INDEX_KILL_AT"
+#: The arrays of a bundle may declare at most this many times their file's size (plus
+#: 1 MiB) when inflated. The writer stores them uncompressed; a zip bomb is refused unread.
+MAX_INFLATION = 32
 
 
 class IndexFormatError(CnnscopeError):
     """A path is not a cnnscope index, or the index is damaged or too new."""
+
+
+# What reading a damaged .npz can raise (zlib.error: a corrupt deflate stream).
+_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, IndexFormatError)
 
 
 def crash_point(name: str) -> None:
@@ -196,25 +205,94 @@ def write_bundle(
     return manifest
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as data:
-        return {name: data[name] for name in data.files}
+def _load_npz(path: Path, expected: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz``; every size is checked before any data is inflated.
+
+    The members' declared sizes together may exceed the file's size only
+    :data:`MAX_INFLATION` times, and each member must hold exactly the bytes its ``.npy``
+    header declares (and, if ``expected`` maps names to ``(dtype, shape or None)``, that
+    dtype and shape), so that neither a zip bomb nor a lying header makes the reader
+    allocate more than the file justifies. Pickled objects are never loaded.
+    """
+    with zipfile.ZipFile(path) as zf:
+        infos = zf.infolist()
+        members = {info.filename.removesuffix(".npy"): info for info in infos}
+        if len(members) != len(infos) or any(not i.filename.endswith(".npy") for i in infos):
+            raise IndexFormatError("it holds something else than distinct .npy arrays")
+        declared = sum(info.file_size for info in infos)
+        if declared > MAX_INFLATION * path.stat().st_size + (1 << 20):
+            raise IndexFormatError(
+                f"it would inflate to {declared} bytes from {path.stat().st_size}: refused"
+            )
+        if expected is not None and set(members) != set(expected):
+            raise IndexFormatError(
+                f"it holds the arrays {', '.join(sorted(members))}; expected "
+                f"{', '.join(sorted(expected))}"
+            )
+        return {
+            name: _read_npy(zf, info, None if expected is None else expected[name])
+            for name, info in sorted(members.items())
+        }
+
+
+def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, want: tuple | None) -> np.ndarray:
+    """One ``.npy`` member, read only after its header matched its size (and ``want``)."""
+    where = f"array {info.filename[:-4]!r}"
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 1:
+        raise IndexFormatError(f"{where} is encrypted or compressed in an unsupported way")
+    with zf.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version not in ((1, 0), (2, 0)):
+            raise IndexFormatError(f"{where} has .npy version {version}")
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
+        if dtype.hasobject:
+            raise IndexFormatError(f"{where} holds Python objects (pickles are never loaded)")
+        if want is not None:
+            dt, sh = np.dtype(want[0]), want[1]
+            if dtype.newbyteorder("=") != dt or (len(shape) != 1 if sh is None else shape != sh):
+                size = "[n]" if sh is None else list(sh)
+                raise IndexFormatError(f"{where} is {dtype} {list(shape)}; expected {dt} {size}")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != info.file_size - fh.tell():
+            raise IndexFormatError(f"{where} holds another number of bytes than its header says")
+        data = fh.read(nbytes)
+    if len(data) != nbytes:
+        raise IndexFormatError(f"{where} is truncated")
+    array = np.frombuffer(data, dtype)  # read only: nobody changes an index in memory
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
 
 
 def _digest_of_file(path: Path) -> str | None:
     try:
         return array_digest(_load_npz(path))
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError):
+    except _DAMAGED:
         return None
 
 
-def read_bundle(folder: str | os.PathLike, stem: str) -> tuple[dict, dict[str, np.ndarray]]:
+def read_bundle(
+    folder: str | os.PathLike,
+    stem: str,
+    expect: Callable[[dict], Mapping[str, tuple]] | None = None,
+) -> tuple[dict, dict[str, np.ndarray]]:
     """Read bundle ``stem`` from ``folder`` and check its arrays against the digest.
+
+    Parameters
+    ----------
+    folder, stem
+        The bundle ``<folder>/<stem>.json`` and the ``.npz`` it names.
+    expect : callable, optional
+        Called with the manifest before any array is read; returns each array's
+        ``(dtype, shape)`` (shape ``None``: any 1-D length) or raises
+        :class:`IndexFormatError`. Arrays that differ are refused unread.
 
     Raises
     ------
     IndexFormatError
-        If the manifest is missing or unreadable, or the arrays are missing or damaged.
+        If the manifest is missing or unreadable, or the arrays are missing, damaged,
+        or not what ``expect`` says.
     """
     folder = Path(folder)
     manifest = folder / f"{stem}.json"
@@ -222,19 +300,23 @@ def read_bundle(folder: str | os.PathLike, stem: str) -> tuple[dict, dict[str, n
         meta = json.loads(manifest.read_text("utf-8"))
     except FileNotFoundError:
         raise IndexFormatError(f"{manifest} not found") from None
-    except (OSError, ValueError) as exc:
-        raise IndexFormatError(f"{manifest} is unreadable: {exc}") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        raise IndexFormatError(f"{manifest} is unreadable: {type(exc).__name__}") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), dict):
         raise IndexFormatError(f"{manifest} is not a cnnscope manifest")
-    name = str(meta["arrays"].get("file", ""))
-    if not name or "/" in name or "\\" in name or name.startswith("."):
+    name = meta["arrays"].get("file")
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name[0] == ".":
         raise IndexFormatError(f"{manifest} names a bad arrays file {name!r}")
+    expected = expect(meta) if expect is not None else None
     try:
-        arrays = _load_npz(folder / name)
+        arrays = _load_npz(folder / name, expected)
     except FileNotFoundError:
         raise IndexFormatError(f"{folder / name} is missing (the index is damaged)") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise IndexFormatError(f"{folder / name} is damaged: {exc}") from None
+    except IndexFormatError as exc:
+        raise IndexFormatError(f"{folder / name}: {exc}") from None
+    except _DAMAGED as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise IndexFormatError(f"{folder / name} is damaged: {reason}") from None
     if array_digest(arrays) != meta["arrays"].get("sha256"):
         raise IndexFormatError(f"{folder / name} does not match its manifest (damaged index)")
     return meta, arrays

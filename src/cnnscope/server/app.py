@@ -4,6 +4,10 @@
 :class:`~cnnscope.server.service.ExplorerService` (which owns the worker thread) into an
 app with the JSON API under ``/api``, the static front end under ``/static`` and the HTML
 pages. Every user error becomes a 4xx JSON answer ``{"detail": "..."}``.
+
+:class:`LocalGuard` keeps other web sites out (the server runs on the user's laptop while
+they browse): a request must name one of the server's own host names (no DNS rebinding),
+and the API answers only the server's own pages (no cross-site requests).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -19,16 +23,25 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import CnnscopeError, ImageError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel, load_model
 from .routers import images, models, pages, tree, units
 from .routers import layers as layer_views
 from .service import ExplorerService
-from .store import BadRequestError, ImageStore, NotFoundError, TooLargeError, UnsupportedImageError
+from .store import (
+    BadRequestError,
+    ImageStore,
+    NotFoundError,
+    TooLargeError,
+    UnsupportedImageError,
+    UploadTimeoutError,
+)
 
-__all__ = ["create_app", "default_data_dir"]
+__all__ = ["LOOPBACK_HOSTS", "LocalGuard", "create_app", "default_data_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +52,7 @@ _STATUS = (
     (UnknownLayerError, 404),
     (TooLargeError, 413),
     (UnsupportedImageError, 415),
+    (UploadTimeoutError, 408),
     (BadRequestError, 400),
     (UnitSpecError, 400),
     (ImageError, 400),
@@ -48,6 +62,11 @@ _CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
     "script-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
 )
+
+
+#: The host names every explorer answers to.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def default_data_dir() -> Path:
@@ -71,6 +90,9 @@ def create_app(
     layers: Sequence[str] | None = None,
     data_dir: str | os.PathLike | None = None,
     max_upload_mb: float = 10,
+    max_data_mb: float = 1024,
+    upload_timeout_s: float = 30,
+    allowed_hosts: Iterable[str] = (),
     index: str | None = None,
     default_index: bool = False,
     cache_mb: float = 1024,
@@ -94,6 +116,14 @@ def create_app(
         The only folder the server writes to (uploads); see :func:`default_data_dir`.
     max_upload_mb
         Largest accepted upload.
+    max_data_mb
+        Largest size of ``data_dir``; uploads that would pass it are refused (413).
+    upload_timeout_s
+        Longest time an upload's body may take to arrive (then 408).
+    allowed_hosts
+        Host names the server answers to besides :data:`LOOPBACK_HOSTS` and the address a
+        request came in on (``cnnscope serve`` adds ``--host`` and ``--allow-host``);
+        requests for any other ``Host`` are refused (400), against DNS rebinding.
     index
         A dataset index (``cnnscope index``) for the dataset examples of each unit.
     default_index
@@ -127,12 +157,15 @@ def create_app(
     """
     if model is None or isinstance(model, str):
         model = load_model(model or "efficientnet_lite0")
-    if max_upload_mb <= 0:
-        raise CnnscopeError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    for flag, value in (("max-upload-mb", max_upload_mb), ("max-data-mb", max_data_mb)):
+        if not value > 0:
+            raise CnnscopeError(f"--{flag} must be positive, got {value:g}")
     store = ImageStore(
         data_dir or default_data_dir(),
         gallery_dir,
         max_upload_bytes=int(max_upload_mb * (1 << 20)),
+        max_side=max(1024, 2 * max(model.preprocess_config.input_size)),
+        max_data_bytes=int(max_data_mb * (1 << 20)),
     )
     service = ExplorerService(
         model,
@@ -173,9 +206,11 @@ def create_app(
     app.openapi = lambda: _openapi(app)
     app.state.service = service
     app.state.store = store
+    app.state.upload_timeout_s = float(upload_timeout_s)
     app.state.shell = (STATIC / "index.html").read_text("utf-8")
     _add_error_handlers(app)
-    app.middleware("http")(_security_headers)
+    app.add_middleware(LocalGuard, hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
+    app.middleware("http")(_security_headers)  # added last: it wraps the guard's answers too
     for module in (models, images, tree, units, layer_views, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -206,6 +241,96 @@ def _openapi(app: FastAPI) -> dict:
                     }
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+class LocalGuard:
+    """ASGI middleware that answers only the server's own host names and pages.
+
+    * ``Host`` must be one of ``hosts`` (any port) or the address the request came in on:
+      a page of another site that rebinds its DNS name to 127.0.0.1 gets a 400.
+    * A request that a browser marks as coming from another origin (an ``Origin`` other
+      than the server's own, or ``Sec-Fetch-Site: cross-site`` / ``same-site``) gets a 403
+      if it changes anything (any method but GET, HEAD, OPTIONS) or asks the API (every
+      ``/api`` route runs the model). Pages and static files stay open to links from
+      anywhere; clients that are not browsers (curl, scripts) send neither header.
+
+    Parameters
+    ----------
+    app
+        The ASGI app to guard.
+    hosts
+        The host names the server answers to, e.g. :data:`LOOPBACK_HOSTS`.
+
+    Examples
+    --------
+    >>> from starlette.applications import Starlette
+    >>> guarded = LocalGuard(Starlette(), hosts=LOOPBACK_HOSTS)
+    >>> sorted(guarded.hosts)
+    ['127.0.0.1', '::1', 'localhost']
+    """
+
+    def __init__(self, app: ASGIApp, hosts: Iterable[str]) -> None:
+        self.app = app
+        self.hosts = frozenset(_bare(h) for h in hosts)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                status, detail = refusal
+                log.info("%s %s -> %d: %s", scope["method"], scope["path"], status, detail)
+                await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: Scope) -> tuple[int, str] | None:
+        """``(status, detail)`` if the request must be refused, else ``None``."""
+        headers = Headers(scope=scope)
+        host = headers.get("host", "")
+        name = _host_of(host)
+        server = (scope.get("server") or ("",))[0]  # the address the request came in on
+        if not name or (name not in self.hosts and name != _bare(str(server))):
+            return 400, (
+                f"unknown host {host[:100]!r}: this server answers to "
+                f"{', '.join(sorted(self.hosts))} (cnnscope serve --allow-host NAME adds one)"
+            )
+        path = scope["path"]
+        asks_api = path == "/api" or path.startswith("/api/")
+        if (asks_api or scope["method"] not in _SAFE_METHODS) and _foreign(scope, headers, host):
+            return 403, (
+                "cross-origin request refused: the explorer's API answers only its own pages "
+                f"(Origin {headers.get('origin', 'not sent')[:100]!r}, "
+                f"Sec-Fetch-Site {headers.get('sec-fetch-site', 'not sent')[:30]!r})"
+            )
+        return None
+
+
+def _bare(name: str) -> str:
+    """A host name as compared: lower case, no IPv6 brackets, no trailing dot."""
+    return name.strip("[]").lower().rstrip(".")
+
+
+def _host_of(netloc: str) -> str:
+    """The host name of a ``Host`` header: ``localhost:8000`` -> ``localhost``, ``[::1]:80`` -> ``::1``."""
+    name = netloc[1:].partition("]")[0] if netloc.startswith("[") else netloc.partition(":")[0]
+    return _bare(name)
+
+
+def _origin_of(scheme: str, netloc: str) -> str:
+    """``scheme://netloc`` as a browser writes an ``Origin``: lower case, no default port."""
+    netloc = netloc.lower().removesuffix(":443" if scheme == "https" else ":80")
+    return f"{scheme}://{netloc}"
+
+
+def _foreign(scope: Scope, headers: Headers, host: str) -> bool:
+    """Whether a browser says the request comes from a page of another origin."""
+    if headers.get("sec-fetch-site", "").lower() in ("cross-site", "same-site"):
+        return True
+    origin = headers.get("origin")
+    if origin is None:
+        return False
+    scheme, _, netloc = origin.lower().partition("://")
+    return _origin_of(scheme, netloc) != _origin_of(str(scope.get("scheme", "http")), host)
 
 
 async def _security_headers(request: Request, call_next):

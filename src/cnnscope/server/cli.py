@@ -26,6 +26,14 @@ def register(subparsers) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8000, help="port (default: 8000)")
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="another host name the server answers to, e.g. the machine's name with "
+        "--host 0.0.0.0 (repeatable; 127.0.0.1, localhost and --host always are)",
+    )
     add_model_args(p)
     p.add_argument("--gallery", metavar="DIR", help="a folder of your own images to show")
     p.add_argument(
@@ -38,6 +46,13 @@ def register(subparsers) -> None:
     )
     p.add_argument(
         "--max-upload-mb", type=float, default=10.0, help="upload size limit in MB (default: 10)"
+    )
+    p.add_argument(
+        "--max-data-mb",
+        type=float,
+        default=1024.0,
+        help="size limit of the data directory in MB; uploads beyond it are refused "
+        "(default: 1024)",
     )
     p.add_argument(
         "--index",
@@ -103,10 +118,10 @@ def serve(args: argparse.Namespace) -> int:
     from .threads import main_thread_single
 
     check_port(args.host, args.port)
-    if args.max_upload_mb <= 0:
-        raise CnnscopeError(f"--max-upload-mb must be positive, got {args.max_upload_mb:g}")
-    if args.cache_mb <= 0:
-        raise CnnscopeError(f"--cache-mb must be positive, got {args.cache_mb:g}")
+    for flag in ("max_upload_mb", "max_data_mb", "cache_mb"):
+        if not getattr(args, flag) > 0:
+            name = flag.replace("_", "-")
+            raise CnnscopeError(f"--{name} must be positive, got {getattr(args, flag):g}")
     threads = main_thread_single()  # the worker keeps the only OpenMP team (threads.py)
     model = model_from_args(args)
     _fast_layout(model)
@@ -116,6 +131,8 @@ def serve(args: argparse.Namespace) -> int:
         layers=args.layers,
         data_dir=args.data_dir,
         max_upload_mb=args.max_upload_mb,
+        max_data_mb=args.max_data_mb,
+        allowed_hosts=[args.host, *args.allow_host],
         index=args.index,
         default_index=not args.no_default_index,
         cache_mb=args.cache_mb,

@@ -3,9 +3,21 @@
 Routes call the ``async`` methods of :class:`ExplorerService`. Each method checks its
 arguments on the event loop (cheap, and a bad name never reaches the model), looks the
 answer up in a bounded cache, joins an identical computation already under way, or
-submits a job to the :class:`~cnnscope.server.worker.BatchWorker`, the one thread that
-runs the model. Reconstructions of the same image, rule and gain that wait together go
-through :meth:`cnnscope.tree.Explorer.reconstructions` as one batched backward.
+submits a job to a :class:`~cnnscope.server.worker.BatchWorker`. Three threads run the
+model, each on a module of its own (the engine hooks the module it runs):
+
+- the **request worker** answers what a page waits for in milliseconds (children,
+  reconstructions, predictions, maps); reconstructions of the same image, rule and gain
+  that wait together go through :meth:`cnnscope.tree.Explorer.reconstructions` as one
+  batched backward;
+- the **slow lane** runs what a client waits for but takes seconds (drill-up, edge
+  faithfulness, many-pass attribution methods such as Score-CAM, dataset-example grids),
+  so that it never holds the request worker: a tree expansion asked for meanwhile is
+  answered at once;
+- the **background lane** (:class:`~cnnscope.server.background.BackgroundLane`) runs what
+  nobody waits for on the spot: the default index and feature visualizations.
+
+Both lanes run torch single-threaded at a lower CPU priority (:mod:`.threads`).
 
 Everything is keyed by image id (a content hash or a built-in name) and arguments, never
 by user or session, so clients cannot see or disturb each other's state.
@@ -19,7 +31,10 @@ import io
 import logging
 import os
 import re
+import sys
+import threading
 from collections.abc import Awaitable, Callable, Hashable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +47,10 @@ from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
 from ..tree import Explorer, format_path, parse_path, render_gradient
-from .background import BackgroundLane, Task
+from .background import BackgroundLane, Task, model_copy
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
-from .threads import side_pool
+from .threads import lane_thread, side_pool, use_threads
 from .worker import BatchWorker, Failed
 
 __all__ = ["ExplorerService", "RULES", "GAINS", "SCORINGS", "SIGNS"]
@@ -72,7 +87,7 @@ METHOD_NAMES = {
     "score_cam": "Score-CAM",
     "ablation_cam": "Ablation-CAM",
 }
-#: Methods that run many forward passes: they hold the worker for seconds.
+#: Methods that run many forward passes (seconds): they run on the slow lane.
 SLOW_METHODS = {
     "integrated_gradients",
     "smoothgrad",
@@ -81,6 +96,28 @@ SLOW_METHODS = {
     "score_cam",
     "ablation_cam",
 }
+
+#: Niceness of the slow lane's thread (the background lane's is 10): while a drill-up runs,
+#: the request worker keeps most of the CPU.
+SLOW_NICE = 5
+
+
+@dataclass(frozen=True)
+class _Replica:
+    """A model with its engine and tree explorer: what one thread runs."""
+
+    model: LoadedModel
+    engine: Engine
+    explorer: Explorer
+
+    @classmethod
+    def copy_of(cls, model: LoadedModel, chain: Sequence[str], cache_bytes: int) -> _Replica:
+        """A deep copy of ``model`` for another thread, with its own forward cache."""
+        model = model_copy(model)
+        engine = Engine.for_module(model.module)
+        engine.cache_bytes = int(cache_bytes)
+        return cls(model, engine, Explorer(model, chain=list(chain)))
+
 
 try:  # feature synthesis: render visualizations in the background when it is there
     from ..synthesis import unit_visualization as _unit_visualization
@@ -107,7 +144,9 @@ class ExplorerService:
     chain
         Layer names of the tree, top first (default: the model's default chain).
     cache_mb
-        Memory bound of the engine's cache of recorded forwards (per-image state).
+        Memory bound of the engine's cache of recorded forwards (per-image state); the
+        slow lane's copy of the model has a cache of its own, a quarter of this (it keeps
+        at least the forward of the image it works on).
     results_mb
         Memory bound of the cache of finished answers (PNGs, JSON-ready lists).
     window_ms
@@ -125,6 +164,12 @@ class ExplorerService:
         Torch threads of the model's worker thread (default: the constructing thread's);
         every other thread of the service runs torch single-threaded (see
         :mod:`cnnscope.server.threads`).
+    visualization_queue
+        Most feature visualizations waiting in the background lane; asking for one more
+        drops the oldest waiting one (the newest request wins).
+    visualization_watch_s
+        A feature visualization nobody polled for this many seconds is dropped (before it
+        starts, or at its next step); the page polls every 1.5 s while it shows the slot.
 
     Examples
     --------
@@ -152,6 +197,8 @@ class ExplorerService:
         synthesis_steps: int = 128,
         synthesis_size: int = 160,
         threads: int | None = None,
+        visualization_queue: int = 8,
+        visualization_watch_s: float = 20.0,
     ):
         self.model = model
         self.store = store
@@ -167,8 +214,15 @@ class ExplorerService:
         self.synthesis_steps = int(synthesis_steps)
         self.synthesis_size = int(synthesis_size)
         self._vis_dir = Path(data_dir or store.data_dir) / "visualizations" / _slug(model.name)
+        _matplotlib_writes_inside(Path(data_dir or store.data_dir))
         self._vis_jobs: dict[str, Task] = {}  # unit -> its rendering in the background lane
+        self._vis_lock = threading.Lock()
+        self.visualization_queue = max(1, int(visualization_queue))
+        self.visualization_watch_s = float(visualization_watch_s)
+        # the lanes' copies of the model are made here, before any thread runs it
         self.background = BackgroundLane(model)
+        self._main = _Replica(model, self.engine, self.explorer)
+        self._slow = _Replica.copy_of(model, self.chain, self.engine.cache_bytes // 4)
         self._index = _open_index(index) if index else None
         self._index_task: Task | None = None
         if index is None and default_index:
@@ -187,14 +241,20 @@ class ExplorerService:
             {"call": self._run_calls, "recon": self._run_recons},
             window_ms=window_ms,
             max_batch=self.max_batch,
-            initializer=functools.partial(
-                torch.set_num_threads, threads or torch.get_num_threads()
-            ),
+            initializer=functools.partial(use_threads, threads or torch.get_num_threads()),
+        )
+        self.slow = BatchWorker(
+            {"call": self._run_calls},
+            window_ms=0,
+            max_batch=1,
+            initializer=functools.partial(lane_thread, SLOW_NICE),
+            name="cnnscope-slow",
         )
 
     def close(self) -> None:
-        """Stop the worker thread, the background lane and the side pool."""
+        """Stop the worker thread, the slow and background lanes and the side pool."""
         self.worker.close()
+        self.slow.close()
         self.background.close()
         self._side.shutdown(wait=False, cancel_futures=True)
 
@@ -331,8 +391,14 @@ class ExplorerService:
         if not task.cancelled() and task.exception() is None:
             self.results.put(key, task.result())
 
-    async def _call(self, key: Hashable, fn: Callable[[], Any]) -> Any:
-        return await self._once(key, lambda: self.worker.run("call", object(), fn))
+    async def _call(
+        self, key: Hashable, fn: Callable[[_Replica], Any], *, slow: bool = False
+    ) -> Any:
+        """``fn(replica)``, once per ``key``: on the request worker, or with ``slow`` on the
+        slow lane (its own copy of the model), so that it never holds the request worker."""
+        worker, replica = (self.slow, self._slow) if slow else (self.worker, self._main)
+        job = functools.partial(fn, replica)
+        return await self._once(key, lambda: worker.run("call", object(), job))
 
     def _run_calls(self, _group, fns: Sequence[Callable[[], Any]]) -> list[Any]:
         out = []
@@ -383,15 +449,15 @@ class ExplorerService:
         self.store.get(image_id)
         return await self._call(
             ("pred", image_id, k),
-            lambda: self.explorer.predictions(self._input(image_id), k=k),
+            lambda lane: lane.explorer.predictions(self._input(image_id), k=k),
         )
 
     async def overview(self, image_id: str, per_layer: int = 8) -> list[dict]:
         """Per chain layer, the top units by spatial max: ``[{layer, units:[{unit, score}]}]``."""
         self.store.get(image_id)
 
-        def compute() -> list[dict]:
-            layers = self.explorer.overview(self._input(image_id), per_layer=per_layer)
+        def compute(lane: _Replica) -> list[dict]:
+            layers = lane.explorer.overview(self._input(image_id), per_layer=per_layer)
             return [
                 {
                     "layer": str(entry["layer"]),
@@ -425,8 +491,8 @@ class ExplorerService:
         units, canonical = self.check_path(path)
         options = {"k": k, "rule": rule, "scoring": scoring, "gain": gain, "sign": sign}
 
-        def compute() -> list[dict]:
-            nodes = self.explorer.children(self._input(image_id), units, **options)
+        def compute(lane: _Replica) -> list[dict]:
+            nodes = lane.explorer.children(self._input(image_id), units, **options)
             return [_node_dict(n) for n in nodes]
 
         key = ("children", image_id, canonical, k, rule, scoring, gain, sign)
@@ -438,17 +504,21 @@ class ExplorerService:
     async def parents(
         self, image_id: str, unit: str, *, k: int = 5, rule: str = "guided"
     ) -> list[dict]:
-        """The units of the chain layer above ``unit`` that it feeds most (drill up)."""
+        """The units of the chain layer above ``unit`` that it feeds most (drill up).
+
+        One backward per unit of the layer above (seconds): on the slow lane.
+        """
         self.store.get(image_id)
         parsed = self.check_unit(unit)
 
-        def compute() -> list[dict]:
+        def compute(lane: _Replica) -> list[dict]:
             return [
                 _node_dict(n)
-                for n in self.explorer.parents(self._input(image_id), parsed, k=k, rule=rule)
+                for n in lane.explorer.parents(self._input(image_id), parsed, k=k, rule=rule)
             ]
 
-        nodes = await self._call(("parents", image_id, str(parsed), k, rule), compute)
+        key = ("parents", image_id, str(parsed), k, rule)
+        nodes = await self._call(key, compute, slow=True)
         if nodes:  # each parent is shown as a root of its own
             self.prefetch(image_id, [n["path"].split("/")[0] for n in nodes], rule, "auto")
         return nodes
@@ -465,14 +535,14 @@ class ExplorerService:
             raise BadRequestError(f"{units[-1]} is at the bottom of the chain: it has no children")
         kids = [Unit.parse(n["unit"]) for n in nodes]
 
-        def compute() -> dict:
+        def compute(lane: _Replica) -> dict:
             rule, scoring = options.get("rule", "guided"), options.get("scoring", "path")
             x = self._input(image_id)
-            result = self.explorer.faithfulness(x, units, kids, rule=rule, scoring=scoring)
+            result = lane.explorer.faithfulness(x, units, kids, rule=rule, scoring=scoring)
             return {key: float(result[key]) for key in ("drop", "random_drop", "random_std")}
 
         key = ("faith", image_id, canonical, *sorted(options.items()))
-        result = await self._call(key, compute)
+        result = await self._call(key, compute, slow=True)  # a batched forward of 9 rows
         return {**result, "children": [n["unit"] for n in nodes]}
 
     async def reconstruction(
@@ -552,33 +622,37 @@ class ExplorerService:
     async def attribution(
         self, image_id: str, method: str, target: int | None = None, layer: str | None = None
     ) -> tuple[bytes, int]:
-        """An attribution map over the model's view of the image; PNG and the target class."""
+        """An attribution map over the model's view of the image; PNG and the target class.
+
+        Methods of many passes (:data:`SLOW_METHODS`) run on the slow lane.
+        """
         self.store.get(image_id)
         method = self.attribution_method(method)
         self.check_target(target)
         if layer:
             self.layer_info(layer)  # a 404 for an unknown layer, before any compute
 
-        def compute() -> tuple[bytes, int]:
+        def compute(lane: _Replica) -> tuple[bytes, int]:
             x = self._input(image_id)
             cls = target
             if cls is None:
-                cls = int(self.explorer.predictions(x, k=1)[0]["index"])
+                cls = int(lane.explorer.predictions(x, k=1)[0]["index"])
             if _attribute is not None:
-                result = _attribute(self.model, x[0], method=method, target=cls, layer=layer)
+                result = _attribute(lane.model, x[0], method=method, target=cls, layer=layer)
                 if result.kind == "pixel" and _ATTRIBUTION_METHODS[method].style == "colored":
                     # min-max "colored" washes out; draw it like the tree's reconstructions
                     return png_bytes(gradient_image(result.tensor)), cls
                 return png_bytes(result.render()), cls
-            return png_bytes(self._fallback_attribution(x, method, cls, layer)), cls
+            return png_bytes(self._fallback_attribution(lane, x, method, cls, layer)), cls
 
-        return await self._call(("attr", image_id, method, target, layer), compute)
+        key = ("attr", image_id, method, target, layer)
+        return await self._call(key, compute, slow=method in SLOW_METHODS)
 
     def _fallback_attribution(
-        self, x: torch.Tensor, method: str, cls: int, layer: str | None
+        self, lane: _Replica, x: torch.Tensor, method: str, cls: int, layer: str | None
     ) -> np.ndarray:
         """Guided backprop or Grad-CAM from the engine, until the attribution package exists."""
-        fwd = self.engine.forward(x)
+        fwd = lane.engine.forward(x)
         seed = torch.zeros_like(fwd.activation(LOGITS))
         seed[0, cls] = 1.0
         view = self.model.preprocess_config.to_uint8(x)
@@ -605,10 +679,10 @@ class ExplorerService:
         if len(info.shape) != 3:
             raise BadRequestError(f"{parsed.layer!r} has no spatial map (shape {list(info.shape)})")
 
-        def compute() -> bytes:
+        def compute(lane: _Replica) -> bytes:
             x = self._input(image_id)
             amap = (
-                self.engine.forward(x)
+                lane.engine.forward(x)
                 .activation(parsed.layer)[0, parsed.channel]
                 .float()
                 .cpu()
@@ -660,13 +734,24 @@ class ExplorerService:
         return {"state": state, "done": task.done, "total": task.total, "detail": task.detail}
 
     async def examples(self, unit: str) -> bytes:
-        """A unit's top dataset examples as PNG (404 while there is no index)."""
+        """A unit's top dataset examples as PNG (404 while there is no index).
+
+        The grid (:meth:`cnnscope.index.Index.grid`'s picture: image patches, then their
+        reconstructions) is rendered on the slow lane and kept in memory: the server never
+        writes into the index's folder, which may be read-only or shared.
+        """
         parsed = self.check_unit(unit)
         index, _ = self._examples_index(parsed)
         channel = Unit(parsed.layer, parsed.channel)
-        return await self._call(
-            ("examples", str(parsed)), lambda: index.examples_png(channel, model=self.model)
-        )
+
+        def compute(lane: _Replica) -> bytes:
+            from ..index.patches import render_grid
+
+            patches = index.patches(channel, model=lane.model)
+            return png_bytes(render_grid(patches, index.top_k))
+
+        key = ("examples", index.fingerprint, str(channel))
+        return await self._call(key, compute, slow=True)
 
     # -- a unit's dataset examples one by one: list, field patches, open as an image -----
     # Used by routers/units.py (the unit page's example cards). The list comes from the
@@ -865,16 +950,23 @@ class ExplorerService:
         return found[-1] if found else None
 
     def visualization_state(self, unit: str) -> dict:
-        """``{"unit", "state": "done"|"running"|"queued"|"failed"|"none", "progress", "detail"}``."""
+        """``{"unit", "state": "done"|"running"|"queued"|"failed"|"none", "progress", "detail"}``.
+
+        Asking counts as waiting for it (see ``visualization_watch_s``). A rendering that
+        was dropped is ``none`` again, with the reason as its detail: POST to queue it anew.
+        """
         parsed = self.check_unit(unit)
         key = str(parsed)
         task = self._vis_jobs.get(key)
+        if task is not None:
+            task.watch()
         if task is not None and task.state in ("queued", "running"):
             return {"unit": key, "state": task.state, "progress": task.progress, "detail": None}
         if self._vis_file(parsed) is not None:
             return {"unit": key, "state": "done", "progress": 1.0, "detail": None}
-        if task is not None and task.state == "failed":
-            return {"unit": key, "state": "failed", "progress": 0.0, "detail": task.detail}
+        if task is not None and task.state in ("failed", "dropped"):
+            state = "failed" if task.state == "failed" else "none"
+            return {"unit": key, "state": state, "progress": 0.0, "detail": task.detail}
         return {"unit": key, "state": "none", "progress": 0.0, "detail": None}
 
     async def visualization(self, unit: str) -> bytes:
@@ -900,13 +992,42 @@ class ExplorerService:
         )
 
     def start_visualization(self, unit: str) -> dict:
-        """Queue the rendering of a unit's feature visualization (background lane, once)."""
+        """Queue the rendering of a unit's feature visualization (background lane, once).
+
+        At most ``visualization_queue`` renderings wait: a new one drops the oldest waiting
+        one, and one that nobody polls for ``visualization_watch_s`` seconds is dropped.
+        """
         if not self.synthesis_available:
             raise NotFoundError("feature synthesis is not available in this version")
         parsed = self.check_unit(unit)
-        state = self.visualization_state(unit)
-        if state["state"] in ("done", "running", "queued"):
-            return state
+        with self._vis_lock:  # sync routes run in a thread pool: one check-and-queue at once
+            state = self.visualization_state(unit)
+            if state["state"] in ("done", "running", "queued"):
+                return state
+            self._make_room_for_a_visualization()
+            self._vis_jobs.pop(str(parsed), None)  # the newest job goes last
+            self._vis_jobs[str(parsed)] = self.background.submit(
+                f"visualization of {parsed}",
+                self._render_visualization(parsed),
+                watch_s=self.visualization_watch_s,
+            )
+        return self.visualization_state(unit)
+
+    def _make_room_for_a_visualization(self) -> None:
+        """Drop waiting renderings (unwatched ones, then the oldest) so one more fits."""
+        waiting = [t for t in self._vis_jobs.values() if t.state == "queued"]
+        waiting.sort(key=lambda t: not t.unwatched)  # stable: unwatched first, then oldest
+        reason = (
+            f"dropped from the queue: newer feature visualizations were asked for "
+            f"(at most {self.visualization_queue} wait)"
+        )
+        for task in waiting[: max(0, len(waiting) - self.visualization_queue + 1)]:
+            self.background.drop(task, reason)
+        finished = [key for key, t in self._vis_jobs.items() if t.finished.is_set()]
+        for key in finished[: max(0, len(finished) - 256)]:  # keep the table bounded
+            del self._vis_jobs[key]
+
+    def _render_visualization(self, parsed: Unit) -> Callable:
 
         def render(model: LoadedModel, progress: Callable[[int, int], None]) -> Path:
             return _unit_visualization(
@@ -918,8 +1039,7 @@ class ExplorerService:
                 progress=progress,
             )
 
-        self._vis_jobs[str(parsed)] = self.background.submit(f"visualization of {parsed}", render)
-        return self.visualization_state(unit)
+        return render
 
     def stats(self) -> dict:
         """Cache and worker counters."""
@@ -935,6 +1055,12 @@ class ExplorerService:
             "recon_paths": self.recon_paths,
             "worker_rounds": self.worker.rounds,
             "worker_jobs": self.worker.jobs_done,
+            "slow_jobs": self.slow.jobs_done,
+            "slow_pending": self.slow.pending,
+            "slow_busy": self.slow.busy,
+            "slow_cache_bytes": self._slow.engine.cached_bytes(),
+            "slow_cache_limit": self._slow.engine.cache_bytes,
+            "background_queued": len(self.background.queued),
         }
 
     # -- layer views: activation mosaics, channel orderings, 3D volumes ------------------
@@ -987,8 +1113,8 @@ class ExplorerService:
         self.store.get(image_id)
         info = self.check_layer_maps(layer)
 
-        def compute() -> torch.Tensor:
-            acts = self.engine.forward(self._input(image_id)).activation(info.name)
+        def compute(lane: _Replica) -> torch.Tensor:
+            acts = lane.engine.forward(self._input(image_id)).activation(info.name)
             return acts[0].detach().float().cpu().clone()
 
         return await self._call(("layer_maps", image_id, info.name), compute)
@@ -1142,6 +1268,17 @@ def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 16) -> bytes:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:60] or "model"
+
+
+def _matplotlib_writes_inside(folder: Path) -> None:
+    """Give matplotlib (colormaps of the maps it draws) its config folder inside ``folder``.
+
+    Without ``MPLCONFIGDIR`` matplotlib creates ``~/.config/matplotlib`` (and a font cache)
+    on its first import; the server writes only in its data directory. A folder the user
+    chose is kept, and a matplotlib already imported has read the variable already.
+    """
+    if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR"):
+        os.environ["MPLCONFIGDIR"] = str(folder / "matplotlib")
 
 
 def _open_index(path: str):

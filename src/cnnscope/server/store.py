@@ -5,7 +5,12 @@ Every image has an id that is safe to put in a URL and never names a file by its
 * built-in photos use their gallery name (``chelsea``);
 * images of ``--gallery DIR`` use ``d-`` + 16 hex digits of the SHA-256 of their bytes;
 * uploads use ``u-`` + 16 hex digits of the SHA-256 of the uploaded bytes, and live in
-  ``DATA_DIR/uploads/<id>.png`` (re-encoded, so nothing the user sent is stored as is).
+  ``DATA_DIR/uploads/<id>.jpg`` (JPEG uploads) or ``<id>.png`` (the others): decoded,
+  shrunk to at most ``max_side`` pixels a side and re-encoded, so nothing the user sent
+  is stored as is, and a photo takes about as much room as its JPEG.
+
+The upload folder is bounded (``max_data_bytes`` for the whole data directory); partial
+files that a killed server left behind are removed when a store opens it.
 
 Ids are checked against a strict pattern before anything else, so a name such as
 ``../../etc/passwd`` is refused without touching the file system.
@@ -13,6 +18,7 @@ Ids are checked against a strict pattern before anything else, so a name such as
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +35,25 @@ from PIL import Image
 from ..errors import CnnscopeError, ImageError
 from ..images import gallery_images, iter_image_files, load_image
 
-__all__ = ["ImageRecord", "ImageStore", "NotFoundError", "BadRequestError", "TooLargeError"]
+__all__ = [
+    "BadRequestError",
+    "DataDirFullError",
+    "ImageRecord",
+    "ImageStore",
+    "NotFoundError",
+    "TooLargeError",
+    "UploadTimeoutError",
+]
 
 log = logging.getLogger(__name__)
 
-_ID = re.compile(r"^(?:[a-z][a-z0-9_]{0,31}|[du]-[0-9a-f]{16})$")
+#: What an image id looks like (the OpenAPI schema says so too).
+ID_PATTERN = r"^(?:[a-z][a-z0-9_]{0,31}|[du]-[0-9a-f]{16})$"
+_ID = re.compile(ID_PATTERN)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+_STORED = (".jpg", ".png")  # JPEG uploads stay JPEG (already lossy); the others are PNG
+_JPEG_QUALITY = 95
+_STALE_TMP_S = 60.0  # a write takes milliseconds: an older partial file is a dead one
 
 
 class NotFoundError(CnnscopeError):
@@ -48,8 +68,16 @@ class TooLargeError(CnnscopeError):
     """An upload exceeds the configured size limit (HTTP 413)."""
 
 
+class DataDirFullError(TooLargeError):
+    """Storing an upload would take the data directory over its size limit (HTTP 413)."""
+
+
 class UnsupportedImageError(CnnscopeError):
     """An upload is not an image that can be read (HTTP 415)."""
+
+
+class UploadTimeoutError(CnnscopeError):
+    """An upload's body did not arrive in time (HTTP 408)."""
 
 
 @dataclass(frozen=True)
@@ -89,7 +117,7 @@ def check_id(image_id: str) -> str:
     ...
     cnnscope.server.store.BadRequestError: bad image id '../etc/passwd': ids look like chelsea or u-0123456789abcdef
     """
-    if not isinstance(image_id, str) or not _ID.match(image_id):
+    if not isinstance(image_id, str) or not _ID.fullmatch(image_id):
         shown = image_id[:80] if isinstance(image_id, str) else image_id
         raise BadRequestError(
             f"bad image id {shown!r}: ids look like chelsea or u-0123456789abcdef"
@@ -123,6 +151,10 @@ class ImageStore:
         Largest accepted upload.
     max_pixels
         Largest accepted ``width * height`` of any image.
+    max_side
+        Longest side of a stored upload; larger ones are shrunk (keeping their shape).
+    max_data_bytes
+        Largest size of the whole data directory; an upload that would pass it is refused.
 
     Examples
     --------
@@ -139,6 +171,8 @@ class ImageStore:
         *,
         max_upload_bytes: int = 10 << 20,
         max_pixels: int = 40_000_000,
+        max_side: int = 1024,
+        max_data_bytes: int = 1 << 30,
     ):
         self.data_dir = Path(data_dir).expanduser().resolve()
         self.upload_dir = self.data_dir / "uploads"
@@ -148,7 +182,11 @@ class ImageStore:
             raise ImageError(f"gallery folder not found: {gallery_dir}")
         self.max_upload_bytes = int(max_upload_bytes)
         self.max_pixels = int(max_pixels)
+        self.max_side = int(max_side)
+        self.max_data_bytes = int(max_data_bytes)
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        _remove_stale_tmp(self.upload_dir)
         self._builtin = {
             g.name: ImageRecord(g.name, g.name, g.description, "builtin") for g in gallery_images()
         }
@@ -177,20 +215,27 @@ class ImageStore:
         records = []
         for meta in sorted(self.upload_dir.glob("u-*.json"), key=lambda p: p.stat().st_mtime):
             image_id = meta.stem
-            if _ID.match(image_id) and (self.upload_dir / f"{image_id}.png").is_file():
-                records.append(self._upload_record(image_id))
+            stored = self._stored(image_id) if _ID.fullmatch(image_id) else None
+            if stored is not None:
+                records.append(self._upload_record(image_id, stored))
         return records
 
-    def _upload_record(self, image_id: str) -> ImageRecord:
+    def _stored(self, image_id: str) -> Path | None:
+        """The file holding upload ``image_id``, or ``None``."""
+        for suffix in _STORED:
+            path = self.upload_dir / f"{image_id}{suffix}"
+            if path.is_file():
+                return path
+        return None
+
+    def _upload_record(self, image_id: str, stored: Path) -> ImageRecord:
         name = image_id
         try:
             info = json.loads((self.upload_dir / f"{image_id}.json").read_text("utf-8"))
             name = safe_display_name(str(info.get("name", "")), image_id)
         except (OSError, ValueError, AttributeError):
             pass
-        return ImageRecord(
-            image_id, name, "uploaded image", "upload", self.upload_dir / f"{image_id}.png"
-        )
+        return ImageRecord(image_id, name, "uploaded image", "upload", stored)
 
     def list(self) -> list[ImageRecord]:
         """Every image: built-in first, then the folder, then uploads (oldest first)."""
@@ -208,10 +253,9 @@ class ImageStore:
         with self._lock:
             if image_id in self._folder:
                 return self._folder[image_id]
-        if image_id.startswith("u-"):
-            png = self.upload_dir / f"{image_id}.png"
-            if png.is_file():
-                return self._upload_record(image_id)
+        stored = self._stored(image_id) if image_id.startswith("u-") else None
+        if stored is not None:
+            return self._upload_record(image_id, stored)
         raise NotFoundError(f"unknown image {image_id!r}: see /api/images for the gallery")
 
     def load(self, image_id: str) -> Image.Image:
@@ -226,7 +270,7 @@ class ImageStore:
     # -- upload --------------------------------------------------------------------------
 
     def add(self, data: bytes, filename: str | None = None) -> tuple[ImageRecord, bool]:
-        """Validate an uploaded image and store it under its content hash.
+        """Validate an uploaded image and store it, compactly, under its content hash.
 
         Returns
         -------
@@ -237,6 +281,8 @@ class ImageStore:
         ------
         TooLargeError
             If ``data`` exceeds ``max_upload_bytes`` or the image has too many pixels.
+        DataDirFullError
+            If storing it would take the data directory over ``max_data_bytes``.
         UnsupportedImageError
             If ``data`` is not an image Pillow can read.
         """
@@ -250,22 +296,51 @@ class ImageStore:
             text = str(exc).replace("<image bytes>", "the upload")
             if "too large" in text:
                 raise TooLargeError(text) from None
-            raise UnsupportedImageError(
-                f"{text} (accepted: JPEG, PNG, WebP, BMP, GIF, TIFF)"
-            ) from None
+            raise UnsupportedImageError(text) from None  # load_image names the formats
         image_id = f"u-{_digest(data)}"
-        png = self.upload_dir / f"{image_id}.png"
         meta = self.upload_dir / f"{image_id}.json"
         name = safe_display_name(filename, image_id)
-        created = not png.is_file()
-        if created:
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            _atomic_write(png, buf.getvalue())
-        if not meta.is_file():
-            _atomic_write(meta, json.dumps({"name": name}).encode("utf-8"))
-        log.info("stored upload %s (%s, %dx%d)", image_id, name, *image.size)
-        return self._upload_record(image_id), created
+        with self._write_lock:
+            stored = self._stored(image_id)
+            created = stored is None
+            if created:
+                encoded, suffix = self._compact(image, jpeg=data.startswith(b"\xff\xd8\xff"))
+                self._check_room(len(encoded))
+                stored = self.upload_dir / f"{image_id}{suffix}"
+                _atomic_write(stored, encoded)
+                log.info("stored upload %s (%s, %dx%d)", image_id, name, *image.size)
+            if not meta.is_file():
+                _atomic_write(meta, json.dumps({"name": name}).encode("utf-8"))
+        return self._upload_record(image_id, stored), created
+
+    def _compact(self, image: Image.Image, jpeg: bool) -> tuple[bytes, str]:
+        """``image`` shrunk to ``max_side`` and encoded: JPEG for a JPEG upload, else PNG."""
+        if max(image.size) > self.max_side:
+            image.thumbnail((self.max_side, self.max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        if jpeg:
+            image.save(buf, format="JPEG", quality=_JPEG_QUALITY)
+            return buf.getvalue(), ".jpg"
+        image.save(buf, format="PNG")
+        return buf.getvalue(), ".png"
+
+    def data_bytes(self) -> int:
+        """The bytes held by the data directory (uploads and everything else it holds)."""
+        total = 0
+        for root, _dirs, files in os.walk(self.data_dir):
+            for file in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(root, file)).st_size
+        return total
+
+    def _check_room(self, size: int) -> None:
+        used = self.data_bytes()
+        if used + size > self.max_data_bytes:
+            raise DataDirFullError(
+                f"the data directory is full ({used / (1 << 20):.0f} MB of "
+                f"{self.max_data_bytes / (1 << 20):g} MB): delete uploads in "
+                f"{self.upload_dir} or raise --max-data-mb"
+            )
 
     def too_large_message(self, size: int | None = None) -> str:
         """The one-line message for an upload over the limit."""
@@ -276,6 +351,16 @@ class ImageStore:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
+
+
+def _remove_stale_tmp(folder: Path) -> None:
+    """Delete the partial files of writes that never finished (a killed server's)."""
+    now = time.time()
+    for tmp in folder.glob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            if now - tmp.stat().st_mtime > _STALE_TMP_S:
+                tmp.unlink()
+                log.info("removed the partial file %s", tmp)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -76,6 +76,8 @@ class BatchWorker:
         Most jobs taken in one round.
     initializer
         Called first on the worker thread (e.g. to set its number of torch threads).
+    name
+        The thread's name (for logs and debuggers).
 
     Examples
     --------
@@ -92,6 +94,7 @@ class BatchWorker:
         window_ms: float = 4.0,
         max_batch: int = 64,
         initializer: Callable[[], Any] | None = None,
+        name: str = "cnnscope-worker",
     ):
         self.handlers = dict(handlers)
         self._initializer = initializer
@@ -99,9 +102,10 @@ class BatchWorker:
         self.max_batch = max_batch
         self.rounds = 0
         self.jobs_done = 0
+        self.busy = False  # a round is running
         self._queue: queue.PriorityQueue[tuple[int, int, Job | None]] = queue.PriorityQueue()
         self._seq = itertools.count()
-        self._thread = threading.Thread(target=self._run, name="cnnscope-worker", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> concurrent.futures.Future:
@@ -162,6 +166,7 @@ class BatchWorker:
             first = self._queue.get()[2]
             if first is None:
                 break
+            self.busy = True
             batch, stop = self._collect(first)
             groups: dict[tuple[str, Hashable], list[Job]] = {}
             for job in sorted(batch, key=lambda j: j.priority):
@@ -169,6 +174,7 @@ class BatchWorker:
             for (kind, group), jobs in groups.items():
                 self._dispatch(kind, group, jobs)
             self.rounds += 1
+            self.busy = False
 
     def _dispatch(self, kind: str, group: Hashable, jobs: list[Job]) -> None:
         live = [j for j in jobs if j.future.set_running_or_notify_cancel()]

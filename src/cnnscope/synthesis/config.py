@@ -24,6 +24,28 @@ __all__ = ["ITER_BEHAVIORS", "SynthesisConfig"]
 
 #: Tokens of ``iter_behavior`` (joined with ``+``).
 ITER_BEHAVIORS = ("print", "save", "show", "plot_pix", "gif")
+#: Largest config file :meth:`SynthesisConfig.load` reads (a record is a few kB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _integer(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+# What a JSON value must be for each field type (a file may hold anything).
+_TYPES = {
+    "bool": lambda v: isinstance(v, bool),
+    "int": _integer,
+    "float": _number,
+    "str": lambda v: isinstance(v, str),
+    "str | None": lambda v: v is None or isinstance(v, str),
+    "list[float]": lambda v: isinstance(v, list) and all(_number(x) for x in v),
+    "tuple[float, float]": lambda v: isinstance(v, list) and all(_number(x) for x in v),
+}
 
 
 @dataclass
@@ -119,16 +141,51 @@ class SynthesisConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> tuple[SynthesisConfig, dict]:
-        """Read a config saved beside an image; returns the config and the whole record."""
+        """Read a config saved beside an image; returns the config and the whole record.
+
+        The file is data: every option must have its field's type, and the record's
+        ``threads``, ``index`` and ``model`` must be what
+        :func:`~cnnscope.synthesis.outputs.run_record` writes.
+
+        Examples
+        --------
+        >>> import tempfile, os
+        >>> p = os.path.join(tempfile.mkdtemp(), "run.json")
+        >>> _ = open(p, "w").write('{"config": {"num_steps": 3}, "threads": 2}')
+        >>> cfg, record = SynthesisConfig.load(p)
+        >>> cfg.num_steps, record["threads"]
+        (3, 2)
+        """
         p = Path(path)
         if not p.is_file():
             raise CnnscopeError(f"config file not found: {p}")
         try:
+            if p.stat().st_size > MAX_CONFIG_BYTES:
+                raise CnnscopeError(f"config {p} is over {MAX_CONFIG_BYTES} bytes: not a record")
             record = json.loads(p.read_text("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CnnscopeError(f"cannot read config {p}: {exc}") from None
-        data = record.get("config", record) if isinstance(record, dict) else record
-        return cls.from_dict(data), record if isinstance(record, dict) else {}
+        except (OSError, ValueError, RecursionError) as exc:
+            raise CnnscopeError(f"cannot read config {p}: {type(exc).__name__}: {exc}") from None
+        if not isinstance(record, dict):
+            raise CnnscopeError(f"config {p} is not a JSON object")
+        data = record.get("config", record)
+        if isinstance(data, dict):
+            cls._check_names(data)
+            for f in dataclasses.fields(cls):
+                if f.name in data and not _TYPES[f.type](data[f.name]):
+                    raise CnnscopeError(
+                        f"config {p}: {f.name} must be {f.type}, got {data[f.name]!r:.60}"
+                    )
+        cfg = cls.from_dict(data)
+        threads, index, model = record.get("threads"), record.get("index", 0), record.get("model")
+        if not (threads is None or _integer(threads) and 1 <= threads <= 1024):
+            raise CnnscopeError(f"config {p}: threads must be an integer in 1-1024")
+        if not (_integer(index) and 0 <= index < cfg.batch):
+            raise CnnscopeError(f"config {p}: index must be an integer in 0-{cfg.batch - 1}")
+        if not (
+            model is None or isinstance(model, dict) and isinstance(model.get("name", ""), str)
+        ):
+            raise CnnscopeError(f"config {p}: model must be an object with a name")
+        return cfg, record
 
     def replace(self, **changes) -> SynthesisConfig:
         """A copy with some options changed (unknown names are an error)."""

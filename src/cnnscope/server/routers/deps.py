@@ -6,15 +6,37 @@ from urllib.parse import quote, urlencode
 
 from fastapi import Query, Request
 
+from ...tree.paths import _MAX_DEPTH
 from ..schemas import ErrorOut
 from ..service import ExplorerService
 from ..store import NotFoundError
 
-#: Responses every route may give, for the OpenAPI schema.
+_HOST = "a Host this server does not answer to"
+
+#: Responses of every API route: the guard of app.py gives them before any route runs.
+GUARDED = {
+    400: {"model": ErrorOut, "description": _HOST},
+    403: {"model": ErrorOut, "description": "a cross-origin request (Origin, Sec-Fetch-Site)"},
+}
+
+#: Responses every route with parameters may give, for the OpenAPI schema.
 ERRORS = {
-    400: {"model": ErrorOut, "description": "malformed request"},
+    **GUARDED,
+    400: {
+        "model": ErrorOut,
+        "description": f"malformed request (e.g. a path not down the chain), or {_HOST}",
+    },
     404: {"model": ErrorOut, "description": "unknown image, layer, unit, path or model"},
 }
+
+# What the routes accept, as the schema says (the service answers 400 to anything else):
+# layer names as PyTorch writes them (a layer's call K written ~K), units LAYER:CHANNEL
+# with an optional @Y,X, tree paths of units joined by '/' (a position on the root only).
+_LAYER = r"[A-Za-z0-9_.~-]+"
+_CHANNEL = rf"{_LAYER}:[0-9]+"
+LAYER_PATTERN = rf"^{_LAYER}$"
+UNIT_PATTERN = rf"^{_CHANNEL}(?:@[0-9]+,[0-9]+)?$"
+PATH_PATTERN = rf"^{_CHANNEL}(?:@[0-9]+,[0-9]+)?(?:/{_CHANNEL}){{0,{_MAX_DEPTH - 1}}}$"
 
 
 def service(request: Request) -> ExplorerService:

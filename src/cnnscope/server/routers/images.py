@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from starlette.requests import ClientDisconnect
 
 from ..schemas import (
     GalleryOut,
@@ -20,8 +19,24 @@ from ..schemas import (
     UploadOut,
 )
 from ..service import ExplorerService
-from ..store import BadRequestError, ImageRecord, ImageStore, TooLargeError
-from .deps import ERRORS, checked_model, image_url, recon_url, service
+from ..store import (
+    ID_PATTERN,
+    BadRequestError,
+    ImageRecord,
+    ImageStore,
+    TooLargeError,
+    UnsupportedImageError,
+    UploadTimeoutError,
+)
+from .deps import (
+    ERRORS,
+    LAYER_PATTERN,
+    UNIT_PATTERN,
+    checked_model,
+    image_url,
+    recon_url,
+    service,
+)
 
 router = APIRouter(prefix="/api/images", tags=["images"], responses=ERRORS)
 
@@ -30,10 +45,10 @@ ImageId = Path(
     max_length=64,
     description="image id from /api/images",
     examples=["chelsea"],
+    json_schema_extra={"pattern": ID_PATTERN},  # checked by the store: 400 otherwise
 )
 PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
 CACHE = {"Cache-Control": "public, max-age=3600"}
-_MULTIPART_SLACK = 64 << 10
 
 
 def image_out(record: ImageRecord, model: str) -> ImageOut:
@@ -58,24 +73,21 @@ def list_images(request: Request, model: str = Depends(checked_model)) -> Galler
     )
 
 
+#: An upload's content types: neither can be sent by a cross-site form or a no-cors
+#: fetch without a CORS preflight, which this server never grants. The bytes decide the
+#: format (JPEG, PNG, WebP, BMP, GIF, TIFF), not the type.
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_BODY = {
     "requestBody": {
         "required": True,
-        "description": "the image file: raw bytes, or multipart/form-data with a field `file`",
-        "content": {
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"file": {"type": "string", "format": "binary"}},
-                    "required": ["file"],
-                }
-            },
-        },
+        "description": "the image file's bytes as they are (no form, no multipart)",
+        "content": {"image/*": _BINARY, "application/octet-stream": _BINARY},
     }
 }
+
+
+def _error(description: str) -> dict:
+    return {"model": ERRORS[400]["model"], "description": description}
 
 
 @router.post(
@@ -85,8 +97,10 @@ UPLOAD_BODY = {
     summary="Upload an image",
     openapi_extra=UPLOAD_BODY,
     responses={
-        413: {"model": ERRORS[400]["model"], "description": "the upload is over the size limit"},
-        415: {"model": ERRORS[400]["model"], "description": "the upload is not a readable image"},
+        200: {"model": UploadOut, "description": "the same bytes were uploaded before"},
+        408: _error("the body did not arrive within the upload timeout"),
+        413: _error("over --max-upload-mb or 40 Mpx, or the data directory is full"),
+        415: _error("not an image the server reads, or sent as a form or multipart"),
     },
 )
 async def upload_image(
@@ -97,49 +111,56 @@ async def upload_image(
 ) -> UploadOut:
     """Validate an image and add it to the gallery under the hash of its bytes.
 
-    Send the file as the raw body (``curl --data-binary @cat.jpg``) or as a multipart
-    form with a ``file`` field. The size limit is ``--max-upload-mb``.
+    Send the file's bytes as the body, with ``Content-Type: image/...`` or
+    ``application/octet-stream`` (``curl --data-binary @cat.jpg -H 'Content-Type:
+    image/jpeg'``); forms and multipart bodies are refused (415), so that no other web
+    site can upload. The size limit is ``--max-upload-mb``.
     """
     store: ImageStore = request.app.state.store
-    content_type = request.headers.get("content-type", "")
-    multipart = content_type.lower().startswith("multipart/form-data")
-    body = await read_capped(request, store, _MULTIPART_SLACK if multipart else 0)
-    if multipart:
-        body, filename = file_from_multipart(body, content_type)
-        name = name or filename
+    check_upload_type(request.headers.get("content-type", ""))
+    body = await read_capped(request, store, request.app.state.upload_timeout_s)
     record, created = await asyncio.to_thread(store.add, body, name)
     if not created:
         response.status_code = 200
     return UploadOut(**image_out(record, model).model_dump(), created=created)
 
 
-async def read_capped(request: Request, store: ImageStore, slack: int) -> bytes:
-    """The request body, refused as soon as it passes the upload limit."""
-    limit = store.max_upload_bytes + slack
+def check_upload_type(content_type: str) -> None:
+    """Refuse any content type but ``image/*`` and ``application/octet-stream`` (415)."""
+    media = content_type.split(";", 1)[0].strip().lower()
+    if media == "application/octet-stream" or (media.startswith("image/") and len(media) > 6):
+        return
+    raise UnsupportedImageError(
+        f"Content-Type {media or 'none'!r} is not an image type: send the file's bytes as the "
+        "body with Content-Type image/jpeg, image/png, ... or application/octet-stream "
+        "(forms and multipart uploads are refused)"
+    )
+
+
+async def read_capped(request: Request, store: ImageStore, timeout_s: float) -> bytes:
+    """The request body, refused as soon as it passes the upload limit or ``timeout_s``."""
+    limit = store.max_upload_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLargeError(store.too_large_message(int(declared)))
-    chunks, total = [], 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise TooLargeError(store.too_large_message())
-        chunks.append(chunk)
-    return b"".join(chunks)
 
+    async def read() -> bytes:
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise TooLargeError(store.too_large_message())
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-def file_from_multipart(body: bytes, content_type: str) -> tuple[bytes, str | None]:
-    """The first file part of a multipart body (parsed in memory, nothing written)."""
-    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
-    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
-    if message.is_multipart():
-        for part in message.iter_parts():
-            disposition = part.get("content-disposition", "")
-            if part.get_filename() is not None or 'name="file"' in str(disposition):
-                payload = part.get_payload(decode=True)
-                if isinstance(payload, bytes):
-                    return payload, part.get_filename()
-    raise BadRequestError("no file found in the multipart upload: send it in a field named 'file'")
+    try:
+        return await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise UploadTimeoutError(
+            f"the upload did not arrive within {timeout_s:g} s: send it again"
+        ) from None
+    except ClientDisconnect:
+        raise BadRequestError("the upload was cut off before its end") from None
 
 
 @router.get("/{image_id}", response_model=ImageOut, summary="One image")
@@ -227,7 +248,12 @@ async def attribution(
     target: int | None = Query(
         None, ge=0, le=1_000_000, description="class index (default: top class)"
     ),
-    layer: str | None = Query(None, max_length=200, description="layer for CAM methods"),
+    layer: str | None = Query(
+        None,
+        max_length=200,
+        description="layer for CAM methods",
+        json_schema_extra={"pattern": LAYER_PATTERN},
+    ),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> Response:
@@ -239,7 +265,13 @@ async def attribution(
 @router.get("/{image_id}/activation.png", responses=PNG, summary="A unit's activation map")
 async def activation(
     image_id: str = ImageId,
-    unit: str = Query(..., max_length=200, description="LAYER:CHANNEL", examples=["blocks.15:120"]),
+    unit: str = Query(
+        ...,
+        max_length=200,
+        description="LAYER:CHANNEL",
+        examples=["blocks.15:120"],
+        json_schema_extra={"pattern": UNIT_PATTERN},
+    ),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> Response:

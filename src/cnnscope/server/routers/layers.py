@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 
 from ...engine import INPUT, LOGITS
 from ..service import ExplorerService
-from .deps import ERRORS, checked_model, image_url, service
+from .deps import ERRORS, LAYER_PATTERN, checked_model, image_url, service
 from .images import CACHE, PNG, ImageId
 
 router = APIRouter(tags=["layers"], responses=ERRORS)
@@ -37,6 +37,7 @@ LayerPath = Path(
     max_length=200,
     description="layer name (a layer's call K is written ~K)",
     examples=["blocks.5.expand_act"],
+    json_schema_extra={"pattern": LAYER_PATTERN},
 )
 OrderQuery = Query("none", description="channel ordering: none, kmeans, pca-slice or pca")
 KQuery = Query(None, ge=1, le=4096, description="k-means clusters (default 6)")

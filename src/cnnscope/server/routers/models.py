@@ -6,9 +6,9 @@ from fastapi import APIRouter, Depends, Request
 
 from ..schemas import IndexOut, LayerOut, ModelOut, ModelsOut
 from ..service import GAINS, RULES, ExplorerService
-from .deps import service
+from .deps import GUARDED, service
 
-router = APIRouter(prefix="/api", tags=["models"])
+router = APIRouter(prefix="/api", tags=["models"], responses=GUARDED)
 
 
 def layer_out(svc: ExplorerService, name: str) -> LayerOut:

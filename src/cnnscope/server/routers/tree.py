@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Response
 
 from ..schemas import ChildrenOut, FaithfulnessOut, Gain, NodeOut, ParentsOut, Rule, Scoring, Sign
 from ..service import ExplorerService
-from .deps import ERRORS, checked_model, recon_url, service
+from .deps import ERRORS, PATH_PATTERN, UNIT_PATTERN, checked_model, recon_url, service
 from .images import CACHE, PNG, ImageId
 
 router = APIRouter(prefix="/api/images", tags=["tree"], responses=ERRORS)
@@ -20,6 +20,7 @@ PathQuery = Query(
     max_length=2000,
     description="tree path, root first, units joined by '/' (a layer's call K is written ~K)",
     examples=["logits:285/blocks.15:120"],
+    json_schema_extra={"pattern": PATH_PATTERN},
 )
 K = Query(5, ge=1, le=16, description="how many children")
 RULE = Query("guided", description="backward rule: gradient, deconvnet, guided or guided_neg")
@@ -85,7 +86,12 @@ async def children(
 async def parents(
     image_id: str = ImageId,
     unit: str = Query(
-        ..., min_length=3, max_length=200, description="LAYER:CHANNEL", examples=["blocks.11:33"]
+        ...,
+        min_length=3,
+        max_length=200,
+        description="LAYER:CHANNEL",
+        examples=["blocks.11:33"],
+        json_schema_extra={"pattern": UNIT_PATTERN},
     ),
     k: int = K,
     rule: Rule = RULE,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Response
 
 from ..schemas import ExampleOpenOut, ExampleOut, UnitOut, VisualizationOut
 from ..service import ExplorerService
-from .deps import ERRORS, checked_model, service, unit_url
+from .deps import ERRORS, UNIT_PATTERN, checked_model, service, unit_url
 from .images import CACHE, PNG
 
 router = APIRouter(prefix="/api/units", tags=["units"], responses=ERRORS)
@@ -19,6 +19,7 @@ UnitPath = Path(
     max_length=200,
     description="LAYER:CHANNEL (a layer's call K is written ~K)",
     examples=["blocks.15:120"],
+    json_schema_extra={"pattern": UNIT_PATTERN},
 )
 RankPath = Path(..., ge=1, le=100_000, description="1 for the strongest example", examples=[1])
 
