@@ -53,6 +53,7 @@ def expand(client: httpx.Client, image: str, path: str) -> float:
     return time.perf_counter() - t
 
 
+@pytest.mark.slow
 def test_an_expansion_is_not_held_by_a_running_drill_up(model, tmp_path):
     """Medians of fresh expansions: during a drill-up under 2x those on the idle server.
 
@@ -67,7 +68,8 @@ def test_an_expansion_is_not_held_by_a_running_drill_up(model, tmp_path):
             idle = [expand(client, "chelsea", next(roots)) for _ in range(5)]
 
             answer: dict = {}
-            unit = f"{model.default_chain[1]}:3"  # its layer above is the 1,000 classes
+            layers = client.get("/api/images/chelsea/overview").json()["layers"]
+            unit = layers[2]["units"][0]["unit"]  # a drill-up of 5-15 s on 2 cores
 
             def drill_up() -> None:
                 with httpx.Client(base_url=base, timeout=300) as other:
@@ -88,7 +90,7 @@ def test_an_expansion_is_not_held_by_a_running_drill_up(model, tmp_path):
     print(f"expansion idle {statistics.median(idle):.3f} s, under a drill-up "
           f"{statistics.median(busy):.3f} s: {ratio:.2f}x (drill-up {answer['s']:.1f} s)")  # fmt: skip
     assert ratio < 2.0, (idle, busy)
-    assert answer["r"].status_code == 200 and len(answer["r"].json()["parents"]) == 5
+    assert answer["r"].status_code == 200 and answer["r"].json()["parents"]
 
 
 def test_every_thread_keeps_its_torch_threads_whichever_starts_first(model, tmp_path):
@@ -145,7 +147,9 @@ def test_the_visualization_queue_is_bounded_and_the_newest_requests_win(model, t
         assert queued == units[-svc.visualization_queue :]  # the newest wait
         assert len(svc.background.queued) == svc.visualization_queue
         dropped = states[1 : -svc.visualization_queue]
-        assert all(s["state"] == "none" and "dropped from the queue" in s["detail"] for s in dropped)
+        assert all(
+            s["state"] == "none" and "dropped from the queue" in s["detail"] for s in dropped
+        )
         # asking again queues it anew, as the newest
         assert c.post(f"/api/units/{units[1]}/visualization").json()["state"] == "queued"
         assert c.get(f"/api/units/{units[-svc.visualization_queue]}/visualization").json()[

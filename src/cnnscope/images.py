@@ -48,6 +48,8 @@ _FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, PPM"
 #: budget of :func:`load_image` is what the largest photo it accepts takes.
 RGB_BYTES_PER_PIXEL = 8
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_BLOCK = 1 << 18  # values scaled at a time from high bit depths to 8 bits
+_DECODER_BYTES = 16 << 20  # the decoders' own buffers, Python objects and the scaling blocks
 
 ImageSource = str | os.PathLike | bytes | BinaryIO
 
@@ -69,7 +71,7 @@ def load_image(
     max_bytes
         Largest memory that decoding and converting to RGB may take, as estimated from
         the header by :func:`decoding_bytes` (default: what an 8-bit RGB photo of
-        ``max_pixels`` takes, ``8 * max_pixels``; a 16-bit or transparent image costs more).
+        ``max_pixels`` takes, 8 bytes a pixel and 16 MB; 16-bit images cost more).
 
     Returns
     -------
@@ -91,7 +93,7 @@ def load_image(
     ('RGB', (4, 3), (200, 200, 200))
     """
     if max_bytes is None:
-        max_bytes = RGB_BYTES_PER_PIXEL * max_pixels
+        max_bytes = RGB_BYTES_PER_PIXEL * max_pixels + _DECODER_BYTES
     name, fp = _open_source(source)
     try:
         with warnings.catch_warnings():
@@ -155,12 +157,13 @@ def decoding_bytes(img: Image.Image) -> int:
     (``I;16``) or 4 (all other modes); turning it upright takes a second copy, and the
     conversion to RGB takes an RGB image (4 bytes a pixel) plus, for high bit depths, a
     NumPy copy and an 8-bit one, and for transparent images other than RGBA and LA, an
-    RGBA copy.
+    RGBA copy; 16 MB more cover the decoders' own buffers.
 
     Example
     -------
-    >>> decoding_bytes(Image.new("RGB", (100, 10))), decoding_bytes(Image.new("I;16", (100, 10)))
-    (8000, 10000)
+    >>> mb = lambda img: decoding_bytes(img) // 2**20
+    >>> mb(Image.new("RGB", (1000, 1000))), mb(Image.new("I;16", (1000, 1000)))
+    (23, 25)
     """
     mode = img.mode
     try:
@@ -179,7 +182,7 @@ def decoding_bytes(img: Image.Image) -> int:
     else:
         convert = 4  # the RGB image
     w, h = img.size
-    return w * h * (pixel + max(pixel, convert))
+    return w * h * (pixel + max(pixel, convert)) + _DECODER_BYTES
 
 
 def _unaccepted(name: str, fp: BinaryIO) -> str:
@@ -261,10 +264,13 @@ def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
     else:
         scale, offset = (255.0 / (hi - lo), lo) if hi > lo else (0.0, lo)
     out = np.empty(a.shape, dtype=np.uint8)
-    rows = max(1, (1 << 20) // max(a.shape[-1], 1))
+    rows = max(1, _BLOCK // max(a.shape[-1], 1))
     for r in range(0, a.shape[0], rows):
-        block = (a[r : r + rows].astype(np.float64) - offset) * scale
-        out[r : r + rows] = np.clip(np.round(block), 0, 255)
+        block = a[r : r + rows].astype(np.float64)
+        block -= offset
+        block *= scale
+        np.clip(np.round(block, out=block), 0, 255, out=block)
+        out[r : r + rows] = block
     return out
 
 

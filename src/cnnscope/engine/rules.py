@@ -12,12 +12,22 @@ so one forward serves every rule: set ``state.rule`` and call ``torch.autograd.g
 With ``f'`` the activation's true derivative at its input and ``g`` the incoming
 gradient, the rules are:
 
-============  ===========================================
-gradient      ``g * f'(x)``
-deconvnet     ``g * [g > 0]`` (plus ``slope * g`` where ``g <= 0`` for leaky units)
-guided        ``g * f'(x) * [g > 0]``
-guided_neg    ``g * f'(x) * [g < 0]``
-============  ===========================================
+============  ===========================================  ========
+rule          gradient passed down                         polarity
+============  ===========================================  ========
+gradient      ``g * f'(x)``                                 both
+deconvnet     ``g * [g > 0]`` (plus ``slope * g`` where      +1
+              ``g <= 0`` for leaky units)
+guided        ``g * f'(x) * [g > 0]``                       +1
+guided_neg    ``g * f'(x) * [g < 0]``                       -1
+============  ===========================================  ========
+
+The *polarity* (:data:`POLARITY`) is the sign of what a rule lets through an activation:
+guided and deconvnet pass positive gradients only, guided_neg negative ones only, the
+true gradient both (its polarity is taken as +1: an increase is the evidence). Note that
+``guided_neg(g) = -guided(-g)``: guided_neg shows, negated, what guided shows for the
+opposite seed. Deconvnet never reads ``x``: on a network without max-pooling (whose
+switches are its only other link to the image) its pictures do not depend on the image.
 """
 
 from __future__ import annotations
@@ -28,6 +38,10 @@ from dataclasses import dataclass
 import torch
 
 RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided", "guided_neg")
+
+#: Sign of the gradients each rule lets through an activation (+1 for the true gradient,
+#: which passes both: an increase counts as evidence).
+POLARITY: dict[str, int] = {"gradient": 1, "deconvnet": 1, "guided": 1, "guided_neg": -1}
 
 
 @dataclass

@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import CnnscopeError, ImageError, UnitSpecError, UnknownLayerError
@@ -342,6 +343,15 @@ async def _security_headers(request: Request, call_next):
     return response
 
 
+def _methods_at(request: Request) -> list[str]:
+    """Every method that some route of the request's path answers."""
+    methods = set()
+    for route in request.app.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(CnnscopeError)
     async def user_error(request: Request, exc: CnnscopeError) -> JSONResponse:
@@ -357,7 +367,10 @@ def _add_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and wants_page and not path.startswith(("/api/", "/static/")):
             return pages.shell(request, status_code=404)
         detail = exc.detail if exc.status_code != 404 else f"not found: {path[:200]}"
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette names the methods of one route of the path
+            headers = {**(headers or {}), "Allow": ", ".join(_methods_at(request))}
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

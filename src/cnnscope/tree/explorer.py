@@ -4,20 +4,41 @@ This is seed cnn_treevis's ``VisTree`` rebuilt on the engine, for any PyTorch CN
 
 A *chain* is a list of layers, top first (the logits, the head, stage outputs...). A
 *path* is a root unit followed by one channel of each next lower chain layer. The path
-defines a gradient:
+defines a gradient, under one backward rule (:mod:`cnnscope.engine.rules`):
 
 - the root is seeded with 1 at its maximum (or given) position, or at its logit. For an
   activation layer (ReLU6...) the seed goes in just below the activation, at the
   pre-activation maximum: a unit saturated at 6 would otherwise pass no gradient;
-- the gradient is read at the output of the next chain layer, i.e. after the backward
-  rule of every activation above it. Only the node's channel is kept, rescaled by a
-  gain, and it goes on down from there (through the node's own activation, under the
-  rule).
+- the gradient ``G`` is read at the output of the next chain layer, i.e. after the rule
+  of every activation above it. Only the node's channel is kept, rescaled by a gain, and
+  it goes on down from there, through the node's own activation under the rule.
 
-The children of the last node are the channels ``c`` of the next chain layer ranked by
-``mean over positions of A_c * G_c`` (``A`` that layer's output, ``G`` the path's
-gradient there), the first-order share of ``c`` in the node; for the logit root and the
-head this is exact. A node's reconstruction is the path's gradient at the input.
+Children (``scoring="path"``, the default): the channels ``c`` of the next chain layer
+ranked by ``w_c = mean over positions of A_c * G_c`` (``A`` that layer's output), the
+first-order share of ``c`` in its parent's evidence, read *before* the child's own rule;
+for the logit root and the head (no activation between them) it is exact. Reading it
+there lets both signs show under every rule: ``sign="pos"`` gives the children whose
+``w`` has the rule's polarity (:data:`~cnnscope.engine.rules.POLARITY`: positive for
+gradient, guided and deconvnet, negative for guided_neg, which passes only negative
+gradients), ``sign="neg"`` those that work against it (inhibitory under guided).
+
+Each non-root node's kept channel is *oriented* to the rule's polarity before it crosses
+its own activation: a child whose ``w`` goes against the rule is kept negated, so that
+the rule passes it. Under guided an inhibitory child is then drawn by what drives it
+rather than blanked; under guided_neg every node carries negative gradients down, as in
+the seed. An edge's displayed sign (:attr:`Node.sign`) is relative to its parent:
+``pos`` when the child raises what its parent's seed measures.
+
+``scoring="seed"`` is seed cnn_treevis's exact formula: ``G`` read *after* the child's
+own rule (Caffe's inclusive ``backward(start, end)``), ``w_c = |mean(A_c * G_c)|`` with
+``sign="abs"``, the gain measured there, and no orientation. Under guided, deconvnet and
+guided_neg, ``G`` then has one sign where ``A > 0``, so ``pos`` and ``abs`` agree. It is
+not the default because it hides a child's inhibition (guided keeps only the positive
+part of ``G_c``: a channel whose evidence is mostly negative still ranks high) and ranks
+by a quantity that is not a share of the parent.
+
+A node's reconstruction is the path's gradient at the input; :meth:`Explorer.focus` is
+the box of the input where the node carries its evidence (the zoom of its picture).
 
 Cost: one recorded forward per image (the engine caches it), then one backward to
 score a node's children and one batched backward for the reconstructions of all of
@@ -39,7 +60,7 @@ import torch
 from PIL import Image
 
 from ..engine import INPUT, LOGITS, Engine, Forward, Unit, apply_rule
-from ..engine.rules import check_rule
+from ..engine.rules import POLARITY, check_rule
 from ..engine.units import split_call
 from ..errors import CnnscopeError, UnitSpecError
 from ..render import gradient_image
@@ -48,7 +69,7 @@ from .paths import Path, format_path, parse_path
 log = logging.getLogger(__name__)
 
 GAINS: tuple[str, ...] = ("auto", "fixed", "none")
-SCORINGS: tuple[str, ...] = ("path", "local")
+SCORINGS: tuple[str, ...] = ("path", "local", "seed")
 SIGNS: tuple[str, ...] = ("pos", "neg", "abs")
 
 #: Activation modules whose input is the place to read a chain layer's gradient.
@@ -71,13 +92,19 @@ class Node:
         The path from the root to this node (for parents: ``(parent, unit)``, so that
         re-rooting at the parent shows ``unit`` as its child).
     sign : str
-        ``"pos"`` for an excitatory edge (weight >= 0), ``"neg"`` for an inhibitory one.
+        ``"pos"`` for an excitatory edge (the child raises what its parent's seed
+        measures), ``"neg"`` for an inhibitory one.
+    share : float or None
+        ``|weight|`` as a fraction of the parent's evidence of the same sign: the sum of
+        ``|mean(A_c * G_c)|`` over every channel of the child's layer whose edge has
+        this sign (children), or over the layer above (parents).
     """
 
     unit: Unit
     weight: float
     path: Path
     sign: str
+    share: float | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict: unit and path as text.
@@ -85,14 +112,24 @@ class Node:
         Examples
         --------
         >>> Node(Unit("blocks.15", 3), 0.5, (Unit("logits", 1), Unit("blocks.15", 3)), "pos").to_dict()
-        {'unit': 'blocks.15:3', 'weight': 0.5, 'path': 'logits:1/blocks.15:3', 'sign': 'pos'}
+        {'unit': 'blocks.15:3', 'weight': 0.5, 'path': 'logits:1/blocks.15:3', 'sign': 'pos', 'share': None}
         """
         return {
             "unit": str(self.unit),
             "weight": self.weight,
             "path": format_path(self.path),
             "sign": self.sign,
+            "share": self.share,
         }
+
+
+def _shares(weights: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
+    """``|w|`` over the sum of ``|w|`` of the same edge sign (``signs``: +1 or -1 each)."""
+    mag = weights.abs()
+    pos = float(mag[signs > 0].sum())
+    neg = float(mag[signs < 0].sum())
+    total = torch.where(signs > 0, torch.full_like(mag, pos), torch.full_like(mag, neg))
+    return torch.where(total > 0, mag / total.clamp(min=1e-300), torch.zeros_like(mag))
 
 
 def _choice(value: str, allowed: Sequence[str], what: str) -> str:
@@ -377,6 +414,45 @@ class Explorer:
             slope = torch.where(pre > low, slope, torch.full_like(slope, leak))
         return at, apply_rule(rule, seed * slope, seed, leak)
 
+    def _contributions(self, fwd: Forward, layer: str, grad: torch.Tensor) -> torch.Tensor:
+        """``mean over positions of A_c * G_c`` for every channel of ``layer`` (float64)."""
+        act = fwd.activation(layer)
+        return (act * grad).reshape(act.shape[1], -1).mean(1).double()
+
+    def _child_seed(
+        self, fwd: Forward, layer: str, grad: torch.Tensor, w: float, channel: int, how: tuple
+    ) -> tuple[str, torch.Tensor]:
+        """The seed of child ``channel`` of ``layer`` from its parent's gradient ``grad``.
+
+        ``how`` is ``(rule, gain, scoring)``; ``w`` the child's contribution. ``seed``
+        scoring: ``grad`` was already taken through the layer's own rule (all channels),
+        as in cnn_treevis. Otherwise the kept channel is oriented to the rule's polarity
+        (negated if ``w`` goes against it) and crosses the node's activation.
+        """
+        rule, gain, scoring = how
+        if scoring == "seed":
+            return self.grad_layer(fwd, layer), self._keep(grad, channel, gain)
+        kept = self._keep(grad, channel, gain)
+        if w * POLARITY[rule] < 0:
+            kept = -kept
+        return self._enter(fwd, layer, kept, rule)
+
+    def _reading(
+        self, fwd: Forward, lower: str, grad: torch.Tensor, rule: str, scoring: str
+    ) -> torch.Tensor:
+        """The gradient the children of ``lower`` are scored on: before or after its rule."""
+        if scoring != "seed":
+            return grad
+        return self._enter(fwd, lower, grad, rule)[1]
+
+    def _orientation(self, fwd: Forward, path: Path, seed: torch.Tensor) -> float:
+        """+1 if the node's seed points to what raises it (``sum A * seed > 0``), else -1."""
+        if len(path) == 1:
+            return 1.0
+        node = path[-1]
+        act = fwd.activation(node.layer)[:, node.channel]
+        return -1.0 if float((act * seed[:, node.channel]).sum()) < 0 else 1.0
+
     def _cache(self, fwd: Forward) -> OrderedDict:
         with self._lock:
             cache = self._seeds.get(fwd)
@@ -394,9 +470,12 @@ class Explorer:
                 _, old = cache.popitem(last=False)
                 total -= old[1].numel() * old[1].element_size()
 
-    def _seed(self, fwd: Forward, path: Path, rule: str, gain: str) -> tuple[str, torch.Tensor]:
+    def _seed(
+        self, fwd: Forward, path: Path, rule: str, gain: str, scoring: str = "path"
+    ) -> tuple[str, torch.Tensor]:
         """The path's gradient seed: (layer, tensor) at its last node, cached."""
-        key = (path, rule, gain)
+        mode = "seed" if scoring == "seed" else "path"
+        key = (path, rule, gain) if mode == "path" else (path, rule, gain, mode)
         with self._lock:
             cache = self._cache(fwd)
             if key in cache:
@@ -405,20 +484,28 @@ class Explorer:
         if len(path) == 1:
             value = self._root_seed(fwd, path[0])
         else:
-            at, seed = self._seed(fwd, path[:-1], rule, gain)
+            at, seed = self._seed(fwd, path[:-1], rule, gain, mode)
             node = path[-1]
             grad = fwd.grad(at, seed, to=node.layer, rule=rule)
-            value = self._enter(fwd, node.layer, self._keep(grad, node.channel, gain), rule)
+            grad = self._reading(fwd, node.layer, grad, rule, mode)
+            act = fwd.activation(node.layer)[:, node.channel]
+            w = float((act * grad[:, node.channel]).mean())
+            value = self._child_seed(fwd, node.layer, grad, w, node.channel, (rule, gain, mode))
         self._put(fwd, key, value)
         return value
 
     def node_seed(
         self, fwd: Forward, path: Path, rule: str, gain: str = "auto", scoring: str = "path"
     ) -> tuple[str, torch.Tensor]:
-        """The gradient seed ``(layer, tensor)`` of the last node of a checked ``path``."""
+        """The gradient seed ``(layer, tensor)`` of the last node of a checked ``path``.
+
+        ``local`` scoring seeds the node alone; ``seed`` follows cnn_treevis exactly (the
+        gradient taken through each node's rule before its channel is kept, no
+        orientation); ``path`` orients each kept channel to the rule's polarity.
+        """
         if scoring == "local":
             return self._root_seed(fwd, Unit(path[-1].layer, path[-1].channel, path[-1].pos))
-        return self._seed(fwd, path, rule, gain)
+        return self._seed(fwd, path, rule, gain, scoring)
 
     # ------------------------------------------------------------------ tree
     def children(
@@ -443,23 +530,26 @@ class Explorer:
             How many children.
         rule : {"gradient", "deconvnet", "guided", "guided_neg"}
             Backward rule of every ReLU on the way.
-        scoring : {"path", "local"}
-            ``path``: the gradient conditioned on the whole path (seed cnn_treevis);
-            ``local``: the node seeded alone at its maximum.
+        scoring : {"path", "local", "seed"}
+            ``path``: the gradient conditioned on the whole path, read before the
+            children's own rule (see the module docs); ``local``: the node seeded alone at
+            its maximum; ``seed``: cnn_treevis's exact formula (read after the children's
+            rule; use it with ``sign="abs"``).
         gain : {"auto", "fixed", "none"}
             Rescaling of each kept channel: the whole layer's L1 mass, the layer's
-            channel count, or 1. It changes the weights' scale, never their order.
+            channel count, or 1. It changes the weights' scale, never their order, their
+            shares or the pictures (each is scaled on its own).
         sign : {"pos", "neg", "abs"}
-            ``pos``: the largest positive ``mean(A_c G_c)`` (excitatory children: what
-            seed cnn_treevis's ``|.|`` selects under guided backprop, where no
-            contribution is negative); ``neg``: the most negative ``mean(A_c G_c)``
-            under the true gradient (inhibitory children); ``abs``: the largest
-            ``|mean(A_c G_c)|`` of either sign (the seed's formula taken literally).
+            ``pos``: the children whose ``mean(A_c G_c)`` has the rule's polarity (the
+            largest positive ones, or under guided_neg the most negative: what the rule
+            passes); ``neg``: those against it (inhibitory children under guided);
+            ``abs``: the largest ``|mean(A_c G_c)|`` of either sign (the seed's formula).
 
         Returns
         -------
         list of Node
-            Best first; empty at the bottom of the chain.
+            Best first; empty at the bottom of the chain, or when no channel of the next
+            layer has a contribution of the asked sign.
 
         Examples
         --------
@@ -468,8 +558,10 @@ class Explorer:
         >>> ex = Explorer(load_model())
         >>> x = ex.input(load_gallery_image("chelsea"))
         >>> kids = ex.children(x, "logits:285", k=3)
-        >>> len(kids), kids[0].path[0]
-        (3, Unit(layer='logits', channel=285, pos=None))
+        >>> len(kids), kids[0].path[0], kids[0].sign
+        (3, Unit(layer='logits', channel=285, pos=None), 'pos')
+        >>> ex.children(x, "logits:285", k=1, rule="guided_neg")[0].sign  # it lowers the logit
+        'neg'
         """
         check_rule(rule)
         _choice(scoring, SCORINGS, "scoring")
@@ -482,28 +574,32 @@ class Explorer:
         if lower is None:
             return []
         fwd = self.forward(x)
-        rule = "gradient" if sign == "neg" else rule
         at, seed = self.node_seed(fwd, path, rule, gain, scoring)
         grad = fwd.grad(at, seed, to=lower, rule=rule)
-        act = fwd.activation(lower)
-        channels = act.shape[1]
-        contrib = (act * grad).reshape(channels, -1).mean(1).double()
+        grad = self._reading(fwd, lower, grad, rule, scoring)
+        contrib = self._contributions(fwd, lower, grad)
+        along = contrib * POLARITY[rule]
         if sign == "abs":
             order = torch.argsort(contrib.abs(), descending=True, stable=True)
         elif sign == "pos":
-            order = torch.argsort(contrib, descending=True, stable=True)
-            order = order[contrib[order] > 0]
+            order = torch.argsort(along, descending=True, stable=True)
+            order = order[along[order] > 0]
         else:
-            order = torch.argsort(contrib, stable=True)
-            order = order[contrib[order] < 0]
+            order = torch.argsort(along, stable=True)
+            order = order[along[order] < 0]
+        edge = torch.where(contrib < 0, -1.0, 1.0).double() * self._orientation(fwd, path, seed)
+        shares = _shares(contrib, edge)
+        how = (rule, gain, "seed" if scoring == "seed" else "path")
+        key_mode = () if how[2] == "path" else ("seed",)
         nodes = []
         for c in order[: int(k)].tolist():
             child = path + (Unit(lower, c),)
-            if scoring == "path":
-                entered = self._enter(fwd, lower, self._keep(grad, c, gain), rule)
-                self._put(fwd, (child, rule, gain), entered)
             w = float(contrib[c])
-            nodes.append(Node(Unit(lower, c), w, child, "pos" if w >= 0 else "neg"))
+            if scoring != "local":
+                entered = self._child_seed(fwd, lower, grad, w, c, how)
+                self._put(fwd, (child, rule, gain, *key_mode), entered)
+            edge_sign = "pos" if edge[c] > 0 else "neg"
+            nodes.append(Node(Unit(lower, c), w, child, edge_sign, float(shares[c])))
         return nodes
 
     def input_gradients(
@@ -551,15 +647,22 @@ class Explorer:
         rule: str = "guided",
         gain: str = "auto",
         scoring: str = "path",
+        zoom: bool = False,
     ) -> list[np.ndarray]:
         """Reconstructions (H x W x 3 uint8) of ``paths``, batched.
 
         Each is the path's gradient at the input, each map scaled by its own percentile
         (see :func:`cnnscope.render.gradient_image`), so deep paths neither saturate nor
-        vanish.
+        vanish. With ``zoom``, each is cropped to its node's :meth:`focus` and scaled back.
         """
         grads = self.input_gradients(x, paths, rule, gain, scoring)
-        return [render_gradient(g) for g in grads]
+        pictures = [render_gradient(g) for g in grads]
+        if not zoom:
+            return pictures
+        return [
+            zoom_picture(pic, self.focus(x, p, rule, gain, scoring))
+            for pic, p in zip(pictures, paths)
+        ]
 
     def reconstruction(
         self,
@@ -580,6 +683,57 @@ class Explorer:
         (224, 224, 3)
         """
         return self.reconstructions(x, [path], rule, gain, scoring)[0]
+
+    def focus(
+        self,
+        x: torch.Tensor,
+        path: Path | str,
+        rule: str = "guided",
+        gain: str = "auto",
+        scoring: str = "path",
+    ) -> tuple[int, int, int, int] | None:
+        """The box of the input where the last node of ``path`` carries its evidence.
+
+        The node's evidence map is ``A_c * |S_c|`` at its layer (``S`` its seed: the
+        gradient its path brings, or for a root its seeded position; ``A`` its
+        pre-activation above zero, which keeps a ReLU6 unit's peak where it saturates).
+        The box covers the 3 x 3 cells around the map's peak, at least :data:`MIN_FOCUS`
+        pixels wide. It is the zoom of the node's picture: below the logit the gradient
+        reaches most of the image, while the node's evidence peaks in a few cells.
+        ``None`` for a unit without positions (a logit) or without evidence.
+
+        Returns
+        -------
+        tuple of int or None
+            ``(top, left, bottom, right)`` in input pixels (bottom and right excluded).
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> ex.focus(x, "logits:285") is None
+        True
+        >>> ex.focus(x, "blocks.15.expand_act:3@0,2")  # one 32-pixel cell, padded by one
+        (0, 32, 96, 128)
+        """
+        check_rule(rule)
+        _choice(gain, GAINS, "gain")
+        _choice(scoring, SCORINGS, "scoring")
+        path = self.check_path(path)
+        node = path[-1]
+        fwd = self.forward(x)
+        at, seed = self.node_seed(fwd, path, rule, gain, scoring)
+        act = fwd.activation(at)[0, node.channel]
+        if act.dim() != 2 or seed.dim() != 4:
+            return None
+        act = act.clamp(min=0) if at != node.layer else act.abs()
+        evidence = (act * seed[0, node.channel].abs()).double()
+        if float(evidence.max()) <= 0:
+            return None
+        peak = divmod(int(evidence.reshape(-1).argmax()), evidence.shape[1])
+        return _focus_box(peak, tuple(evidence.shape), self.input_size)
 
     def faithfulness(
         self,
@@ -606,11 +760,14 @@ class Explorer:
         Returns
         -------
         dict
-            For the reading that matches ``scoring``: ``drop``, the relative drop
-            ``(a - a_zeroed) / |a|`` when zeroing the children; ``random_drop`` and
-            ``random_std``, the mean and standard deviation of the drop over the random
-            draws; ``value``, ``a``. Also ``target`` (``path`` or ``max``), ``max`` (the
-            same four numbers for the ``max`` reading), ``draws`` and ``layer``.
+            For the reading that matches ``scoring``: ``value``, its value ``a``;
+            ``zeroed``, its value with the children zeroed; ``random_zeroed``, its mean
+            value over the random draws; ``drop``, the relative drop
+            ``(a - a_zeroed) / |a|`` (above 1 when the value changes sign);
+            ``random_drop`` and ``random_std``, the mean and standard deviation of the
+            drop over the random draws. Also ``target`` (``path`` or ``max``),
+            ``measure`` (what was measured, in words), ``max`` (the same numbers for the
+            ``max`` reading), ``draws`` and ``layer``.
 
         Examples
         --------
@@ -661,13 +818,30 @@ class Explorer:
         rows = out.shape[0]
         at_max = (out * root.double().cpu()).reshape(rows, -1).sum(1)
         result = {"max": _drops(at_max), "draws": draws, "layer": lower}
-        if scoring == "path" and len(path) > 1:
-            _, own = self.node_seed(fwd, path, rule, "none", "path")
+        if scoring != "local" and len(path) > 1:
+            _, own = self.node_seed(fwd, path, rule, "none", scoring)
             along = (out * own.double().cpu()).reshape(rows, -1).sum(1)
-            result.update(_drops(along), target="path")
+            what = "pre-activation" if at != parent.layer else "activation"
+            measure = (
+                f"{parent}'s {what} summed over its map, weighted by the gradient its path "
+                "brings (what its children were scored on)"
+            )
+            result.update(_drops(along), target="path", measure=measure)
         else:
-            result.update(result["max"], target="max")
+            result.update(result["max"], target="max", measure=self._max_words(fwd, parent))
         return result
+
+    def _max_words(self, fwd: Forward, unit: Unit) -> str:
+        """What the ``max`` reading of ``unit`` is, in words."""
+        if unit.layer == LOGITS:
+            return f"the logit of class {unit.channel} ({self.model.label(unit.channel)})"
+        at, seed = self._root_seed(fwd, unit)
+        what = "pre-activation" if at != unit.layer else "activation"
+        if seed.dim() != 4:
+            return f"{unit}'s {what}"
+        y, x = divmod(int(seed[0, unit.channel].reshape(-1).argmax()), seed.shape[3])
+        where = "at" if unit.pos is not None else "at its peak,"
+        return f"{Unit(unit.layer, unit.channel)}'s {what} {where} position ({y}, {x})"
 
     def parents(
         self, x: torch.Tensor, unit: Unit | str, k: int = 5, rule: str = "guided"
@@ -718,11 +892,13 @@ class Explorer:
         order = torch.argsort(weights.abs(), descending=True, stable=True)[: max(1, int(k))]
         order = order[weights[order] != 0]  # a unit whose path up is silent feeds nobody
         child = Unit(unit.layer, unit.channel)
+        shares = _shares(weights, torch.where(weights < 0, -1.0, 1.0).double())
         nodes = []
         for p in order.tolist():
             w = float(weights[p])
             parent = Unit(upper, p)
-            nodes.append(Node(parent, w, (parent, child), "pos" if w >= 0 else "neg"))
+            sign = "pos" if w >= 0 else "neg"
+            nodes.append(Node(parent, w, (parent, child), sign, float(shares[p])))
         return nodes
 
 
@@ -737,7 +913,40 @@ def _drops(values: torch.Tensor) -> dict:
         "random_drop": float(rand.mean()),
         "random_std": float(rand.std(unbiased=False)),
         "value": clean,
+        "zeroed": float(values[1]),
+        "random_zeroed": float(values[2:].mean()),
     }
+
+
+#: Smallest side of a focus box, in input pixels (a few cells of a low layer).
+MIN_FOCUS = 48
+
+
+def _focus_box(peak: tuple[int, int], grid: tuple[int, int], size: tuple[int, int]):
+    """The square pixel box over the 3 x 3 grid cells around ``peak`` (row, col)."""
+    (gh, gw), (h, w) = grid, size
+    cy, cx = (peak[0] + 0.5) * h / gh, (peak[1] + 0.5) * w / gw
+    side = int(round(min(max(3 * h / gh, 3 * w / gw, MIN_FOCUS), h, w)))
+    y0 = int(np.clip(round(cy - side / 2), 0, h - side))
+    x0 = int(np.clip(round(cx - side / 2), 0, w - side))
+    return y0, x0, y0 + side, x0 + side
+
+
+def zoom_picture(picture: np.ndarray, box: tuple[int, int, int, int] | None) -> np.ndarray:
+    """``picture`` (H x W x 3 uint8) cropped to ``box`` and scaled back to H x W.
+
+    Examples
+    --------
+    >>> pic = np.zeros((8, 8, 3), np.uint8); pic[2:4, 2:4] = 255
+    >>> zoom_picture(pic, (2, 2, 4, 4)).min(), zoom_picture(pic, None) is pic
+    (np.uint8(255), True)
+    """
+    if box is None:
+        return picture
+    top, left, bottom, right = box
+    h, w = picture.shape[:2]
+    crop = Image.fromarray(np.ascontiguousarray(picture[top:bottom, left:right]))
+    return np.asarray(crop.resize((w, h), Image.Resampling.BICUBIC))
 
 
 def render_gradient(grad: torch.Tensor) -> np.ndarray:
