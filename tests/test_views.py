@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -335,3 +336,29 @@ def test_scale_volumes_joint_binary_and_symmetric():
     sym = scale_volumes([v1, v2], "symmetric")
     assert sym[0].ravel().tolist() == [0, 128, 191, 255]  # 127.5 + 127.5 v / 2
     assert sym[1].ravel().tolist() == [159] * 4
+
+
+@pytest.mark.parametrize(
+    "header, body",
+    [
+        (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2 \xff\n\n", b"\0" * 32),  # not ASCII
+        (b"NRRD0004\ntype: float\ndimension: three\nsizes: 2 2 2\n\n", b"\0" * 32),
+        (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 2 2\n\n", b"\0" * 31),  # 7.75 floats
+        (b"NRRD0004\ntype: float\ndimension: 3\nsizes: 2 0 2\n\n", b""),
+    ],
+)
+def test_read_nrrd_refuses_damaged_files_in_one_line(tmp_path, header, body):
+    path = tmp_path / "bad.nrrd"
+    path.write_bytes(header + body)
+    with pytest.raises(CnnscopeError) as info:
+        read_nrrd(path)
+    assert "\n" not in str(info.value)
+
+
+def test_read_vox_refuses_a_binary_header(tmp_path):
+    vox, hd = write_vox(tmp_path / "a.vox", np.ones((1, 2, 3)))
+    Path(hd).write_bytes(b"\xff\xfe Size 3x2x1 unsigned byte")
+    assert read_vox(vox).shape == (1, 2, 3)  # the header's text is found among the bytes
+    Path(hd).write_bytes(b"\xff\xfe\x00" * 10)
+    with pytest.raises(CnnscopeError, match="not a .hd header"):
+        read_vox(vox)

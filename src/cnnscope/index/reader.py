@@ -392,8 +392,9 @@ class Index:
         image, path = self._grid(unit, model, crop, tile, rule, need_file=False)
         if image is not None:
             return image
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB")).copy()
+        from ..images import load_image  # the one safe reader (formats, sizes)
+
+        return np.array(load_image(path))
 
     def examples_png(self, unit: Unit | str, model=None) -> bytes:
         """The unit's grid as PNG bytes (for the explorer)."""

@@ -130,7 +130,8 @@ def read_vox(path: str | Path) -> np.ndarray:
     hd = path.with_suffix(".hd")
     if not hd.is_file():
         raise CnnscopeError(f"header file not found: {hd}")
-    match = re.search(r"Size\s+(\d+)x(\d+)x(\d+)\s+unsigned\s+byte", hd.read_text("ascii"))
+    text = hd.read_bytes()[:4096].decode("ascii", errors="replace")
+    match = re.search(r"Size\s+(\d+)x(\d+)x(\d+)\s+unsigned\s+byte", text)
     if not match:
         raise CnnscopeError(f"{hd} is not a .hd header ('Size WxHxC unsigned byte')")
     w, h, c = (int(v) for v in match.groups())
@@ -259,7 +260,11 @@ def read_nrrd(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     if not raw.startswith(b"NRRD") or end < 0:
         raise CnnscopeError(f"{path} is not an NRRD file with an attached header")
     header: dict[str, str] = {}
-    for line in raw[:end].decode("ascii").splitlines()[1:]:
+    try:
+        lines = raw[:end].decode("ascii").splitlines()[1:]
+    except UnicodeDecodeError:
+        raise CnnscopeError(f"{path}: the NRRD header is not ASCII text") from None
+    for line in lines:
         if not line or line.startswith("#"):
             continue
         key, sep, value = line.partition(":")
@@ -271,14 +276,20 @@ def read_nrrd(path: str | Path) -> tuple[np.ndarray, dict[str, str]]:
     try:
         dtype = _NRRD_NAMES[header["type"]]
         sizes = [int(s) for s in header["sizes"].split()]
+        dimension = int(header.get("dimension", len(sizes)))
     except (KeyError, ValueError):
-        raise CnnscopeError(f"{path}: the NRRD header lacks a usable type or sizes") from None
-    if len(sizes) != int(header.get("dimension", len(sizes))):
-        raise CnnscopeError(f"{path}: sizes do not match the dimension")
+        raise CnnscopeError(
+            f"{path}: the NRRD header lacks a usable type, sizes or dimension"
+        ) from None
+    if len(sizes) != dimension or any(s < 1 for s in sizes):
+        raise CnnscopeError(f"{path}: sizes {sizes} do not make a {dimension}-d array")
+    body = raw[end + 2 :]
+    if len(body) != math.prod(sizes) * dtype.itemsize:
+        raise CnnscopeError(
+            f"{path}: {len(body)} data bytes, the header says {sizes} of {header['type']}"
+        )
     order = ">" if header.get("endian", "little") == "big" else "<"
-    data = np.frombuffer(raw[end + 2 :], dtype=dtype.newbyteorder(order))
-    if data.size != math.prod(sizes):
-        raise CnnscopeError(f"{path}: {data.size} values, the header says {sizes}")
+    data = np.frombuffer(body, dtype=dtype.newbyteorder(order))
     return data.reshape(sizes[::-1]).astype(dtype), header
 
 

@@ -19,7 +19,7 @@ PathQuery = Query(
     min_length=1,
     max_length=2000,
     description="tree path, root first, units joined by '/' (a layer's call K is written ~K)",
-    examples=["logits:285/blocks.15:120"],
+    examples=["logits:285/head_act:254"],
     json_schema_extra={"pattern": PATH_PATTERN},
 )
 K = Query(5, ge=1, le=16, description="how many children")
