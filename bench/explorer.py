@@ -1,10 +1,12 @@
-"""Benchmark of the explorer over HTTP: expansion latency, batching throughput, memory.
+"""Benchmark of the explorer over HTTP: expansion latency, long jobs, throughput, memory.
 
 Usage::
 
-    python bench/explorer.py            # full: 20 warm + 8 cold expansions, 60 s throughput
-                                        #       runs, 1,000 expansions over 20 images
+    python bench/explorer.py            # full: 20 warm + 8 cold expansions, expansions
+                                        #       beside a drill-up and a Score-CAM, 60 s
+                                        #       throughput runs, 1,000 expansions over 20 images
     python bench/explorer.py --quick    # a few minutes: smaller counts, same measures
+    python bench/explorer.py --long-jobs  # only the expansions beside long jobs (printed)
 
 A node expansion is what the tree page does on a click: ``GET children`` and then the
 ``reconstruction.png`` of every child, fetched six at a time like a browser. Latency is
@@ -253,7 +255,12 @@ class Walker:
 def upload(base: str, images: list[bytes]) -> list[str]:
     ids = []
     for i, data in enumerate(images):
-        r = httpx.post(f"{base}/api/images?name=bench{i}.png", content=data, timeout=120)
+        r = httpx.post(
+            f"{base}/api/images?name=bench{i}.png",
+            content=data,
+            headers={"Content-Type": "image/png"},
+            timeout=120,
+        )
         r.raise_for_status()
         ids.append(r.json()["id"])
     return ids
@@ -305,6 +312,92 @@ def throughput(
     return sum(done) / elapsed, sum(done)
 
 
+def timed_get(url: str, params: dict, into: dict) -> None:
+    """GET ``url``; put its status and seconds in ``into``."""
+    t = time.perf_counter()
+    r = httpx.get(url, params=params, timeout=1800)
+    into["status"], into["s"] = r.status_code, time.perf_counter() - t
+
+
+def beside_long_jobs(base: str, roots: Roots, n: int) -> dict:
+    """Expansions on an idle server, then beside a running drill-up and a running Score-CAM.
+
+    Each long job is one request from its own client; the expansions (a new node each, on
+    the same image, its forward cached) start 0.5 s after it, one after another, and count
+    only while the job still runs. Idle samples are taken before and after each job.
+    """
+    warm_up(base, "chelsea")
+    overview = httpx.get(f"{base}/api/images/chelsea/overview", timeout=900).json()["layers"]
+    drill_unit = overview[2]["units"][0]["unit"]
+    jobs = {
+        "drill-up": ("/api/images/chelsea/parents", {"unit": drill_unit}),
+        "Score-CAM": ("/api/images/chelsea/attribution.png", {"method": "score_cam"}),
+    }
+    walker = Walker(base, "chelsea", roots)
+    walker.expand()  # the first backward of a run is slower
+    idle = [walker.expand() for _ in range(n)]
+    out: dict = {"idle": idle, "jobs": {}, "drill_unit": drill_unit}
+    for name, (url, params) in jobs.items():
+        done: dict = {}
+        thread = threading.Thread(target=timed_get, args=(base + url, params, done))
+        thread.start()
+        time.sleep(0.5)
+        busy = []
+        while len(busy) < n and thread.is_alive():
+            elapsed = walker.expand()
+            if thread.is_alive():
+                busy.append(elapsed)
+        thread.join()
+        idle += [walker.expand() for _ in range(n // 2)]
+        out["jobs"][name] = {"busy": busy, "job_s": done["s"], "status": done["status"]}
+        print(f"  {name}: {len(busy)} expansions, job {done['s']:.1f} s", flush=True)
+    walker.close()
+    return out
+
+
+def drill_up_in_process(unit: str) -> float:
+    """Seconds of the same drill-up in this process, on all the CPUs (what it took before the
+    slow lane, which runs it on one thread)."""
+    from cnnscope.images import load_gallery_image
+    from cnnscope.models import load_model
+    from cnnscope.tree import Explorer
+
+    ex = Explorer(load_model())
+    x = ex.input(load_gallery_image("chelsea"))
+    ex.predictions(x)
+    t = time.perf_counter()
+    ex.parents(x, unit)
+    return time.perf_counter() - t
+
+
+def render_long_jobs(r: dict) -> list[str]:
+    idle = pct(r["idle"], 50)
+    lines = [
+        "## Expansion beside a long job (children + their 5 reconstructions)",
+        "",
+        "| while | n | p50 | p95 | p50 / idle p50 | long job took | target |",
+        "|---|---|---|---|---|---|---|",
+        f"| nothing (idle server) | {len(r['idle'])} | {idle:.2f} s | {pct(r['idle'], 95):.2f} s "
+        f"| 1.0x | | |",
+    ]
+    for name, job in r["jobs"].items():
+        busy = job["busy"]
+        lines.append(
+            f"| a {name} runs | {len(busy)} | {pct(busy, 50):.2f} s | {pct(busy, 95):.2f} s | "
+            f"**{pct(busy, 50) / idle:.2f}x** | {job['job_s']:.1f} s (HTTP {job['status']}) | < 2x |"
+        )
+    lines += [
+        "",
+        f"The drill-up is `parents` of `{r['drill_unit']}` (the top unit of its layer on chelsea; "
+        f"one backward per unit of the layer above). It runs on the slow lane, one thread at a "
+        f"lower priority; the same drill-up in process on all the CPUs took "
+        f"{r['drill_in_process_s']:.1f} s. Before the slow lane both jobs held the one model "
+        "worker, and an expansion asked for meanwhile waited for all of the job.",
+        "",
+    ]
+    return lines
+
+
 # ------------------------------------------------------------------------------ main
 
 
@@ -313,7 +406,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller counts (a few minutes)")
     parser.add_argument("--cache-mb", type=float, default=600, help="server forward cache bound")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "explorer.md"))
+    parser.add_argument(
+        "--long-jobs", action="store_true", help="only the expansions beside long jobs (printed)"
+    )
     args = parser.parse_args(argv)
+    if args.long_jobs:
+        return long_jobs_only(args)
     q = args.quick
     n_warm, n_cold = (8, 3) if q else (20, 8)
     tp_seconds = 25 if q else 60
@@ -362,6 +460,9 @@ def main(argv=None) -> int:
             baseline_n=len(baseline.samples),
             gain=(gain_batched, gain_single),
         )
+
+        print("expansions beside long jobs ...", flush=True)
+        results["long"] = beside_long_jobs(server.base, roots, 5 if q else 10)
 
         print("throughput ...", flush=True)
         one, n1 = throughput(server.base, ["chelsea"], 1, tp_seconds, roots)
@@ -414,12 +515,27 @@ def main(argv=None) -> int:
     finally:
         server.stop()
 
+    results["long"]["drill_in_process_s"] = drill_up_in_process(results["long"]["drill_unit"])
     report = render(results, args, mem_expansions, mem_images)
     print(report)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report, "utf-8")
     print(f"wrote {out}")
+    return 0
+
+
+def long_jobs_only(args) -> int:
+    """``--long-jobs``: the expansions beside long jobs alone, printed as markdown."""
+    server = Server(args.cache_mb, tempfile.mkdtemp(prefix="cnnscope-bench-"))
+    try:
+        long = beside_long_jobs(server.base, Roots(), 5 if args.quick else 10)
+    finally:
+        server.stop()
+    long["drill_in_process_s"] = drill_up_in_process(long["drill_unit"])
+    print(f"Command: `python bench/explorer.py --long-jobs`, load average "
+          f"{os.getloadavg()[0]:.1f} at the end.\n")  # fmt: skip
+    print("\n".join(render_long_jobs(long)))
     return 0
 
 
@@ -460,6 +576,7 @@ def render(r: dict, args, mem_expansions: int, mem_images: int) -> str:
         f"| cold (new image) | {len(cold)} | {pct(cold, 50):.2f} s | {pct(cold, 95):.2f} s | "
         f"**{pct(cold, 50) / bf:.1f}x** | {pct(cold, 50) / b:.1f}x | <= 3x |",
         "",
+        *render_long_jobs(r["long"]),
         "## Throughput, 8 concurrent clients vs 1 (expansions per second)",
         "",
         "| clients on | 1 client | 8 clients | ratio | target |",

@@ -3,9 +3,9 @@
 Every operation gets generated requests, valid and invalid (over 1,000 in all, a few
 minutes on two cores): none may answer 5xx, every answer must be one the schema
 documents (status, content type, JSON body), every JSON error ``{"detail": "<one line>"}``,
-and a request the schema calls valid is never refused for its form (422). The server has
-a small dataset index, so that the example routes run too. No deadline per example: the
-model is real and the machine may be busy.
+and a request the schema calls valid is answered, or a 404 for what does not exist. The
+server has a small dataset index, so that the example routes run too. No deadline per
+example: the model is real and the machine may be busy.
 
 The patterns the schema gives (image ids, units, tree paths, layers) are checked against
 the parsers that the server applies: whatever the schema allows, they accept.
@@ -21,7 +21,6 @@ schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is not i
 from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import checks  # noqa: E402
-from schemathesis.core.transforms import TestPhase  # noqa: E402
 
 from cnnscope.engine import Unit  # noqa: E402
 from cnnscope.images import load_gallery_image  # noqa: E402
@@ -88,19 +87,19 @@ def test_api_answers_what_its_schema_says(case):
         detail = response.json().get("detail")
         assert isinstance(detail, str) and detail and "\n" not in detail, response.text[:300]
     if case.meta is not None and case.meta.generation.mode.is_positive:
-        assert response.status_code != 422, (case.as_curl_command(), response.text[:300])
-        if case.meta.phase.name == TestPhase.EXAMPLES:  # the schema's own examples work
-            assert response.status_code < 400 or response.status_code == 404, (
-                case.as_curl_command(),
-                response.text[:300],
-            )
+        # a request the schema calls valid is accepted, or names something that does not
+        # exist (404); only an upload's bytes can still be refused (not an image)
+        allowed = {413, 415} if case.operation.label == "POST /api/images" else set()
+        assert response.status_code < 400 or response.status_code in {404, *allowed}, (
+            case.as_curl_command(),
+            response.text[:300],
+        )
 
 
 def test_the_fuzz_run_had_at_least_1000_cases(api_schema):
     operations = sum(1 for _ in api_schema.get_all_operations())
     if len(CASES) < operations:
         pytest.skip("the fuzz run above did not run (or not for every operation)")
-    print(f"\nfuzz cases: {sum(CASES.values())} over {operations} operations")
     assert sum(CASES.values()) >= 1000, CASES
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ WALKERS = 4
 IMAGES = ("chelsea", "coffee", "rocket")
 BUDGET_S = 45.0  # no new request starts after this
 CACHE_MB, RESULTS_MB = 350, 32
-FLAT_MB = 96  # RSS growth allowed over the second half of the run
+FLAT_MB = 64  # growth allowed from the middle third of the run to the last (medians)
 
 
 def rss_mb() -> float:
@@ -167,7 +168,11 @@ def test_clients_expand_upload_and_drill_up_at_once_without_errors(server):
     assert not any(t.is_alive() for t in threads), "a client hung"
     assert errors == [], errors
     assert len(walks) >= WALKERS and len(uploads) >= 2 and len(drills) >= 2
-    stats = httpx.get(base + "/api/stats").json()
+    for _ in range(600):  # the drill-ups' prefetched pictures nobody fetched finish too
+        stats = httpx.get(base + "/api/stats").json()
+        if stats["inflight"] == 0:
+            break
+        time.sleep(0.1)
     assert stats["inflight"] == 0
     assert stats["engine_cache_bytes"] <= CACHE_MB << 20
     assert stats["results_bytes"] <= RESULTS_MB << 20
@@ -176,9 +181,10 @@ def test_clients_expand_upload_and_drill_up_at_once_without_errors(server):
     # so a node walked again costs nothing)
     assert service.recon_paths >= len({path for path, kids in walks if kids})
     assert service.recon_batches < service.recon_paths  # reconstructions were merged
-    # memory: flat once the caches are full (the second half of the run)
-    half = [mb for t, mb in memory if t >= BUDGET_S / 2]
-    first = max(mb for t, mb in memory if t < BUDGET_S / 2)
-    print(f"RSS: {first:.0f} MB at most in the first half, {max(half):.0f} MB in the second; "
-          f"{len(walks)} expansions, {len(uploads)} uploads, {len(drills)} drill-ups", [f"{t:.0f}s {mb:.0f}" for t, mb in memory][::4])  # fmt: skip
-    assert max(half) - first < FLAT_MB, [f"{t:.0f}s {mb:.0f}" for t, mb in memory]
+    # memory: flat once the caches are full (after the first third of the run; single
+    # samples swing by a transient forward or two, so compare the medians of the thirds)
+    middle = statistics.median(mb for t, mb in memory if BUDGET_S / 3 <= t < 2 * BUDGET_S / 3)
+    last = statistics.median(mb for t, mb in memory if t >= 2 * BUDGET_S / 3)
+    print(f"RSS medians: {middle:.0f} MB in the middle third of the run, {last:.0f} MB in the "
+          f"last; {len(walks)} expansions, {len(uploads)} uploads, {len(drills)} drill-ups")  # fmt: skip
+    assert last - middle < FLAT_MB, [f"{t:.0f}s {mb:.0f}" for t, mb in memory]

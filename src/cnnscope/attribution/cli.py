@@ -13,9 +13,12 @@ from ..cli.common import (
     add_images_arg,
     add_model_args,
     check_at_least,
+    check_output,
+    figure_suffixes,
     iter_images,
     model_from_args,
     print_json,
+    staged,
 )
 from ..errors import CnnscopeError
 from .core import METHODS, attribute, get_method, method_names
@@ -69,7 +72,12 @@ def register(subparsers) -> None:
         help="comma-separated method names",
     )
     _common(p)
-    p.add_argument("--out", default="compare.png", help="figure file (default: compare.png)")
+    p.add_argument(
+        "--out",
+        default="compare.png",
+        help="figure file (.png, .pdf, .svg...; no suffix: .png is added), or an existing "
+        "folder to write compare.png in (default: compare.png)",
+    )
     p.add_argument("--dpi", type=int, default=100, help="figure resolution (default: 100)")
     p.set_defaults(func=compare_command)
 
@@ -234,9 +242,13 @@ def attribute_command(args: argparse.Namespace) -> int:
     images = list(iter_images(args.images))
     if args.save_npy and len(images) != 1:
         raise CnnscopeError("--save-npy writes the map of one image: give exactly one")
+    out = check_output(args.out, "--out", folder=True)
+    npy = (
+        check_output(Path(args.save_npy).with_suffix(".npy"), "--save-npy")
+        if args.save_npy
+        else None
+    )
     model = model_from_args(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
     for start in range(0, len(images), _IMAGE_BATCH):
         batch = images[start : start + _IMAGE_BATCH]
@@ -247,10 +259,13 @@ def attribute_command(args: argparse.Namespace) -> int:
             for style in styles:
                 suffix = "" if len(styles) == 1 else f"_{style}"
                 path = out / f"{_safe(name)}_{method}{suffix}.png"
-                one.save(path, style, cmap=args.cmap, alpha=args.alpha)
+                with staged(path, "--out") as tmp:
+                    one.save(tmp, style, cmap=args.cmap, alpha=args.alpha)
                 files.append(str(path))
-            if args.save_npy:
-                files.append(str(one.save(Path(args.save_npy).with_suffix(".npy"))))
+            if npy is not None:
+                with staged(npy, "--save-npy") as tmp:
+                    one.save(tmp)
+                files.append(str(npy))
             row = {"image": name, "method": method, "target": str(one.target), "files": files}
             if "completeness" in one.meta:
                 row["completeness"] = float(one.meta["completeness"])
@@ -273,6 +288,7 @@ def compare_command(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
 
     methods, opts = _methods_and_options(args)
+    out = _figure_path(args.out)
     images = list(iter_images(args.images))
     model = model_from_args(args)
     rows = []
@@ -294,16 +310,23 @@ def compare_command(args: argparse.Namespace) -> int:
         for ax in axes[r]:
             ax.axis("off")
     fig.tight_layout()
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(out, dpi=args.dpi)
-    except (ValueError, OSError) as exc:
-        raise CnnscopeError(f"cannot write {out}: {exc}") from None
+        with staged(out, "--out") as tmp:
+            fig.savefig(tmp, dpi=args.dpi)
     finally:
         plt.close(fig)
     print(f"wrote {out} ({len(rows)} image(s) x {len(methods)} methods)")
     return 0
+
+
+def _figure_path(text: str) -> Path:
+    """``compare --out``: a figure file; an existing folder gets compare.png; no suffix, .png."""
+    out = Path(text).expanduser()
+    if out.is_dir():
+        out = out / "compare.png"
+    elif not out.suffix:
+        out = out.with_suffix(".png")
+    return check_output(out, "--out", suffixes=figure_suffixes())
 
 
 def _fmt(v, width=9, digits=3) -> str:
@@ -347,6 +370,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
                     f"{_fmt(row['insertion'])} {_fmt(row['sanity'])} "
                     f"{_fmt(row['completeness'], digits=4)} {_fmt(row['conservation'], digits=4)}"
                 )
+            for row in rows:
+                if row.get("sanity_note"):
+                    print(f"  {row['method']} sanity: {row['sanity_note']}")
     if args.json:
         print_json(results)
     return 0

@@ -180,6 +180,31 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
 
 
+def _constant(a: np.ndarray) -> bool:
+    return a.size == 0 or bool(np.all(a == a.flat[0]))
+
+
+def _randomised_spearman(original: np.ndarray, randomised: np.ndarray) -> float | None:
+    """Spearman correlation of a map with its randomised model's map, defined for constants.
+
+    A constant randomised map (e.g. Grad-CAM's ReLU of an all-negative map) has no
+    ranking: with its ties broken at random, the expected correlation is 0, which is
+    what it scores. A constant original has nothing to compare: ``None``.
+
+    Examples
+    --------
+    >>> _randomised_spearman(np.array([1.0, 2.0, 3.0]), np.zeros(3))
+    0.0
+    >>> _randomised_spearman(np.ones(3), np.array([1.0, 2.0, 3.0])) is None
+    True
+    """
+    if _constant(original):
+        return None
+    if _constant(randomised):
+        return 0.0
+    return spearman(original, randomised)
+
+
 def _parametrised(module: nn.Module, x: torch.Tensor) -> list[str]:
     """Names of conv / linear modules with weights, in execution order."""
     fwd = Engine(module).forward(x[:1], cache=False, grad=False)
@@ -211,12 +236,17 @@ def randomization_check(
     The conv / linear layers are re-initialised (``reset_parameters``) from the output
     down, in ``stages`` cumulative steps; after each, the method runs on the copy for the
     same targets and the Spearman correlation of ``|map|`` with the original is taken.
+    A randomised map that is constant (nothing left of the original's ranking, e.g. a
+    CAM whose ReLU zeroes everything) counts as 0, the expected correlation with its
+    ties broken at random.
 
     Returns
     -------
     dict
         ``layers`` (the lowest layer randomised at each stage), ``spearman`` (one per
-        stage, per image averaged) and ``final`` (after randomising every layer).
+        stage, per image averaged; ``None`` where every original map is constant, so
+        that there is nothing to compare), ``constant`` (the stages, from 1, where a
+        randomised map was constant) and ``final`` (after randomising every layer).
 
     Examples
     --------
@@ -239,7 +269,7 @@ def randomization_check(
     fixed = [dataclasses.replace(t) for t in ref.targets]
     base = np.abs(ref.saliency()).reshape(len(ref), -1)
     done = 0
-    out = {"layers": [], "spearman": []}
+    out = {"layers": [], "spearman": [], "constant": []}
     with torch.random.fork_rng(devices=[]):
         for s in range(1, stages + 1):
             upto = math.ceil(s * len(top_down) / stages)
@@ -256,10 +286,12 @@ def randomization_check(
                 twin_model, image, method, fixed if len(fixed) > 1 else fixed[0], layer, **options
             )
             new = np.abs(attr.saliency()).reshape(len(attr), -1)
-            rhos = [r for r in (spearman(a, b) for a, b in zip(base, new)) if not np.isnan(r)]
-            rho = float(np.mean(rhos)) if rhos else float("nan")  # NaN: a constant map
+            rhos = [_randomised_spearman(a, b) for a, b in zip(base, new)]
+            defined = [r for r in rhos if r is not None]
             out["layers"].append(top_down[upto - 1])
-            out["spearman"].append(rho)
+            out["spearman"].append(float(np.mean(defined)) if defined else None)
+            if any(_constant(b) and not _constant(a) for a, b in zip(base, new)):
+                out["constant"].append(s)
     out["final"] = out["spearman"][-1]
     return out
 
@@ -298,6 +330,20 @@ def conservation(attr: Attribution) -> float | list[float]:
     return errs[0] if attr.single else errs
 
 
+def _sanity_note(check: dict) -> str | None:
+    """Why the sanity score is what it is, when a map was constant."""
+    if check["final"] is None:
+        return "undefined: the method's map of the original model is constant (nothing to rank)"
+    if check["constant"]:
+        stages = ", ".join(map(str, check["constant"]))
+        word = "stage" if len(check["constant"]) == 1 else "stages"
+        return (
+            f"the randomised model's map was constant at {word} {stages} (nothing left of the "
+            "original's ranking): scored 0, the expected rank correlation of a constant map"
+        )
+    return None
+
+
 def evaluate(
     model,
     image,
@@ -326,7 +372,8 @@ def evaluate(
     -------
     list of dict
         ``method``, ``seconds`` (the attribution itself), ``deletion`` (lower is better),
-        ``insertion`` (higher is better), ``sanity`` (final Spearman, lower is better),
+        ``insertion`` (higher is better), ``sanity`` (final Spearman, lower is better;
+        with ``sanity_curve``, and ``sanity_note`` when a map was constant),
         ``completeness`` (IG) and ``conservation`` (LRP) errors, ``target``.
 
     Examples
@@ -372,6 +419,9 @@ def evaluate(
             )
             row["sanity"] = check["final"]
             row["sanity_curve"] = check["spearman"]
+            note = _sanity_note(check)
+            if note:
+                row["sanity_note"] = note
         one = attr[0]
         if "completeness" in one.meta:
             row["completeness"] = completeness(one)

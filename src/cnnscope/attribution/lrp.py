@@ -220,6 +220,8 @@ class _RuleLayer(nn.Module):
         """The layer's additive constant, shaped to broadcast over ``z`` (detached)."""
         layer = self.layer
         shape = (1, -1, *([1] * (z.dim() - 2)))
+        if isinstance(layer, nn.Linear):  # features last, e.g. tokens B x T x C
+            shape = (*([1] * (z.dim() - 1)), -1)
         if isinstance(layer, _BNS):
             return _bn_affine(layer)[1].detach().view(shape)
         b = getattr(layer, "bias", None)
@@ -624,6 +626,11 @@ def build_lrp_model(
     wrapped: dict[int, nn.Module] = {}
     for name in order:
         m = modules[name]
+        if isinstance(m, _BNS) and m.running_var is None:
+            raise CnnscopeError(
+                f"LRP cannot explain {name!r}: a BatchNorm without running statistics "
+                "normalises by each batch, it is not a fixed affine map"
+            )
         index = linear.index(name) if name in linear else -1
         rule = composite.rule_for(name, m, index, len(linear))
         if rule.kind == "box" and index != 0:

@@ -3,6 +3,15 @@
 from .receptive import Field
 from .record import Engine, Forward, LayerInfo, preserved, weights_fingerprint
 from .rules import RULES, RuleState, apply_rule, attach_rules
+from .strength import (
+    recorded_layers,
+    strength_at,
+    strength_layer,
+    strengths,
+    strongest_units,
+    unit_position,
+    unit_seed,
+)
 from .units import INPUT, LOGITS, Unit
 
 __all__ = [
@@ -18,5 +27,12 @@ __all__ = [
     "RuleState",
     "Unit",
     "preserved",
+    "recorded_layers",
+    "strength_at",
+    "strength_layer",
+    "strengths",
+    "strongest_units",
+    "unit_position",
+    "unit_seed",
     "weights_fingerprint",
 ]

@@ -2,8 +2,9 @@
 
 One pass over the images with a :class:`torch.utils.data.DataLoader` (decoding in
 worker processes, pinned memory on GPU). For every batch the engine records only the
-chosen layers without a graph; each unit's activation at its spatial argmax is offered
-to a :class:`~cnnscope.index.merge.RunningTopK`. Memory is ``O(units x k)``.
+chosen layers without a graph; each unit's strength at its spatial argmax (its
+pre-activation for an activation layer: :mod:`cnnscope.engine.strength`) is offered to
+a :class:`~cnnscope.index.merge.RunningTopK`. Memory is ``O(units x k)``.
 
 Exactness across runs: items are numbered in sorted id order, batches are a fixed
 partition of the pending items, and every batch is padded to ``batch_size`` images, so
@@ -34,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..engine import Engine, weights_fingerprint
+from ..engine import Engine, recorded_layers, strengths, weights_fingerprint
 from ..errors import CnnscopeError, UnknownLayerError
 from .merge import IMAGE_LIMIT, RunningTopK, decode, gather_states
 from .sources import Item, Source
@@ -519,17 +520,15 @@ def offer_batch(
     """Forward one padded batch and offer the first ``n`` images to the running top k.
 
     ``numbers`` are the images' numbers in the index's table. Each unit's candidate is its
-    activation at the spatial argmax (the first one on ties, in row-major order).
+    strength and position (:func:`cnnscope.engine.strengths`: for an activation layer the
+    maximum of its pre-activation, so that ReLU6 units do not all tie at 6).
     """
-    fwd = engine.forward(x, cache=False, layers=layers, grad=False)
+    recorded = recorded_layers(engine, layers, tuple(x.shape[-2:]), x.shape[1])
+    fwd = engine.forward(x, cache=False, layers=recorded, grad=False)
     numbers = numbers.to(state.device)
     for name in layers:
-        act = fwd.activation(name)[:n]
-        if act.dim() == 4:
-            values, pos = act.flatten(2).max(dim=2)
-        else:
-            values, pos = act, torch.zeros_like(act, dtype=torch.int64)
-        state.update(name, values, pos, numbers)
+        values, pos = strengths(fwd, name)
+        state.update(name, values[:n], pos[:n], numbers)
 
 
 def _loadable(name: str) -> bool:
@@ -561,6 +560,14 @@ class _Build:
             meta, arrays, ids = read_index(self.out)
         except IndexFormatError as exc:
             log.warning("rebuilding %s: the index there is unreadable (%s)", self.out, exc)
+            return None
+        if meta.get("version") != VERSION:
+            log.warning(
+                "rebuilding %s: it has index format %s, this cnnscope writes %s",
+                self.out,
+                meta.get("version"),
+                VERSION,
+            )
             return None
         if meta.get("config_key") != self.config_key:
             log.warning("rebuilding %s: it was built with other settings", self.out)

@@ -72,7 +72,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "examples",
         help="a unit's top dataset examples from an index (and its grid image)",
-        description="Print a unit's top examples (image, position, activation), strongest "
+        description="Print a unit's top examples (image, position, strength), strongest "
         "first; --grid also renders its image patches and reconstructions.",
     )
     p.add_argument("index", metavar="INDEX", help="index folder written by cnnscope index")
@@ -222,7 +222,7 @@ def examples_command(args: argparse.Namespace) -> int:
         return 0
     total = ix.manifest["images"]["indexed"]
     print(f"{unit}: top {len(examples)} of {total} images (index {ix.path})")
-    print(f"{'rank':>4}  {'activation':>11}  {'y,x':>7}  image")
+    print(f"{'rank':>4}  {'strength':>11}  {'y,x':>7}  image")
     for e in examples:
         pos = f"{e.position[0]},{e.position[1]}"
         print(f"{e.rank:>4}  {e.activation:>11.5g}  {pos:>7}  {e.image}")

@@ -11,7 +11,9 @@ For each example of a unit (an image and the position of the unit's maximum):
   field box (the seed fell back to a feature-map coordinate);
 * the **reconstruction** itself: the gradient at the input of a one-hot seed at the
   unit's position, backpropagated under the guided rule (one backward for a whole chunk
-  of examples, one image per batch row).
+  of examples, one image per batch row). The seed is the engine's
+  (:func:`cnnscope.engine.unit_seed`): below the unit's activation, so that a ReLU6 unit
+  saturated at 6 is not drawn as a flat grey tile.
 
 The grid shows the crops in ``ceil(sqrt(k))`` columns, strongest first: image patches on
 the left, reconstructions (signed, centred on grey) on the right, as in the seed.
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import Engine, Field, Unit
+from ..engine import Engine, Field, Unit, recorded_layers, strength_at, unit_seed
 from ..errors import CnnscopeError
 from ..render import gradient_image, grid
 
@@ -120,7 +122,8 @@ class Patch:
     reconstruction : numpy.ndarray or None
         ``3 x H x W`` float32 gradient at the input.
     activation : float
-        The unit's activation at the example's position, recomputed now (it matches the
+        The unit's strength at the example's position (:func:`cnnscope.engine.strengths`:
+        its pre-activation for an activation layer), recomputed now (it matches the
         indexed value up to batch-size rounding).
     error : str or None
         Why the image is missing.
@@ -175,6 +178,7 @@ def compute_patches(index, unit: Unit, model, rule: str = "guided", chunk: int =
     size = tuple(pre.input_size)
     field = index.field(unit.layer)
     engine = Engine.for_module(model.module)
+    recorded = recorded_layers(engine, [unit.layer], size)
     patches: list[Patch] = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
@@ -191,19 +195,11 @@ def compute_patches(index, unit: Unit, model, rule: str = "guided", chunk: int =
                 inputs.append(torch.zeros(1, 3, *size))
                 errors.append(str(exc))
         x = torch.cat(inputs)
-        fwd = engine.forward(x, cache=False, layers=[unit.layer], grad=True)
-        act = fwd.activation(unit.layer)
-        seed = torch.zeros_like(act)
-        rows = torch.arange(len(part))
-        if act.dim() == 4:
-            ys = torch.tensor([ex.position[0] for ex in part])
-            xs = torch.tensor([ex.position[1] for ex in part])
-            seed[rows, unit.channel, ys, xs] = 1.0
-            values = act[rows, unit.channel, ys, xs]
-        else:
-            seed[rows, unit.channel] = 1.0
-            values = act[rows, unit.channel]
-        grads = fwd.grad(unit.layer, seed, to="input", rule=rule).float().cpu().numpy()
+        fwd = engine.forward(x, cache=False, layers=recorded, grad=True)
+        positions = [ex.position for ex in part]
+        values = strength_at(fwd, unit.layer, unit.channel, positions)
+        at, seed = unit_seed(fwd, unit.layer, unit.channel, positions)
+        grads = fwd.grad(at, seed, to="input", rule=rule).float().cpu().numpy()
         for i, ex in enumerate(part):
             fbox = field_box(field, *ex.position, size)
             if views[i] is None:

@@ -18,7 +18,7 @@ from ..engine.units import split_call, suggest
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from .build import GRID_DIR, model_fingerprint
 from .sources import Source
-from .store import MANIFEST, IndexFormatError, atomic_write
+from .store import MANIFEST, VERSION, IndexFormatError, atomic_write
 from .validate import read_index
 
 __all__ = ["Example", "Index", "open_index"]
@@ -54,7 +54,8 @@ class Example:
     position : tuple of int
         ``(y, x)`` of the unit's maximum in the feature map (``(0, 0)`` for vectors).
     activation : float
-        The unit's activation there.
+        The unit's strength there (:func:`cnnscope.engine.strengths`): its activation, or
+        for an activation layer (ReLU6...) its pre-activation, which goes on past the clip.
     """
 
     rank: int
@@ -414,7 +415,8 @@ def open_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
     Raises
     ------
     IndexFormatError
-        If ``path`` is not a complete cnnscope index, is damaged, or is too new.
+        If ``path`` is not a complete cnnscope index, is damaged, too new, or written
+        by an older cnnscope (format 1, before units were ranked by strength).
 
     Examples
     --------
@@ -435,4 +437,9 @@ def open_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
         )
         raise IndexFormatError(f"{path} is not a cnnscope index (no {MANIFEST}){hint}")
     meta, arrays, ids = read_index(path)
+    if meta["version"] < VERSION:
+        raise IndexFormatError(
+            f"{path} has index format {meta['version']}, from an older cnnscope that ranked "
+            f"clipped units by their clipped value: rebuild it (cnnscope index ... --out {path})"
+        )
     return Index(path.resolve(), meta, arrays, ids, root)

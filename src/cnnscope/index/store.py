@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 #: Value of the manifest's ``format`` field.
 FORMAT = "cnnscope-index"
 #: Version of the layout written by this code; readers refuse newer major versions.
-VERSION = 1
+#: 2: units are ranked, placed and stored by their strength (cnnscope.engine.strength).
+VERSION = 2
 #: File name of the manifest inside an index folder.
 MANIFEST = "index.json"
 #: Environment variable naming a point where the writer kills itself (tests only).

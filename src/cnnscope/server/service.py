@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import LOGITS, Engine, LayerInfo, Unit
+from ..engine import LOGITS, Engine, LayerInfo, Unit, strongest_units
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
@@ -453,19 +453,21 @@ class ExplorerService:
         )
 
     async def overview(self, image_id: str, per_layer: int = 8) -> list[dict]:
-        """Per chain layer, the top units by spatial max: ``[{layer, units:[{unit, score}]}]``."""
+        """Per chain layer, the strongest units (:func:`~cnnscope.engine.strongest_units`):
+        ``[{layer, units:[{unit, score}]}]``."""
         self.store.get(image_id)
 
         def compute(lane: _Replica) -> list[dict]:
-            layers = lane.explorer.overview(self._input(image_id), per_layer=per_layer)
+            fwd = lane.explorer.forward(self._input(image_id))
             return [
                 {
-                    "layer": str(entry["layer"]),
+                    "layer": str(layer),
                     "units": [
-                        {"unit": str(u["unit"]), "score": float(u["score"])} for u in entry["units"]
+                        {"unit": str(u), "score": s}
+                        for u, s in strongest_units(fwd, layer, per_layer)
                     ],
                 }
-                for entry in layers
+                for layer in lane.explorer.chain
             ]
 
         return await self._call(("overview", image_id, per_layer), compute)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..engine import INPUT, LOGITS, Engine, Unit
+from ..engine import INPUT, LOGITS, Engine, Unit, strength_layer
 from ..errors import CnnscopeError
 from .config import SynthesisConfig
 from .objectives import Neuron, unit_objective
@@ -149,8 +149,9 @@ def driven_unit(model, unit: Unit | str) -> Unit:
 
     A unit of a ReLU-family layer that is off for the starting image has a zero gradient,
     and its picture would stay grey; as in Lucid ("pre_relu"), it is read at the
-    activation's input, which rises with it and is never flat (see
-    :meth:`cnnscope.engine.Forward.pre_activation`). Other units are returned as they are.
+    activation's input, which rises with it and is never flat: where the engine measures
+    and seeds every unit (:func:`cnnscope.engine.strength_layer`). Other units are
+    returned as they are.
 
     Examples
     --------
@@ -165,7 +166,7 @@ def driven_unit(model, unit: Unit | str) -> Unit:
     device = param.device if param is not None else torch.device("cpu")
     grey = torch.zeros(1, 3, *model.preprocess_config.input_size, device=device)
     fwd = Engine.for_module(model.module).forward(grey, grad=False)
-    return Unit(fwd.pre_activation(u.layer), u.channel, u.pos)
+    return Unit(strength_layer(fwd, u.layer), u.channel, u.pos)
 
 
 def _config(defaults: dict, overrides: dict, steps: int, seed: int, **settings) -> SynthesisConfig:

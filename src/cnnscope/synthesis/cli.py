@@ -504,7 +504,6 @@ def _preset_layer(objective: str) -> str | None:
 def dream(args: argparse.Namespace) -> int:
     """Run ``cnnscope dream``."""
     from ..cli.common import model_from_args
-    from .outputs import save_result
     from .presets import PRESETS
     from .render import synthesize
 
@@ -521,9 +520,7 @@ def dream(args: argparse.Namespace) -> int:
     )
     if args.gif:
         behaviors.add("gif")
-    output = args.output_file
-    if output is None:
-        output = "out.png"
+    output = _checked_output(args.output_file or "out.png", "--output-file")
     if record.get("threads"):
         import torch
 
@@ -557,7 +554,7 @@ def dream(args: argparse.Namespace) -> int:
     index = int(record.get("index", 0)) if record else 0
     if record and len(result.pictures) > 1:
         result.pictures = [result.pictures[index]]
-    paths = save_result(result, model, output, behaviors=behaviors)
+    paths = _save_staged(result, model, output, "--output-file", behaviors=behaviors)
     for path in paths:
         print(path)
     return 0
@@ -580,6 +577,24 @@ def _show(image, model, cfg, args) -> None:
     plt.pause(0.001)
 
 
+def _save_staged(result, model, output: str, option: str, **options) -> list[Path]:
+    """:func:`save_result`, every file written whole or not at all (see ``staged``)."""
+    from ..cli.common import staged
+    from .outputs import save_result
+
+    with staged(output, option) as tmp:
+        paths = save_result(result, model, tmp, **options)
+    return [Path(output).parent / p.name for p in paths]
+
+
+def _checked_output(text: str, option: str) -> str:
+    """An output image checked before the run (no suffix: ``.png`` is added on saving)."""
+    from ..cli.common import check_output, image_suffixes
+
+    check_output(text, option, suffixes=image_suffixes() | {""})
+    return text
+
+
 # ------------------------------------------------------------------------------ visualize
 def _check_steps_and_size(args: argparse.Namespace) -> None:
     """``--steps`` >= 1 and ``--size`` (when given) >= 16, of visualize and classimage."""
@@ -591,7 +606,7 @@ def _check_steps_and_size(args: argparse.Namespace) -> None:
 
 def visualize(args: argparse.Namespace) -> int:
     """Run ``cnnscope visualize``."""
-    from ..cli.common import model_from_args
+    from ..cli.common import check_output, model_from_args
     from ..engine import Unit
     from ..render import grid
     from .api import _safe_name, visualize_config
@@ -601,6 +616,7 @@ def visualize(args: argparse.Namespace) -> int:
 
     _check_steps_and_size(args)
     units = [Unit.parse(u) for u in args.units]
+    check_output(args.out, "--out", folder=True)
     model = model_from_args(args)
     overrides: dict = {"param": args.param}
     if args.lr is not None:
@@ -645,9 +661,7 @@ def _given(**options) -> dict:
 
 
 def _save_single(result, model, output: str) -> int:
-    from .outputs import save_result
-
-    for path in save_result(result, model, output):
+    for path in _save_staged(result, model, output, "--output"):
         print(path)
     return 0
 
@@ -660,6 +674,7 @@ def invert_cmd(args: argparse.Namespace) -> int:
 
     check_at_least("--steps", args.steps, 1)
     resolve_image(args.image)  # one-line error for a bad image before loading the model
+    _checked_output(args.output, "--output")
     model = model_from_args(args)
     overrides = _given(
         alpha=args.alpha,
@@ -686,6 +701,7 @@ def classimage_cmd(args: argparse.Namespace) -> int:
     from .api import class_image
 
     _check_steps_and_size(args)
+    _checked_output(args.output, "--output")
     model = model_from_args(args)
     model.class_index(args.cls)
     overrides = _given(

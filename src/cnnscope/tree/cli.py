@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path as FilePath
 
 from ..engine import LOGITS, RULES, Unit
 from ..errors import CnnscopeError
@@ -55,7 +54,7 @@ def register(subparsers) -> None:
 
 def tree_command(args: argparse.Namespace) -> int:
     """Build the tree and write the HTML file."""
-    from ..cli.common import model_from_args
+    from ..cli.common import check_output, model_from_args, staged
     from ..images import resolve_image
 
     if args.depth < 0 or args.depth > 8:
@@ -64,9 +63,7 @@ def tree_command(args: argparse.Namespace) -> int:
         raise CnnscopeError(f"--k must be between 1 and 32, not {args.k}")
     if args.draws < 1 or args.draws > 256:
         raise CnnscopeError(f"--draws must be between 1 and 256, not {args.draws}")
-    out = FilePath(args.out)
-    if out.exists() and out.is_dir():
-        raise CnnscopeError(f"--out {args.out} is a directory: give a file name")
+    out = check_output(args.out, "--out")
     if not out.parent.exists():
         raise CnnscopeError(f"--out: folder {str(out.parent)!r} does not exist")
     name, image = resolve_image(args.image)
@@ -110,9 +107,7 @@ def tree_command(args: argparse.Namespace) -> int:
         settings,
         title=f"{name}: neuron tree of {format_path(root)}",
     )
-    try:
-        out.write_text(page, encoding="utf-8")
-    except OSError as err:
-        raise CnnscopeError(f"cannot write {args.out}: {err.strerror or err}") from None
+    with staged(out, "--out") as tmp:
+        tmp.write_text(page, encoding="utf-8")
     print(f"{out} ({count_nodes(tree)} nodes, {len(page) // 1024} KiB)")
     return 0

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..cli.common import add_model_args, model_from_args, print_json
+from ..cli.common import (
+    add_model_args,
+    check_output,
+    figure_suffixes,
+    image_suffixes,
+    model_from_args,
+    print_json,
+    staged,
+)
 from ..errors import CnnscopeError
 
 ORDERS = ("kmeans", "pca-slice", "pca")
@@ -19,14 +28,38 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
-def _save_png(image: np.ndarray, path: str | Path) -> str:
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(path)
-    except (OSError, ValueError) as exc:
-        raise CnnscopeError(f"cannot write {path}: {exc}") from None
+def _save_png(image: np.ndarray, path: str | Path, option: str = "--out") -> str:
+    with staged(path, option) as tmp:
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp)
     return str(path)
+
+
+def _write_text(text: str, path: str | Path, option: str) -> str:
+    with staged(path, option) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def _npy_path(text: str) -> Path:
+    """Where ``np.save`` writes ``text``: ``.npy`` is added unless it is there."""
+    path = Path(text)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
+
+
+def _vox_path(text: str) -> Path:
+    """Where :func:`write_vox` writes ``text`` (``.vox`` added unless it is there)."""
+    path = Path(text)
+    return path if path.suffix.lower() == ".vox" else path.with_name(path.name + ".vox")
+
+
+def _check_outputs(
+    args: argparse.Namespace, files: dict[str, tuple[str, Collection | None]]
+) -> None:
+    """Check every output option given, before any work: ``{option: (dest, suffixes)}``."""
+    for option, (dest, suffixes) in files.items():
+        value = getattr(args, dest)
+        if value:
+            check_output(value, option, suffixes=suffixes)
 
 
 def _print_files(files: dict[str, str | list[str]]) -> None:
@@ -166,6 +199,18 @@ def activations(args: argparse.Namespace) -> int:
     from .ordering import order_channels, slice_image
     from .volume import volume_html, write_npy, write_nrrd, write_vox, write_vtk
 
+    _check_outputs(
+        args,
+        {
+            "--out": ("out", image_suffixes()),
+            "--slice-out": ("slice_out", image_suffixes()),
+            "--nrrd": ("nrrd", None),
+            "--vtk": ("vtk", None),
+            "--html": ("html", None),
+        },
+    )
+    vox = check_output(_vox_path(args.vox), "--vox") if args.vox else None
+    npy = check_output(_npy_path(args.npy), "--npy") if args.npy else None
     model = model_from_args(args)
     name, image = resolve_image(args.image)
     layer, acts = layer_maps(model, image, args.layer)
@@ -189,27 +234,29 @@ def activations(args: argparse.Namespace) -> int:
 
         zoom = max(2, int(np.ceil(256 / s.shape[1])))  # each value a zoom x zoom block
         img = np.repeat(np.repeat(colorize(s, "gray"), zoom, axis=0), zoom, axis=1)
-        files["slice"] = _save_png(img, args.slice_out)
+        files["slice"] = _save_png(img, args.slice_out, "--slice-out")
     comments = [f"layer {layer} of {model.name}", f"image {name}"]
     if ordering is not None:
         comments.append(f"order {ordering.method}: " + " ".join(map(str, ordering.permutation)))
-    if args.vox:
-        vox, hd = write_vox(args.vox, acts, ordering)
-        files["vox"], files["hd"] = str(vox), str(hd)
+    if vox:
+        with staged(vox, "--vox") as tmp:
+            write_vox(tmp, acts, ordering)
+        files["vox"], files["hd"] = str(vox), str(vox.with_suffix(".hd"))
     if args.nrrd:
-        files["nrrd"] = str(write_nrrd(args.nrrd, acts, ordering, comments=comments))
+        with staged(args.nrrd, "--nrrd") as tmp:
+            write_nrrd(tmp, acts, ordering, comments=comments)
+        files["nrrd"] = args.nrrd
     if args.vtk:
-        files["vtk"] = str(write_vtk(args.vtk, acts, ordering, name=_slug(layer)))
-    if args.npy:
-        files["npy"] = str(write_npy(args.npy, acts, ordering))
+        with staged(args.vtk, "--vtk") as tmp:
+            write_vtk(tmp, acts, ordering, name=_slug(layer))
+        files["vtk"] = args.vtk
+    if npy:
+        with staged(npy, "--npy") as tmp:
+            write_npy(tmp, acts, ordering)
+        files["npy"] = str(npy)
     if args.html:
         html = volume_html(acts, ordering, title=f"{layer} - {name}")
-        try:
-            Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.html).write_text(html, encoding="utf-8")
-        except OSError as exc:
-            raise CnnscopeError(f"cannot write {args.html}: {exc.strerror}") from None
-        files["html"] = args.html
+        files["html"] = _write_text(html, args.html, "--html")
     stats = layer_stats(acts)
     if args.json:
         print_json(
@@ -256,6 +303,9 @@ def weightgrad(args: argparse.Namespace) -> int:
         weightgrad_figure,
     )
 
+    _check_outputs(args, {"--out": ("out", image_suffixes()), "--html": ("html", None)})
+    vox_dir = check_output(args.vox_dir, "--vox-dir", folder=True) if args.vox_dir else None
+    npy = check_output(_npy_path(args.npy), "--npy") if args.npy else None
     model = model_from_args(args)
     target = model.class_index(args.target)
     loaded = [resolve_image(spec) for spec in args.images]
@@ -268,35 +318,32 @@ def weightgrad(args: argparse.Namespace) -> int:
         results, model, reduce=args.reduce, scale=args.scale, joint=not args.per_image
     )
     out = args.out or f"weightgrad-{_slug(args.layer)}-{target}.gif"
-    try:
-        if out.lower().endswith(".gif"):
-            files["animation"] = str(save_gif(frames, out))
-        else:
-            files["frames"] = _save_png(np.concatenate(frames, axis=0), out)
-    except OSError as exc:
-        raise CnnscopeError(f"cannot write {out}: {exc}") from None
+    if out.lower().endswith(".gif"):
+        with staged(out, "--out") as tmp:
+            save_gif(frames, tmp)
+        files["animation"] = out
+    else:
+        files["frames"] = _save_png(np.concatenate(frames, axis=0), out)
     if args.html:
         html = figure_html(
             weightgrad_figure(results, model, reduce=args.reduce), "weight gradients"
         )
-        Path(args.html).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.html).write_text(html, encoding="utf-8")
-        files["html"] = args.html
-    if args.vox_dir:
+        files["html"] = _write_text(html, args.html, "--html")
+    if vox_dir:
         vols = scale_volumes(
             [gradient_volume(g, args.reduce) for g in results], args.scale, joint=not args.per_image
         )
         written = []
         for k, (g, vol) in enumerate(zip(results, vols)):
-            vox, _ = write_vox(
-                Path(args.vox_dir) / f"{k:02d}_{_slug(g.name)}.vox", vol, rescale=False
-            )
+            vox = vox_dir / f"{k:02d}_{_slug(g.name)}.vox"
+            with staged(vox, "--vox-dir") as tmp:
+                write_vox(tmp, vol, rescale=False)
             written.append(str(vox))
         files["vox"] = written
-    if args.npy:
-        Path(args.npy).parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.npy, np.stack([g.gradient for g in results]).astype(np.float32))
-        files["npy"] = args.npy
+    if npy:
+        with staged(npy, "--npy") as tmp:
+            np.save(tmp, np.stack([g.gradient for g in results]).astype(np.float32))
+        files["npy"] = str(npy)
     rows = [
         {
             "image": g.name,
@@ -338,6 +385,8 @@ def prune(args: argparse.Namespace) -> int:
     """Importance of a layer's filters for a class, and the pruning sweep."""
     from .importance import importance_grid, plot_sweep, pruning_sweep
 
+    plots = figure_suffixes()
+    _check_outputs(args, {"--out": ("out", plots), "--grid": ("grid", plots)})
     model = model_from_args(args)
     target = model.class_index(args.target)
     for t in args.thresholds or []:
@@ -357,10 +406,12 @@ def prune(args: argparse.Namespace) -> int:
     )
     files = {}
     out = args.out or f"prune-{_slug(args.layer)}-{target}.png"
-    plot_sweep(sweep, out)
+    with staged(out, "--out") as tmp:
+        plot_sweep(sweep, tmp)
     files["plot"] = out
     if args.grid:
-        importance_grid(sweep.importance, args.grid)
+        with staged(args.grid, "--grid") as tmp:
+            importance_grid(sweep.importance, tmp)
         files["grid"] = args.grid
     if args.json:
         print_json({**sweep.to_dict(), "files": files})
@@ -389,6 +440,7 @@ def filters(args: argparse.Namespace) -> int:
     """First-layer filters as an RGB grid."""
     from .filters import filter_grid
 
+    check_output(args.out, "--out", suffixes=image_suffixes())
     model = model_from_args(args)
     m = filter_grid(model, args.layer, args.normalize)
     path = _save_png(m.image, args.out)
