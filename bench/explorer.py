@@ -533,8 +533,8 @@ def long_jobs_only(args) -> int:
     finally:
         server.stop()
     long["drill_in_process_s"] = drill_up_in_process(long["drill_unit"])
-    print(f"Command: `python bench/explorer.py --long-jobs`, load average "
-          f"{os.getloadavg()[0]:.1f} at the end.\n")  # fmt: skip
+    cmd = "python bench/explorer.py --long-jobs" + (" --quick" if args.quick else "")
+    print(f"Command: `{cmd}`, load average {os.getloadavg()[0]:.1f} at the end.\n")
     print("\n".join(render_long_jobs(long)))
     return 0
 

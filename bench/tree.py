@@ -12,23 +12,39 @@ hooks), and, for information, the engine's recorded forward plus one backward. A
 timed interleaved in one run; medians and ratios are printed and written as Markdown.
 
 Run: ``python bench/tree.py [--reps 15] [--k 5] [--out docs/benchmarks/tree.md]``
+
+``--siblings`` measures instead how alike sibling pictures are in the tree a user opens
+first (root: the top class's logit; rule guided, path scoring, k children per node, the
+first two children of each level expanded, three levels): the mean Pearson correlation
+over every pair of siblings' pictures, per level, over the gallery. Three renderings:
+the whole reconstruction, the old zoom (``crop=support``: the box where the picture
+differs from grey) and the node's focus (``crop=focus``, :meth:`Explorer.focus`, the
+default now). Run: ``python bench/tree.py --siblings [--out docs/benchmarks/tree_siblings.md]``
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import itertools
 import os
 import platform
 import statistics
 import time
 from functools import partial
 
+import numpy as np
 import torch
+from PIL import Image
 
 from cnnscope.engine import Engine, Unit
-from cnnscope.images import load_gallery_image
+from cnnscope.images import gallery_images, load_gallery_image
 from cnnscope.models import load_model
-from cnnscope.tree import Explorer
+from cnnscope.render import png_bytes
+from cnnscope.tree import Explorer, zoom_picture
+
+#: Sibling pictures: how each is drawn (see --siblings).
+RENDERINGS = ("whole", "support", "focus")
 
 
 def _time(fn) -> tuple[float, float]:
@@ -42,13 +58,84 @@ def _store(out: dict, key: str, fn, *args, **kwargs) -> None:
     out[key] = fn(*args, **kwargs)
 
 
+def mean_correlation(pictures: list[np.ndarray]) -> float:
+    """Mean Pearson correlation over every pair of pictures (flattened RGB)."""
+    flat = [p.astype(np.float64).ravel() for p in pictures]
+    flat = [(v - v.mean()) / (v.std() + 1e-9) for v in flat]
+    return float(np.mean([a @ b / len(a) for a, b in itertools.combinations(flat, 2)]))
+
+
+def _support(picture: np.ndarray) -> np.ndarray:
+    from cnnscope.server.service import crop_to_support  # the explorer's old zoom
+
+    return np.asarray(Image.open(io.BytesIO(crop_to_support(png_bytes(picture)))))
+
+
+def sibling_correlations(ex: Explorer, names: list[str], k: int, levels: int = 3) -> dict:
+    """``{rendering: {level: [mean correlation of each sibling group]}}`` (see --siblings)."""
+    out = {r: {d: [] for d in range(1, levels + 1)} for r in RENDERINGS}
+    for name in names:
+        x = ex.input(load_gallery_image(name))
+        level = [ex.check_path(f"logits:{ex.predictions(x, 1)[0]['index']}")]
+        for depth in range(1, levels + 1):
+            nxt = []
+            for path in level:
+                kids = ex.children(x, path, k=k)
+                pictures = ex.reconstructions(x, [n.path for n in kids])
+                drawn = {
+                    "whole": pictures,
+                    "support": [_support(p) for p in pictures],
+                    "focus": [zoom_picture(p, ex.focus(x, n.path)) for p, n in zip(pictures, kids)],
+                }
+                if len(kids) > 1:
+                    for rendering, pics in drawn.items():
+                        out[rendering][depth].append(mean_correlation(pics))
+                nxt.extend(n.path for n in kids[:2])
+            level = nxt
+    return out
+
+
+def siblings_main(args) -> None:
+    ex = Explorer(load_model())
+    names = [g.name for g in gallery_images()] if args.images == "gallery" else args.images.split(",")
+    result = sibling_correlations(ex, names, args.k)
+    levels = sorted(result["whole"])
+    lines = [
+        f"Mean pairwise correlation of sibling pictures in the first tree (root: top class, "
+        f"guided, path scoring, k={args.k}, first two children of each level expanded), over "
+        f"{len(names)} gallery images ({', '.join(names)}); lower is more distinct.",
+        "",
+        "| picture | " + " | ".join(f"level {d}" for d in levels) + " |",
+        "|---|" + "---:|" * len(levels),
+    ]
+    what = {
+        "whole": "whole reconstruction",
+        "support": "old zoom (crop=support), the default before",
+        "focus": "focus zoom (crop=focus), the default now",
+    }
+    for rendering in RENDERINGS:
+        cells = " | ".join(f"{np.mean(result[rendering][d]):.2f}" for d in levels)
+        lines.append(f"| {what[rendering]} | {cells} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--k", type=int, default=5)
-    parser.add_argument("--images", default="chelsea,coffee,rocket,astronaut")
+    parser.add_argument("--images", default=None, help="comma-separated, or 'gallery'")
+    parser.add_argument("--siblings", action="store_true", help="sibling-picture correlations")
     parser.add_argument("--out", default=None, help="write a Markdown table here")
     args = parser.parse_args()
+    if args.siblings:
+        args.images = args.images or "gallery"
+        siblings_main(args)
+        return
+    args.images = args.images or "chelsea,coffee,rocket,astronaut"
 
     model = load_model()
     engine = Engine.for_module(model.module)

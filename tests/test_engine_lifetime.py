@@ -113,3 +113,16 @@ def test_efficientnet_lite0_is_freed_after_every_use():
     del model
     gc.collect()
     assert module_ref() is None and param_ref() is None
+
+
+def test_a_private_engine_keeps_its_model_and_a_kept_forward_outlives_it():
+    x = torch.randn(1, 3, 10, 10)
+    engine = Engine(_Net().eval())  # the engine holds the only reference to its model
+    gc.collect()
+    assert engine.forward(x).activation("logits").shape == (1, 4)
+    model = _small()
+    kept = Engine.for_module(model.module).forward(x)
+    expected = kept.grad("logits", torch.ones(1, 4), rule="guided")
+    del model
+    gc.collect()
+    torch.testing.assert_close(kept.grad("logits", torch.ones(1, 4), rule="guided"), expected)

@@ -268,14 +268,6 @@ def test_decoding_bytes_bounds_the_real_peak(tmp_path):
         assert 0.3 * e < u <= e, (mode, u, e)
 
 
-def test_empty_image_is_refused():
-    data = bytearray(encode(Image.new("L", (1, 1)), "PNG"))
-    data[16:20] = struct.pack(">I", 0)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    with pytest.raises(ImageError, match="<image bytes>"):
-        load_image(bytes(data))
-
-
 # --- the corpus: every bad file through the CLI and the HTTP API ------------------------------
 
 CORPUS = bad_images()

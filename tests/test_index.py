@@ -80,11 +80,16 @@ def image_files(folder: Path) -> list[tuple[str, Path]]:
     return sorted((p.relative_to(folder).as_posix(), p) for p in files)
 
 
-def brute_force(model, folder: Path, layers, k: int, batch_size: int) -> dict:
-    """Every image's every activation, then a plain sort per unit (value desc, file order).
+#: The input of each activation layer indexed here: a unit's strength is read there.
+PRE_ACTIVATION = {"inplace": "branch_b", "shared#2": "depthwise", "head_act": "head_bn"}
 
-    The batches are the documented ones: the sorted files in groups of ``batch_size``,
-    unreadable files dropped, padded with zero images to ``batch_size``.
+
+def brute_force(model, folder: Path, layers, k: int, batch_size: int) -> dict:
+    """Every image's every strength, then a plain sort per unit (value desc, file order).
+
+    The strength of an activation layer's unit is its pre-activation (ReLU6 units do
+    not all tie at 6). The batches are the documented ones: the sorted files in groups of
+    ``batch_size``, unreadable files dropped, padded with zero images to ``batch_size``.
     """
     engine = Engine.for_module(model.module)
     files = image_files(folder)
@@ -104,7 +109,7 @@ def brute_force(model, folder: Path, layers, k: int, batch_size: int) -> dict:
         x = torch.cat(xs + [torch.zeros_like(xs[0])] * (batch_size - len(xs)))
         fwd = engine.forward(x, cache=False)  # every layer, with a graph: another code path
         for n in names:
-            maps[n].append(fwd.activation(n)[: len(xs)].detach().numpy())
+            maps[n].append(fwd.activation(PRE_ACTIVATION.get(n, n))[: len(xs)].detach().numpy())
         order += rels
     out = {}
     for n in names:
@@ -467,7 +472,7 @@ def test_damaged_or_newer_index_is_refused(built, tmp_path):
 
 def test_manifest_documents_layers_and_images(built, folder):
     meta = json.loads((built / "index.json").read_text())
-    assert meta["format"] == "cnnscope-index" and meta["version"] == 1
+    assert meta["format"] == "cnnscope-index" and meta["version"] == 2
     assert [e["name"] for e in meta["layers"]] == LAYERS
     conv2 = meta["layers"][3]
     assert conv2["shape"] == [8, 5, 7] and conv2["field"] == {

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import os
 import statistics
@@ -21,9 +22,11 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from cnnscope.images import load_gallery_image
 from cnnscope.models import load_model
@@ -190,7 +193,7 @@ def listing(folder: Path) -> dict[str, int]:
 def test_the_server_writes_only_inside_its_data_dir(model, tmp_path):
     """Grids of an index, activation maps (matplotlib) and uploads: nothing lands in the
     index folder, HOME or the XDG folders; ``cnnscope serve`` as a user runs it."""
-    from cnnscope.index import build_index
+    from cnnscope.index import build_index, open_index
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -224,6 +227,7 @@ def test_the_server_writes_only_inside_its_data_dir(model, tmp_path):
             except httpx.HTTPError:
                 time.sleep(0.25)
         with httpx.Client(base_url=base, timeout=600) as client:
+            grid = client.get("/api/units/blocks.4:7/examples.png")
             for url in (
                 "/api/units/blocks.4:7/examples.png",
                 "/api/units/blocks.4:7/examples/1.png",
@@ -243,3 +247,8 @@ def test_the_server_writes_only_inside_its_data_dir(model, tmp_path):
         out = proc.communicate(timeout=30)[0].decode()
     assert {name: listing(folder) for name, folder in outside.items()} == before, out
     assert (data / "matplotlib").is_dir()  # matplotlib's folder is inside the data dir
+    # the grid rendered in memory is the index's own grid
+    want = open_index(index).grid("blocks.4:7", model)
+    got = np.asarray(Image.open(io.BytesIO(grid.content)).convert("RGB"))
+    diff = np.abs(got.astype(np.int16) - want.astype(np.int16))
+    assert got.shape == want.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from cnnscope.engine import Engine, Unit
+from cnnscope.engine.rules import POLARITY
 from cnnscope.errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from cnnscope.models.base import LoadedModel, Preprocessing
 from cnnscope.render import gradient_image
@@ -123,6 +124,12 @@ def _keep_np(g: np.ndarray, c: int, gain: str) -> np.ndarray:
     return out
 
 
+def _oriented(g: np.ndarray, c: int, gain: str, w: np.ndarray, rule: str) -> np.ndarray:
+    """The kept channel, negated when its weight goes against the rule (its polarity)."""
+    flip = -1.0 if w[c] * POLARITY[rule] < 0 else 1.0
+    return flip * _keep_np(g, c, gain)
+
+
 def _w_np(a: np.ndarray, g: np.ndarray) -> np.ndarray:
     """w_c = mean over positions of A_c * G_c, in numpy."""
     return (a[0] * g[0]).reshape(a.shape[1], -1).mean(1)
@@ -176,13 +183,13 @@ def test_children_match_hand_written_numpy(net, ex, x, rule, gain):
     _assert_top(kids, w1, 3)
     assert all(n.path == (Unit("logits", cls), n.unit) for n in kids)
     # level 2: children of the first child (shared#3:j) in shared#2 (d), conditioned on the path
-    s2 = torch.from_numpy(_keep_np(g_c2.numpy(), kids[0].unit.channel, gain))
+    s2 = torch.from_numpy(_oriented(g_c2.numpy(), kids[0].unit.channel, gain, w1, rule))
     g_d = _c2_to_d(conv, t, s2, rule)
     w2 = _w_np(t["d"].numpy(), g_d.numpy())
     kids2 = ex.children(x, kids[0].path, k=4, rule=rule, gain=gain, sign="abs")
     _assert_top(kids2, w2, 4, "abs")
     # level 3: children in conv1 (a layer without its own activation: A is signed)
-    s3 = torch.from_numpy(_keep_np(g_d.numpy(), kids2[0].unit.channel, gain))
+    s3 = torch.from_numpy(_oriented(g_d.numpy(), kids2[0].unit.channel, gain, w2, rule))
     g_z1 = _d_to_z1(conv, t, s3, rule)
     w3 = _w_np(t["z1"].numpy(), g_z1.numpy())
     kids3 = ex.children(x, kids2[0].path, k=6, rule=rule, gain=gain, sign="abs")
@@ -190,8 +197,9 @@ def test_children_match_hand_written_numpy(net, ex, x, rule, gain):
     assert [n.sign for n in kids3] == ["pos" if w3[c] >= 0 else "neg" for c in _top(w3, 6, "abs")]
     # the bottom of the chain has no children
     assert ex.children(x, kids3[0].path, rule=rule, gain=gain) == []
-    # the reconstruction of the deepest node: its kept channel down to the input
-    g_x = _conv_back(conv["conv1"], t["x"], torch.from_numpy(_keep_np(g_z1.numpy(), 0, gain)))
+    # the reconstruction of the deepest node: its kept channel (oriented) down to the input
+    kept = torch.from_numpy(_oriented(g_z1.numpy(), 0, gain, w3, rule))
+    g_x = _conv_back(conv["conv1"], t["x"], kept)
     got = ex.input_gradients(x, [kids3[0].path[:-1] + (Unit("conv1", 0),)], rule, gain)
     torch.testing.assert_close(got[0].double(), g_x[0], rtol=1e-4, atol=1e-7)
 
@@ -324,7 +332,7 @@ def test_negative_children_are_inhibitory_under_true_gradient(net, ex, x):
     for cls in range(5):
         g_c2 = _from_logit(net, t, cls, "gradient")
         w = _w_np(t["c2"].numpy(), g_c2.numpy())
-        neg = ex.children(x, f"logits:{cls}", k=3, rule="guided", sign="neg")
+        neg = ex.children(x, f"logits:{cls}", k=3, rule="gradient", sign="neg")
         assert [n.unit.channel for n in neg] == _top(w, 3, "neg")
         assert all(n.weight < 0 and n.sign == "neg" for n in neg)
         pos = ex.children(x, f"logits:{cls}", k=3, sign="pos", rule="gradient")
@@ -425,4 +433,5 @@ def test_node_to_dict():
         "weight": 0.25,
         "path": "logits:1/shared~3:0",
         "sign": "pos",
+        "share": None,
     }

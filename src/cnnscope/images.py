@@ -21,9 +21,9 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "IMAGE_FORMATS",
     "GalleryImage",
+    "decoding_bytes",
     "gallery",
     "gallery_images",
-    "decoding_bytes",
     "iter_image_files",
     "load_gallery_image",
     "load_image",
@@ -34,7 +34,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm"}
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 )
 
 #: The only formats decoded: all by Pillow's own in-process decoders. Formats that make
@@ -42,7 +42,7 @@ IMAGE_EXTENSIONS = frozenset(
 #: (DDS, ICNS, FITS, PSD...) are refused from their first bytes, before anything is decoded.
 #: JPEG includes the multi-picture JPEGs (MPO) of cameras; PPM includes PGM and PBM.
 IMAGE_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF", "PPM")
-_FORMAT_NAMES = "JPEG, PNG, WebP, BMP, GIF, TIFF, PPM"
+_ACCEPTED = "accepted: JPEG, PNG, WebP, BMP, GIF, TIFF, PPM"
 
 #: Bytes per pixel that an 8-bit RGB photo takes to decode and turn upright: the default
 #: budget of :func:`load_image` is what the largest photo it accepts takes.
@@ -106,7 +106,9 @@ def load_image(
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError) as exc:
-        raise ImageError(f"{name} is too large to decode safely: {exc}") from None
+        raise ImageError(
+            f"{name} is too large to decode safely: {exc or 'out of memory'}"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(_unaccepted(name, fp)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -132,10 +134,8 @@ def _open_source(source: ImageSource) -> tuple[str, BinaryIO]:
 
 
 def _check_size(img: Image.Image, name: str, max_pixels: int, max_bytes: int) -> None:
-    """Refuse an empty image, or one over the pixel or memory budget, from its header."""
+    """Refuse an image over the pixel or memory budget, from its header."""
     w, h = img.size
-    if w < 1 or h < 1:
-        raise ImageError(f"{name} has no pixels ({w}x{h})")
     if w * h > max_pixels:
         raise ImageError(f"{name} is too large: {w}x{h} = {w * h:,} pixels (limit {max_pixels:,})")
     need = decoding_bytes(img)
@@ -189,13 +189,10 @@ def _unaccepted(name: str, fp: BinaryIO) -> str:
     """Why an image that no accepted decoder recognised was refused."""
     fmt = _sniff(fp)
     if fmt in IMAGE_FORMATS:
-        return f"cannot read image {name}: a damaged or truncated {fmt} file"
-    what = (
-        f"looks like {fmt} data, a format cnnscope does not read"
-        if fmt
-        else ("is not an image in a format cnnscope reads")
-    )
-    return f"{name} {what} (accepted: {_FORMAT_NAMES})"
+        return f"{name} is not an image cnnscope can read: a damaged or truncated {fmt} file"
+    if fmt:
+        return f"{name} looks like {fmt} data, a format cnnscope does not read ({_ACCEPTED})"
+    return f"{name} is not an image in a format cnnscope reads ({_ACCEPTED})"
 
 
 def _sniff(fp: BinaryIO) -> str | None:

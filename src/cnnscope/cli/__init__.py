@@ -60,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Python warnings (e.g. Pillow's about a corrupt EXIF block) only with -v: an error
+    # stays one line
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.WARNING if args.verbose else logging.ERROR)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -4,7 +4,7 @@ Autograd's version counter misses writes through ``p.data`` (a new tensor that s
 the storage, not the counter), so a cache keyed on versions alone serves stale answers
 after ``p.data.mul_(2)``. :class:`WeightSamples` also reads some values of every tensor,
 through views made once, at a small share of a forward pass's cost: reading every value
-would cost about 10% of a forward pass of EfficientNet-Lite0 on CPU.
+would cost over 10% of a forward pass of EfficientNet-Lite0 on CPU.
 """
 
 from __future__ import annotations

@@ -383,6 +383,15 @@ class Engine:
         parameters and hooks are as before after every call.
     cache_bytes : int
         Memory bound of the cache of recorded forwards (least recently used go first).
+        Cached forwards are keyed on the input and :meth:`weights_fingerprint`.
+
+    Attributes
+    ----------
+    memo : dict
+        Per-model caches of other parts of cnnscope (LRP's rewritten copy, the default
+        CAM layer), keyed by a tag of their owner: they live as long as the engine, and
+        the shared engine (:meth:`for_module`) as long as its model. A value must not
+        refer to the model, or it would keep the model alive.
 
     Examples
     --------
@@ -396,10 +405,7 @@ class Engine:
         self._module = weakref.ref(module)
         self._owned: nn.Module | None = module  # a private engine keeps its model alive
         self.cache_bytes = cache_bytes
-        #: Per-model caches of other parts of cnnscope (e.g. LRP's rewritten copy), keyed
-        #: by a tag of the owner: they live exactly as long as the engine. A value must not
-        #: refer to the model, or the shared engine would keep it alive.
-        self.memo: dict = {}
+        self.memo: dict = {}  # see Attributes: no value may refer to the model
         self._samples = WeightSamples()
         self._lock = threading.RLock()
         self._clone: set[tuple[str, int]] = set()

@@ -307,8 +307,10 @@ class LocalGuard:
 
 
 def _bare(name: str) -> str:
-    """A host name as compared: lower case, no IPv6 brackets, no trailing dot."""
-    return name.strip("[]").lower().rstrip(".")
+    """A host name as compared: lower case, no IPv6 brackets, no trailing dot, and an
+    IPv4 address as itself (a dual-stack socket reports ``::ffff:192.168.1.5``)."""
+    name = name.strip("[]").lower().rstrip(".")
+    return name.removeprefix("::ffff:") if "." in name else name
 
 
 def _host_of(netloc: str) -> str:

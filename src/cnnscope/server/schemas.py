@@ -8,7 +8,7 @@ from pydantic import BaseModel, Field
 
 Rule = Literal["gradient", "deconvnet", "guided", "guided_neg"]
 Gain = Literal["auto", "fixed", "none"]
-Scoring = Literal["path", "local"]
+Scoring = Literal["path", "local", "seed"]
 Sign = Literal["pos", "neg"]
 
 
@@ -106,6 +106,9 @@ class NodeOut(BaseModel):
         description="contribution score to the parent (children) or child (parents)"
     )
     sign: Sign
+    share: float | None = Field(
+        None, description="|weight| as a fraction of the parent's evidence of the same sign"
+    )
     path: str = Field(description="the node's tree path, root first, units joined by '/'")
     label: str | None = Field(None, description="class name for logit units")
     reconstruction: str = Field(description="URL of its path-conditioned reconstruction (PNG)")
@@ -141,6 +144,12 @@ class FaithfulnessOut(BaseModel):
         description="mean relative drop when as many random channels are zeroed"
     )
     random_std: float
+    measure: str = Field("", description="what was measured, in words")
+    value: float | None = Field(None, description="the measured value, nothing zeroed")
+    zeroed: float | None = Field(None, description="the value with the children zeroed")
+    random_zeroed: float | None = Field(
+        None, description="its mean value with as many random channels zeroed"
+    )
 
 
 class UnitOut(BaseModel):

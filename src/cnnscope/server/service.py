@@ -46,7 +46,7 @@ from ..engine import LOGITS, Engine, LayerInfo, Unit, strongest_units
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
-from ..tree import Explorer, format_path, parse_path, render_gradient
+from ..tree import Explorer, format_path, parse_path, render_gradient, zoom_picture
 from .background import BackgroundLane, Task, model_copy
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
@@ -500,7 +500,8 @@ class ExplorerService:
         key = ("children", image_id, canonical, k, rule, scoring, gain, sign)
         nodes = await self._call(key, compute)
         if prefetch and nodes:
-            self.prefetch(image_id, [n["path"] for n in nodes], rule, gain)
+            drawn = "seed" if scoring == "seed" else "path"
+            self.prefetch(image_id, [n["path"] for n in nodes], rule, gain, drawn)
         return nodes
 
     async def parents(
@@ -541,14 +542,21 @@ class ExplorerService:
             rule, scoring = options.get("rule", "guided"), options.get("scoring", "path")
             x = self._input(image_id)
             result = lane.explorer.faithfulness(x, units, kids, rule=rule, scoring=scoring)
-            return {key: float(result[key]) for key in ("drop", "random_drop", "random_std")}
+            keys = ("drop", "random_drop", "random_std", "value", "zeroed", "random_zeroed")
+            return {**{k: float(result[k]) for k in keys}, "measure": result["measure"]}
 
         key = ("faith", image_id, canonical, *sorted(options.items()))
         result = await self._call(key, compute, slow=True)  # a batched forward of 9 rows
         return {**result, "children": [n["unit"] for n in nodes]}
 
     async def reconstruction(
-        self, image_id: str, path: str, rule: str = "guided", gain: str = "auto", crop: str = "none"
+        self,
+        image_id: str,
+        path: str,
+        rule: str = "guided",
+        gain: str = "auto",
+        crop: str = "none",
+        scoring: str = "path",
     ) -> bytes:
         """The path-conditioned reconstruction of ``path`` as PNG (batched with its peers).
 
@@ -556,16 +564,25 @@ class ExplorerService:
         low layers, whose receptive field is a few pixels of a 224-pixel picture).
         """
         self.store.get(image_id)
-        _, canonical = self.check_path(path)
-        png = await self._recon(image_id, canonical, rule, gain)
+        units, canonical = self.check_path(path)
+        scoring = "seed" if scoring == "seed" else "path"  # local nodes are drawn on their path
+        png = await self._recon(image_id, canonical, rule, gain, scoring)
         if crop == "none":
             return png
-        key = ("crop", image_id, canonical, rule, gain)
-        return await self._once(key, lambda: self._off_loop(crop_to_support, png))
+        key = ("crop", crop, image_id, canonical, rule, gain, scoring)
+        if crop == "support":
+            return await self._once(key, lambda: self._off_loop(crop_to_support, png))
+        box = await self._call(
+            ("focus", image_id, canonical, rule, gain, scoring),
+            lambda lane: lane.explorer.focus(self._input(image_id), units, rule, gain, scoring),
+        )
+        return await self._once(key, lambda: self._off_loop(zoom_png, png, box))
 
-    def _recon(self, image_id: str, canonical: str, rule: str, gain: str) -> Awaitable[bytes]:
-        key = ("recon", image_id, canonical, rule, gain)
-        group = (image_id, rule, gain)
+    def _recon(
+        self, image_id: str, canonical: str, rule: str, gain: str, scoring: str = "path"
+    ) -> Awaitable[bytes]:
+        key = ("recon", image_id, canonical, rule, gain, scoring)
+        group = (image_id, rule, gain, scoring)
 
         async def compute() -> bytes:
             # the worker only backpropagates; the picture is drawn and encoded in the thread
@@ -575,17 +592,19 @@ class ExplorerService:
 
         return self._once(key, compute)
 
-    def prefetch(self, image_id: str, paths: Sequence[str], rule: str, gain: str) -> None:
+    def prefetch(
+        self, image_id: str, paths: Sequence[str], rule: str, gain: str, scoring: str = "path"
+    ) -> None:
         """Start computing reconstructions that will be asked for soon (no waiting)."""
         for path in paths:
-            key = ("recon", image_id, path, rule, gain)
+            key = ("recon", image_id, path, rule, gain, scoring)
             if self.results.get(key) is None and key not in self._inflight:
-                task = asyncio.ensure_future(self._recon(image_id, path, rule, gain))
+                task = asyncio.ensure_future(self._recon(image_id, path, rule, gain, scoring))
                 task.add_done_callback(_quiet)
 
     def _run_recons(self, group, paths: Sequence[str]) -> list[Any]:
         """Worker: input gradients of many paths of one image, rule and gain, batched."""
-        image_id, rule, gain = group
+        image_id, rule, gain, scoring = group
         try:
             x = self._input(image_id)
         except Exception as exc:
@@ -596,7 +615,7 @@ class ExplorerService:
             chunk = unique[start : start + self.max_batch]
             try:
                 grads = self.explorer.input_gradients(
-                    x, [parse_path(p) for p in chunk], rule=rule, gain=gain
+                    x, [parse_path(p) for p in chunk], rule=rule, gain=gain, scoring=scoring
                 )
                 self.recon_batches += 1
                 self.recon_paths += len(chunk)
@@ -604,7 +623,9 @@ class ExplorerService:
             except Exception:  # find which path failed; the others still get answers
                 for p in chunk:
                     try:
-                        one = self.explorer.input_gradients(x, [parse_path(p)], rule, gain)
+                        one = self.explorer.input_gradients(
+                            x, [parse_path(p)], rule, gain, scoring
+                        )
                         done[p] = one[0]
                     except Exception as exc:
                         done[p] = Failed(exc)
@@ -1234,6 +1255,13 @@ class ExplorerService:
         return await self._once(key, lambda: self._off_loop(compute))
 
 
+def zoom_png(png: bytes, box: tuple[int, int, int, int] | None) -> bytes:
+    """A reconstruction zoomed on ``box`` (:meth:`Explorer.focus`), or as it is."""
+    if box is None:
+        return png
+    return png_bytes(zoom_picture(np.asarray(Image.open(io.BytesIO(png)).convert("RGB")), box))
+
+
 def crop_to_support(png: bytes, pad: float = 0.35, min_size: int = 16) -> bytes:
     """Zoom a reconstruction on where it differs from its grey background.
 
@@ -1304,6 +1332,7 @@ def _node_dict(node) -> dict:
         "channel": unit.channel,
         "weight": float(node.weight),
         "sign": str(getattr(node, "sign", "pos")),
+        "share": getattr(node, "share", None),
         "path": path,
     }
 

@@ -1,10 +1,12 @@
-"""One thread owns the model; requests that arrive together are merged into batches.
+"""One thread owns a model; requests that arrive together are merged into batches.
 
 The event loop never runs model code. Routes submit :class:`Job` objects and await
 their futures. The worker thread takes the first waiting job, keeps collecting jobs for
 ``window_ms`` more milliseconds, groups them by :attr:`Job.group` and hands each group to
 its handler in one call. A handler can therefore answer many requests with one batched
 backward (reconstructions of many paths of the same image and rule, for instance).
+The explorer runs two: the request worker, on the model, and the slow lane, on a copy of
+it, for the jobs that take seconds (see :mod:`cnnscope.server.service`).
 """
 
 from __future__ import annotations

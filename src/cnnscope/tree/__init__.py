@@ -8,7 +8,7 @@ Examples
 """
 
 from ..engine import Unit
-from .explorer import GAINS, SCORINGS, SIGNS, Explorer, Node, render_gradient
+from .explorer import GAINS, SCORINGS, SIGNS, Explorer, Node, render_gradient, zoom_picture
 from .paths import Path, format_path, parse_path
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "format_path",
     "parse_path",
     "render_gradient",
+    "zoom_picture",
 ]

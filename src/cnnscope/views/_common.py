@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine import Engine
+from ..engine import Engine, strongest_units
 from ..engine.units import suggest
 from ..errors import CnnscopeError, UnknownLayerError
 
@@ -66,6 +66,22 @@ def layer_maps(model, image, layer: str, engine: Engine | None = None) -> tuple[
     fwd = engine.forward(to_input(model, image))
     name = fwd.resolve(layer)
     return name, channel_maps(fwd.activation(name), name).float().cpu()
+
+
+def strongest_channels(model, image, layer: str, k: int = 5) -> list[tuple[int, float]]:
+    """``(channel, strength)`` of the ``k`` strongest units of ``layer`` for ``image``.
+
+    The engine's strength (:func:`cnnscope.engine.strongest_units`): for a ReLU6 layer the
+    pre-activation maximum, so that the units saturated at 6 are told apart.
+
+    Examples
+    --------
+    >>> from cnnscope.models import load_model
+    >>> [(c, round(v, 1)) for c, v in strongest_channels(load_model(), "chelsea", "head_act", 2)]
+    [(112, 13.8), (1236, 12.1)]
+    """
+    fwd = Engine.for_module(module_of(model)).forward(to_input(model, image))
+    return [(u.channel, value) for u, value in strongest_units(fwd, layer, k)]
 
 
 def conv_layers(module: nn.Module) -> list[str]:

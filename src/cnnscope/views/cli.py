@@ -194,7 +194,7 @@ def register(subparsers) -> None:
 def activations(args: argparse.Namespace) -> int:
     """Mosaic, ordering, stats and volume exports of one layer for one image."""
     from ..images import resolve_image
-    from ._common import layer_maps
+    from ._common import layer_maps, strongest_channels
     from .mosaic import layer_stats, render_mosaic
     from .ordering import order_channels, slice_image
     from .volume import volume_html, write_npy, write_nrrd, write_vox, write_vtk
@@ -274,8 +274,8 @@ def activations(args: argparse.Namespace) -> int:
     print(
         f"{name}  {layer}  {c} channels of {h}x{w}  min {float(acts.min()):.4g}  max {float(acts.max()):.4g}"
     )
-    top = sorted(stats, key=lambda s: -s["max"])[:5]
-    print("  strongest: " + ", ".join(f"{s['channel']} (max {s['max']:.3g})" for s in top))
+    top = strongest_channels(model, image, layer)
+    print("  strongest: " + ", ".join(f"{c} (strength {v:.3g})" for c, v in top))
     dead = sum(1 for s in stats if s["max"] == 0)
     if dead:
         print(f"  {dead} channel(s) are zero everywhere")

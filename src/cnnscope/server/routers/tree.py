@@ -24,9 +24,16 @@ PathQuery = Query(
 )
 K = Query(5, ge=1, le=16, description="how many children")
 RULE = Query("guided", description="backward rule: gradient, deconvnet, guided or guided_neg")
-SCORING = Query("path", description="path: conditioned on the path (default); local: own max")
+SCORING = Query(
+    "path",
+    description="path: conditioned on the path (default); local: own max; "
+    "seed: cnn_treevis's formula (G after the child's rule, |mean(A*G)|)",
+)
 GAIN = Query("auto", description="gain of each deeper node: auto (L1 mass), fixed or none")
-SIGN = Query("pos", description="pos: excitatory children; neg: inhibitory (true gradient)")
+SIGN = Query(
+    "pos",
+    description="pos: children with the rule's polarity (what it passes); neg: against it",
+)
 
 
 @dataclass
@@ -48,13 +55,15 @@ def node_out(
     gain: str,
     model: str,
     alone: bool = False,
+    scoring: str = "path",
 ) -> NodeOut:
     """A node as JSON; ``alone``: its reconstruction as a root rather than along its path."""
     label = svc.model.label(node["channel"]) if svc.is_class_layer(node["layer"]) else None
     recon = node["path"].split("/")[0] if alone else node["path"]
-    return NodeOut(
-        **node, label=label, reconstruction=recon_url(image_id, recon, rule, gain, model)
-    )
+    url = recon_url(image_id, recon, rule, gain, model)
+    if scoring == "seed" and not alone:  # seed scoring's nodes have seeds of their own
+        url += "&scoring=seed"
+    return NodeOut(**node, label=label, reconstruction=url)
 
 
 @router.get("/{image_id}/children", response_model=ChildrenOut, summary="Expand a node")
@@ -67,8 +76,10 @@ async def children(
 ) -> ChildrenOut:
     """The top-``k`` units of the next lower chain layer that feed the last unit of ``path``.
 
-    Scores are ``|mean over positions of A_c * G_c|`` with ``G`` the path-conditioned
-    gradient (``scoring=path``) or the node's own (``scoring=local``). Their
+    Scores are ``mean over positions of A_c * G_c`` with ``G`` the path-conditioned
+    gradient (``scoring=path``), the node's own (``scoring=local``), or cnn_treevis's
+    ``|mean(A_c * G_c)|`` with ``G`` taken through the child's rule (``scoring=seed``).
+    ``share`` is a child's part of its parent's evidence of the same sign. Their
     reconstructions are queued at once, so the URLs given here are fast to fetch.
     """
     nodes = await svc.children(image_id, path, **asdict(how))
@@ -78,7 +89,10 @@ async def children(
         path=canonical,
         layer=nodes[0]["layer"] if nodes else svc.chain_below(units[-1].layer),
         **asdict(how),
-        children=[node_out(svc, image_id, n, how.rule, how.gain, model) for n in nodes],
+        children=[
+            node_out(svc, image_id, n, how.rule, how.gain, model, scoring=how.scoring)
+            for n in nodes
+        ],
     )
 
 
@@ -133,9 +147,12 @@ async def reconstruction(
     path: str = PathQuery,
     rule: Rule = RULE,
     gain: Gain = GAIN,
-    crop: Literal["none", "support"] = Query(
-        "none", description="support: zoom on the pixels the gradient reaches"
+    crop: Literal["none", "support", "focus"] = Query(
+        "none",
+        description="support: zoom on the pixels the gradient reaches; "
+        "focus: on the cells where the node carries its evidence",
     ),
+    scoring: Scoring = Query("path", description="seed: the seed of a node scored so"),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
 ) -> Response:
@@ -144,5 +161,5 @@ async def reconstruction(
     Requests for the same image, rule and gain that arrive within a few milliseconds are
     answered by one batched backward.
     """
-    png = await svc.reconstruction(image_id, path, rule, gain, crop)
+    png = await svc.reconstruction(image_id, path, rule, gain, crop, scoring)
     return Response(png, media_type="image/png", headers=CACHE)

@@ -18,7 +18,16 @@ const RULES = [
 const SCORINGS = [
   ["path", "Path"],
   ["local", "Local"],
+  ["seed", "Seed"],
 ];
+// What each rule shows, said where the rule is chosen.
+const RULE_NOTES = {
+  guided: "Guided: only positive gradients pass each ReLU. Each picture shows what drives its node; zoom frames where the node carries its evidence.",
+  gradient: "Gradient: the true gradient, both signs (noisy, but faithful to the model).",
+  deconvnet:
+    "Deconvnet ignores the image at every ReLU, and this model has no max-pooling (whose switches are deconvnet's only other link to the image): its pictures are nearly the same checkerboard for every image. They show the pattern the weights prefer, not what this image contains.",
+  guided_neg: "Guided neg: only negative gradients pass. The root's children are the units that lower it; below them, what drives those units.",
+};
 const GAINS = ["auto", "fixed", "none"];
 const IMG = NODE_W - 16;
 
@@ -28,7 +37,8 @@ export async function render(app, { image, params, model }) {
   const selectedPath = (params.get("path") || "").trim();
   if (!selectedPath) {
     const preds = await api(`/api/images/${enc(image)}/predictions?k=1`);
-    window.location.replace(pages.tree(image, { model: model.name, rule: opts.rule, path: `logits:${preds.predictions[0].index}` }));
+    const keep = Object.fromEntries(params.entries());
+    window.location.replace(pages.tree(image, { ...keep, model: model.name, rule: opts.rule, path: `logits:${preds.predictions[0].index}` }));
     return;
   }
   const rootUnit = selectedPath.split("/")[0];
@@ -51,7 +61,7 @@ function readOptions(params) {
   return {
     k: Number.isInteger(k) && k >= 1 && k <= 16 ? k : 5,
     rule: RULES.some(([r]) => r === params.get("rule")) ? params.get("rule") : "guided",
-    scoring: params.get("scoring") === "local" ? "local" : "path",
+    scoring: SCORINGS.some(([v]) => v === params.get("scoring")) ? params.get("scoring") : "path",
     gain: GAINS.includes(params.get("gain")) ? params.get("gain") : "auto",
     neg: params.get("neg") === "1",
     zoom: params.get("zoom") !== "0",
@@ -82,14 +92,12 @@ class TreeView {
     const o = this.opts;
     const kSel = h("select", { class: "select", id: "opt-k", "aria-label": "children per node" }, [1, 2, 3, 4, 5, 6, 8, 10, 12, 16].map((n) => h("option", { value: n, selected: n === o.k }, `k = ${n}`)));
     kSel.addEventListener("change", () => this.setOption("k", Number(kSel.value)));
-    const gainSel = h("select", { class: "select", id: "opt-gain", "aria-label": "gain" }, GAINS.map((g) => h("option", { value: g, selected: g === o.gain }, `gain: ${g}`)));
-    gainSel.addEventListener("change", () => this.setOption("gain", gainSel.value));
     const neg = h("input", { type: "checkbox", id: "opt-neg", checked: o.neg });
     neg.addEventListener("change", () => this.setOption("neg", neg.checked));
     const zoom = h("input", { type: "checkbox", id: "opt-zoom", checked: o.zoom });
     zoom.addEventListener("change", () => {
       this.opts.zoom = zoom.checked;
-      for (const [path, el] of this.els) el.querySelector(".node-img").setAttribute("href", this.nodeImage(el.__node));
+      for (const el of this.els.values()) el.querySelector(".node-img").setAttribute("href", this.nodeImage(el.__node));
       this.syncUrl();
     });
     const ruleSeg = segmented(RULES, o.rule, (v) => this.setOption("rule", v), "backward rule");
@@ -119,7 +127,7 @@ class TreeView {
       { class: "tree-canvas", id: "tree-canvas" },
       this.svg,
       h("div", { class: "zoom-controls" }, zoomBtn("+", "zoom in", () => this.zoomBy(1.2)), zoomBtn("−", "zoom out", () => this.zoomBy(1 / 1.2)), zoomBtn("⤢", "fit the tree", () => this.fit())),
-      h("div", { class: "legend" }, h("span", { class: "lg lg-pos" }, "excites"), h("span", { class: "lg lg-neg" }, "inhibits"), h("span", { class: "lg lg-faith" }, "drop when the shown children are zeroed vs as many random ones")),
+      h("div", { class: "legend" }, h("span", { class: "lg lg-pos" }, "excites"), h("span", { class: "lg lg-neg" }, "inhibits"), h("span", { class: "lg lg-faith" }, "the node's value → with its shown children zeroed · with as many random ones")),
       this.popover,
     );
     const thumb = h("img", { src: this.info.thumbnail, alt: "", class: "toolbar-thumb" });
@@ -134,12 +142,13 @@ class TreeView {
           h("a", { class: "toolbar-image", href: pages.image(this.image, this.model.name) }, thumb, h("span", {}, this.info.name)),
           h("div", { class: "toolbar-group" }, h("span", { class: "toolbar-label" }, "Rule"), ruleSeg),
           h("div", { class: "toolbar-group" }, h("span", { class: "toolbar-label" }, "Scores"), scoringSeg),
-          h("div", { class: "toolbar-group" }, kSel, gainSel),
-          h("label", { class: "switch", for: "opt-neg", title: "also show the most negative contributions (true gradient)" }, neg, h("span", { class: "switch-track" }), "Inhibitory"),
-          h("label", { class: "switch switch-accent", for: "opt-zoom", title: "zoom each picture on the pixels its gradient reaches" }, zoom, h("span", { class: "switch-track" }), "Zoom"),
+          h("div", { class: "toolbar-group" }, kSel),
+          h("label", { class: "switch", for: "opt-neg", title: "also show the children that work against the rule's evidence (under guided: the inhibitory ones; under guided neg: those that raise the root)" }, neg, h("span", { class: "switch-track" }), "Both signs"),
+          h("label", { class: "switch switch-accent", for: "opt-zoom", title: "zoom each picture on the cells where its node carries its evidence" }, zoom, h("span", { class: "switch-track" }), "Zoom"),
           h("div", { class: "toolbar-spacer" }),
           copy,
         ),
+        h("p", { class: `rule-note rule-note-${o.rule}`, id: "rule-note" }, RULE_NOTES[o.rule]),
         h("div", { class: "tree-body" }, this.canvas, this.panel),
       ),
     );
@@ -157,6 +166,7 @@ class TreeView {
       channel: Number(data.channel ?? channel),
       label: data.label || null,
       weight: data.weight ?? null,
+      share: data.share ?? null,
       sign: data.sign || "pos",
       recon: data.reconstruction || this.reconUrl(data.path),
       parent,
@@ -172,7 +182,8 @@ class TreeView {
 
   reconUrl(path) {
     const o = this.opts;
-    return `/api/images/${enc(this.image)}/reconstruction.png${query({ path, rule: o.rule, gain: o.gain, model: this.model.name })}`;
+    const scoring = o.scoring === "seed" ? "seed" : null; // local nodes are drawn along their path
+    return `/api/images/${enc(this.image)}/reconstruction.png${query({ path, rule: o.rule, gain: o.gain, scoring, model: this.model.name })}`;
   }
 
   childQuery(node, sign) {
@@ -202,7 +213,8 @@ class TreeView {
       await Promise.all(
         level.map(async (node) => {
           if (!want.has(node.path)) return;
-          await this.expand(node, { quiet: true, sync: false, mustHave: nextOnPath(selectedPath, node.path) });
+          const must = [...want, selectedPath].map((p) => nextOnPath(p, node.path)).filter(Boolean);
+          await this.expand(node, { quiet: true, sync: false, mustHave: [...new Set(must)] });
           next.push(...this.visibleChildren(node));
         }),
       );
@@ -227,7 +239,7 @@ class TreeView {
     return null;
   }
 
-  async expand(node, { quiet = false, sync = true, mustHave = null } = {}) {
+  async expand(node, { quiet = false, sync = true, mustHave = [] } = {}) {
     if (node.leaf) return;
     if (node.children) {
       node.expanded = true;
@@ -244,22 +256,25 @@ class TreeView {
       if (gen !== this.generation) return;
       const seen = new Set();
       const kids = [];
-      answers.forEach((ans, i) => {
+      answers.forEach((ans) => {
         for (const c of ans.children) {
           if (seen.has(c.path)) continue;
           seen.add(c.path);
-          const child = this.makeNode({ ...c, sign: signs[i] === "neg" ? "neg" : c.sign }, node);
-          kids.push(child);
+          kids.push(this.makeNode(c, node));
         }
       });
-      if (mustHave && !seen.has(mustHave)) {
-        const unit = mustHave.split("/").pop().replace(/~/g, "#");
-        kids.push(this.makeNode({ unit, path: mustHave, pinned: true }, node));
+      for (const path of mustHave) {
+        if (seen.has(path)) continue;
+        const unit = path.split("/").pop().replace(/~/g, "#");
+        kids.push(this.makeNode({ unit, path, pinned: true }, node));
       }
       node.children = kids;
-      node.leaf = kids.length === 0;
+      const below = answers[0].layer;
+      node.leaf = !below;
       node.expanded = kids.length > 0;
-      if (!kids.length && !quiet) toast(`${node.unit} is in the bottom layer of the chain: it has no children`);
+      if (!kids.length && !quiet) {
+        toast(below ? `No unit of ${below} carries evidence for ${node.unit} under this rule${this.opts.neg ? "" : " (try Both signs)"}` : `${node.unit} is in the bottom layer of the chain: it has no children`);
+      }
       if (answers[0].children.length) this.loadFaithfulness(node);
     } catch (err) {
       if (gen !== this.generation) return;
@@ -401,15 +416,14 @@ class TreeView {
     for (const node of this.lay.nodes) {
       const kids = this.visibleChildren(node);
       if (!kids.length) continue;
-      const maxW = Math.max(...kids.map((k) => Math.abs(k.weight ?? 0)), 1e-12);
       for (const kid of kids) {
-        const share = kid.weight === null ? 0.3 : Math.abs(kid.weight) / maxW;
+        const share = kid.share === null ? 0.1 : Math.sqrt(kid.share);
         const cls = `edge ${kid.sign === "neg" ? "edge-neg" : "edge-pos"}${kid.pinned ? " edge-pinned" : ""}`;
         parts.push(
           s(
             "path",
             { class: cls, d: edgePath(node, kid), "stroke-width": (1.25 + 4.5 * share).toFixed(2) },
-            s("title", {}, kid.weight === null ? `${kid.unit}: on the shared path, not among the top ${this.opts.k}` : `${node.unit} ← ${kid.unit}: weight ${num(kid.weight)} (${pct(share, 0)} of the strongest sibling)`),
+            s("title", {}, kid.weight === null ? `${kid.unit}: on the shared path, not among the top ${this.opts.k}` : `${node.unit} ← ${kid.unit}: ${shareWords(kid)}`),
           ),
         );
       }
@@ -436,11 +450,12 @@ class TreeView {
         title = f.error;
         cls += " faith-error";
       } else {
-        text = `${change(f.drop)} vs ${change(f.random_drop)} rnd`;
-        title = `Zeroing these ${f.children.length} children changes ${node.unit} by ${change(f.drop, 1)}; zeroing ${f.children.length} random channels of the same layer changes it by ${change(f.random_drop, 1)} ± ${pct(f.random_std)}.`;
-        cls += f.drop > f.random_drop + 2 * f.random_std ? " faith-good" : " faith-weak";
+        text = `zeroed ${num(f.value)}→${num(f.zeroed)} · rnd ${num(f.random_zeroed)}`;
+        title = faithWords(f);
+        const beyond = Math.abs(f.drop - f.random_drop) > 2 * f.random_std && Math.abs(f.drop) > Math.abs(f.random_drop);
+        cls += beyond ? " faith-good" : " faith-weak";
       }
-      const w = 116;
+      const w = 150;
       parts.push(
         s(
           "g",
@@ -467,7 +482,7 @@ class TreeView {
     const g = s("g", { class: "node", tabindex: "0", role: "treeitem", "data-path": node.path, "data-unit": node.unit });
     g.__node = node;
     const title = node.label ? node.label.split(",")[0] : node.unit;
-    const sub = node.label ? node.unit : !node.parent ? "root" : node.weight === null ? "on the path" : `weight ${num(node.weight)}`;
+    const sub = node.label ? node.unit : !node.parent ? "root" : node.share === null ? "on the path" : `${pct(node.share, node.share < 0.1 ? 1 : 0)} of its parent's ${node.sign === "neg" ? "inhib." : "evidence"}`;
     const clipId = `clip-${Math.random().toString(36).slice(2)}`;
     const img = s("image", { class: "node-img", href: this.nodeImage(node), x: 8, y: 34, width: IMG, height: IMG, preserveAspectRatio: "xMidYMid slice", "clip-path": `url(#${clipId})` });
     const ph = s("rect", { class: "img-ph", x: 8, y: 34, width: IMG, height: IMG, rx: 8 });
@@ -493,7 +508,7 @@ class TreeView {
       ph,
       img,
       s("rect", { class: "img-hit", x: 8, y: 34, width: IMG, height: IMG, rx: 8 }),
-      node.sign === "neg" ? s("g", { class: "neg-badge", transform: `translate(${NODE_W - 15},15)` }, s("title", {}, "inhibitory: a negative contribution"), s("circle", { r: 8 }), s("path", { d: "M-3.5,0 H3.5" })) : null,
+      node.sign === "neg" ? s("g", { class: "neg-badge", transform: `translate(${NODE_W - 15},15)` }, s("title", {}, "inhibitory: it lowers its parent"), s("circle", { r: 8 }), s("path", { d: "M-3.5,0 H3.5" })) : null,
       node.pinned ? s("g", { class: "pin-badge", transform: `translate(${NODE_W - 15},15)` }, s("title", {}, `on the shared path, not among the top ${this.opts.k}`), s("circle", { r: 8 }), s("circle", { r: 2.5, class: "pin-dot" })) : null,
     );
     const bar = s("g", { class: "weight", transform: `translate(10,${NODE_H - 15})` });
@@ -550,13 +565,11 @@ class TreeView {
     icon.setAttribute("d", node.expanded ? "M-4.5,0 H4.5" : "M-4.5,0 H4.5 M0,-4.5 V4.5");
     g.querySelector(".knob").style.display = node.leaf ? "none" : "";
     const bar = g.querySelector(".weight");
-    const siblings = node.parent ? this.visibleChildren(node.parent) : [];
-    const maxW = Math.max(...siblings.map((k) => Math.abs(k.weight ?? 0)), 1e-12);
-    const share = node.weight === null || !node.parent ? null : Math.abs(node.weight) / maxW;
+    const share = node.share === null || !node.parent ? null : node.share;
     bar.replaceChildren(
       ...(share === null
         ? []
-        : [s("rect", { class: "wbar-bg", x: 0, y: 0, width: 38, height: 6, rx: 3 }), s("rect", { class: "wbar", x: 0, y: 0, width: Math.max(2, 38 * share), height: 6, rx: 3 }), s("title", {}, `weight ${num(node.weight)}: ${pct(share, 0)} of the strongest sibling`)]),
+        : [s("rect", { class: "wbar-bg", x: 0, y: 0, width: 38, height: 6, rx: 3 }), s("rect", { class: "wbar", x: 0, y: 0, width: Math.max(2, 38 * share), height: 6, rx: 3 }), s("title", {}, shareWords(node))]),
     );
     let err = g.querySelector(".node-error");
     if (node.error && !err) {
@@ -571,7 +584,7 @@ class TreeView {
   }
 
   nodeImage(node) {
-    return this.opts.zoom ? `${node.recon}&crop=support` : node.recon;
+    return this.opts.zoom ? `${node.recon}&crop=focus` : node.recon;
   }
 
   unitPage(node) {
@@ -667,7 +680,7 @@ class TreeView {
       h(
         "div",
         { class: "panel-images" },
-        h("figure", {}, lazyImage(n.recon, { alt: `reconstruction of ${n.unit}`, cls: "panel-img" }), h("figcaption", {}, "Reconstruction along its path")),
+        h("figure", {}, lazyImage(n.recon, { alt: `reconstruction of ${n.unit}`, cls: "panel-img" }), h("figcaption", {}, "Reconstruction along its path (whole image)")),
         spatial ? h("figure", {}, lazyImage(`/api/images/${enc(this.image)}/activation.png${query({ unit: n.unit.replace(/#/g, "~"), model: this.model.name })}`, { alt: `activation of ${n.unit}`, cls: "panel-img" }), h("figcaption", {}, "Where it fires")) : null,
       ),
       h("div", { class: "panel-actions" }, actions),
@@ -681,10 +694,10 @@ class TreeView {
         n.parent
           ? [
               h("dt", {}, "Weight"),
-              h("dd", {}, n.weight === null ? "on the path (not in the top k)" : [`${num(n.weight)} · ${n.sign === "neg" ? "inhibits" : "excites"} `, h("code", { class: "nowrap" }, n.parent.unit)]),
+              h("dd", {}, n.share === null ? "on the path (not in the top k)" : [`${shareWords(n)} `, h("code", { class: "nowrap" }, n.parent.unit), h("span", { class: "muted small" }, ` (mean A·G = ${num(n.weight)})`)]),
             ]
           : null,
-        f ? [h("dt", {}, "Faithfulness"), h("dd", {}, `zeroing its ${f.children.length} children changes it by ${change(f.drop, 1)}; as many random channels: ${change(f.random_drop, 1)} ± ${pct(f.random_std)}`)] : null,
+        f ? [h("dt", {}, "Faithfulness"), h("dd", { id: "panel-faith" }, faithWords(f))] : null,
       ),
       h("div", { class: "path-chips", "aria-label": "path from the root" }, crumbsEls),
       h("section", { class: "panel-section" }, h("h3", {}, "Drill up"), h("div", { class: "parents-box" }, h("p", { class: "muted small" }, "Which units of the layer above does this one feed most? Use ", h("strong", {}, "Drill up"), "."))),
@@ -827,6 +840,20 @@ function nextOnPath(selected, path) {
 function isBelow(node, ancestor) {
   for (let n = node.parent; n; n = n.parent) if (n === ancestor) return true;
   return false;
+}
+
+/** A child's weight in words: its share of its parent's evidence of the same sign. */
+function shareWords(node) {
+  if (node.share === null) return "on the shared path, not among the top k";
+  const how = node.sign === "neg" ? "inhibits" : "excites";
+  return `${how}: ${pct(node.share, node.share < 0.1 ? 1 : 0)} of the ${node.sign === "neg" ? "inhibitory" : "excitatory"} evidence that reaches`;
+}
+
+/** A faithfulness measurement in words: what was zeroed, what was measured, what it did. */
+function faithWords(f) {
+  const n = f.children.length;
+  const more = f.children.length > 3 ? ", …" : "";
+  return `Zeroing its ${n} shown children (${f.children.slice(0, 3).join(", ")}${more}) takes ${f.measure} from ${num(f.value)} to ${num(f.zeroed)} (${change(f.drop, 1)}). Zeroing ${n} random channels of the same layer instead takes it to ${num(f.random_zeroed)} on average (${change(f.random_drop, 1)} ± ${pct(f.random_std)}).`;
 }
 
 /** The change of an activation when channels are zeroed: drop 0.19 -> "−19%". */
