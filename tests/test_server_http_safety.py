@@ -181,7 +181,7 @@ def test_the_schema_documents_every_status_the_boundary_gives(base):
 def test_a_wrong_method_names_every_method_of_the_path(base):
     r = httpx.request("OPTIONS", base + "/api/images")
     assert r.status_code == 405
-    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "HEAD", "POST"}
+    assert {m.strip() for m in r.headers["allow"].split(",")} == {"GET", "POST"}
 
 
 # ---------------------------------------------------------------------------- bodies
@@ -227,8 +227,13 @@ def test_a_slow_body_gets_408_and_does_not_hold_the_server(base):
         )
         start = time.perf_counter()
         assert httpx.get(base + "/api/models").status_code == 200
-        answer = sock.recv(65536).decode("latin-1")
+        answer = b""
+        while not answer.endswith(b"}"):  # the status line, headers, then the JSON body
+            chunk = sock.recv(65536)
+            assert chunk, answer
+            answer += chunk
         waited = time.perf_counter() - start
+    answer = answer.decode("latin-1")
     assert answer.startswith("HTTP/1.1 408"), answer[:200]
     assert '"detail":"the upload did not arrive within 1 s' in answer
     assert waited < 15

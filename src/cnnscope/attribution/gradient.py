@@ -92,10 +92,25 @@ def guided_neg(ctx: Context) -> MethodOutput:
     return MethodOutput(_rule_gradient(ctx, "guided_neg"))
 
 
+@register(
+    "guided_x_input",
+    family="gradient",
+    style="grayscale",
+    signed=True,
+    aliases=("guided_grad_x_image", "guided_gradient_x_input", "guided_backprop_x_input"),
+    summary="guided backprop times the (normalised) input",
+    reference="seed 2's Guided-Grad x Image; Springenberg et al. 2015",
+)
+def guided_x_input(ctx: Context) -> MethodOutput:
+    """Guided backprop times input (seed 2's "Guided-Grad x Image")."""
+    return MethodOutput(_rule_gradient(ctx, "guided") * ctx.x)
+
+
 #: Gradient-family methods a noise tunnel can wrap: name -> (rule, multiply by input).
 _BASES = {
     "gradient": ("gradient", False),
     "gradient_x_input": ("gradient", True),
+    "guided_x_input": ("guided", True),
     "deconvnet": ("deconvnet", False),
     "guided_backprop": ("guided", False),
     "guided_neg": ("guided_neg", False),

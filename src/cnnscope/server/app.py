@@ -314,7 +314,7 @@ def _bare(name: str) -> str:
 
 
 def _host_of(netloc: str) -> str:
-    """The host name of a ``Host`` header: ``localhost:8000`` -> ``localhost``, ``[::1]:80`` -> ``::1``."""
+    """The host name of a ``Host`` header (``localhost:8000``, ``[::1]:8000``)."""
     name = netloc[1:].partition("]")[0] if netloc.startswith("[") else netloc.partition(":")[0]
     return _bare(name)
 
@@ -345,13 +345,19 @@ async def _security_headers(request: Request, call_next):
     return response
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _methods_at(request: Request) -> list[str]:
     """Every method that some route of the request's path answers."""
-    methods = set()
-    for route in request.app.routes:
-        if route.matches(request.scope)[0] is not Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.routes
+        )
+    ]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -370,8 +376,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             return pages.shell(request, status_code=404)
         detail = exc.detail if exc.status_code != 404 else f"not found: {path[:200]}"
         headers = exc.headers
-        if exc.status_code == 405:  # Starlette names the methods of one route of the path
-            headers = {**(headers or {}), "Allow": ", ".join(_methods_at(request))}
+        methods = _methods_at(request) if exc.status_code == 405 else []
+        if methods:  # Starlette names the methods of only one route of the path
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
         return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

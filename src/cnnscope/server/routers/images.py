@@ -75,7 +75,7 @@ def list_images(request: Request, model: str = Depends(checked_model)) -> Galler
 
 #: An upload's content types: neither can be sent by a cross-site form or a no-cors
 #: fetch without a CORS preflight, which this server never grants. The bytes decide the
-#: format (JPEG, PNG, WebP, BMP, GIF, TIFF), not the type.
+#: format (one of cnnscope.images.IMAGE_FORMATS), not the type.
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 UPLOAD_BODY = {
     "requestBody": {
