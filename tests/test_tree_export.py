@@ -88,3 +88,25 @@ def test_cli_usage_error_exits_2(capsys):
         main(["tree", "chelsea", "--rule", "magic"])
     assert info.value.code == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _off_grey(picture: np.ndarray) -> float:
+    """Fraction of pixels that differ from the grey of a zero gradient."""
+    return float((np.abs(picture.astype(int) - 128).max(axis=2) > 24).mean())
+
+
+def test_export_zooms_a_deep_node_on_its_evidence():
+    """The bug: the export had no zoom; a low unit's picture was a speck of a few pixels."""
+    from cnnscope.images import load_gallery_image
+    from cnnscope.models import load_model
+    from cnnscope.tree import Explorer
+
+    ex = Explorer(load_model())
+    x = ex.input(load_gallery_image("chelsea"))
+    root = ex.check_path("blocks.3.expand_act:5")
+    whole = build_tree(ex, x, root, depth=1, k=2, faithfulness=False, zoom=False)
+    zoomed = build_tree(ex, x, root, depth=1, k=2, faithfulness=False)
+    for plain, framed in zip([whole, *whole.children], [zoomed, *zoomed.children]):
+        assert _off_grey(plain.picture) < 0.05, "the whole picture is a speck"
+        assert _off_grey(framed.picture) > 2 * _off_grey(plain.picture)
+    assert zoomed.children[0].share is not None

@@ -37,10 +37,29 @@ def register(subparsers) -> None:
     p.add_argument(
         "--rule", choices=RULES, default="guided", help="backward rule (default: guided)"
     )
-    p.add_argument("--gain", choices=GAINS, default="auto", help="gain of kept channels")
-    p.add_argument("--scoring", choices=SCORINGS, default="path", help="children scores")
     p.add_argument(
-        "--sign", choices=SIGNS, default="pos", help="pos: excitatory, neg: inhibitory children"
+        "--gain",
+        choices=GAINS,
+        default="auto",
+        help="gain of kept channels (scales the weights only; pictures are each scaled alone)",
+    )
+    p.add_argument(
+        "--scoring",
+        choices=SCORINGS,
+        default="path",
+        help="children scores: path (default), local, or seed (cnn_treevis's exact formula)",
+    )
+    p.add_argument(
+        "--sign",
+        choices=SIGNS,
+        default="pos",
+        help="pos: children with the rule's polarity (what it passes), neg: against it, "
+        "abs: either (the seed's |mean(A*G)|)",
+    )
+    p.add_argument(
+        "--no-zoom",
+        action="store_true",
+        help="whole pictures (default: each zoomed on where its node carries its evidence)",
     )
     p.add_argument("--layers", help="comma-separated chain of layers, top first")
     p.add_argument(
@@ -88,6 +107,7 @@ def tree_command(args: argparse.Namespace) -> int:
         args.sign,
         faithfulness=not args.no_faithfulness,
         draws=args.draws,
+        zoom=not args.no_zoom,
         progress=sys.stderr.isatty(),
     )
     settings = {
@@ -98,6 +118,7 @@ def tree_command(args: argparse.Namespace) -> int:
         "gain": args.gain,
         "scoring": args.scoring,
         "children": args.sign,
+        "zoom": "focus" if not args.no_zoom else "none",
         "chain": " > ".join(ex.chain),
     }
     page = tree_html(

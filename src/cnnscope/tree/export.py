@@ -36,6 +36,7 @@ class TreeNode:
     picture: np.ndarray | None = None
     children: list[TreeNode] = field(default_factory=list)
     faithfulness: dict | None = None
+    share: float | None = None
 
 
 def build_tree(
@@ -51,11 +52,13 @@ def build_tree(
     faithfulness: bool = True,
     progress: bool = False,
     draws: int = 8,
+    zoom: bool = True,
 ) -> TreeNode:
     """Expand ``root`` ``depth`` levels down, ``k`` children per node, with pictures.
 
     Each level costs one backward per expanded node (its children) and one batched
-    backward for all the level's reconstructions.
+    backward for all the level's reconstructions. With ``zoom`` each picture is framed
+    on where its node carries its evidence (:meth:`Explorer.focus`), as in the explorer.
 
     Examples
     --------
@@ -83,7 +86,8 @@ def build_tree(
     bar = tqdm(total=total, desc="tree", unit="node", disable=not progress)
     for d in range(depth + 1):
         # one batched backward for the whole level's reconstructions
-        pics = explorer.reconstructions(x, [n.path for n in pictures_of], rule, gain, scoring)
+        paths = [n.path for n in pictures_of]
+        pics = explorer.reconstructions(x, paths, rule, gain, scoring, zoom=zoom)
         for node, pic in zip(pictures_of, pics):
             node.picture = pic
         bar.update(len(pictures_of))
@@ -92,7 +96,7 @@ def build_tree(
         nxt = []
         for node in level:
             kids: list[Node] = explorer.children(x, node.path, k, rule, scoring, gain, sign)
-            node.children = [TreeNode(c.unit, c.path, c.weight, c.sign) for c in kids]
+            node.children = [TreeNode(c.unit, c.path, c.weight, c.sign, share=c.share) for c in kids]
             if faithfulness and kids:
                 node.faithfulness = explorer.faithfulness(
                     x, node.path, [c.unit for c in kids], draws, rule=rule, scoring=scoring
@@ -116,8 +120,17 @@ def _data_uri(picture: np.ndarray, fmt: str = "jpeg") -> str:
     return f"data:image/{fmt};base64," + base64.b64encode(data).decode("ascii")
 
 
-def _pct(v: float) -> str:
-    return f"{100 * v:+.0f}%"
+def _num(v: float) -> str:
+    return f"{v:.3g}"
+
+
+def _share_words(node: TreeNode) -> str:
+    if node.weight is None:
+        return "root"
+    if node.share is None:
+        return f"mean A·G = {node.weight:.3g}"
+    how = "inhibits" if node.sign == "neg" else "carries"
+    return f"{how} {100 * node.share:.1f}% of its parent's evidence"
 
 
 def _breakable(label: str) -> str:
@@ -128,7 +141,9 @@ def _breakable(label: str) -> str:
 def _node_html(node: TreeNode) -> str:
     esc = html.escape
     label = esc(str(node.unit))
-    weight = "root" if node.weight is None else f"w = {node.weight:.3g}"
+    weight = esc(_share_words(node))
+    if node.weight is not None:
+        weight = f'<span title="mean A·G = {node.weight:.3g}">{weight}</span>'
     title = esc(format_path(node.path))
     kind = "neg" if node.sign == "neg" else "pos"
     pic = (
@@ -139,11 +154,16 @@ def _node_html(node: TreeNode) -> str:
     f = node.faithfulness
     edge = ""
     if f:
+        n = len(node.children)
+        words = (
+            f"Zeroing its {n} children takes {f['measure']} from {_num(f['value'])} to "
+            f"{_num(f['zeroed'])}; zeroing {n} random channels of {f['layer']} instead takes it "
+            f"to {_num(f['random_zeroed'])} on average ({f['draws']} draws)."
+        )
         edge = (
-            f'<div class="faith" title="change of this node when its {len(node.children)} '
-            f"children are zeroed, vs as many random channels of their layer "
-            f'({f["draws"]} draws)">children zeroed: <b>{_pct(-f["drop"])}</b><br>'
-            f"random: {_pct(-f['random_drop'])} ± {100 * f['random_std']:.0f}%</div>"
+            f'<div class="faith" title="{esc(words)}">{n} children zeroed: '
+            f"<b>{_num(f['value'])} → {_num(f['zeroed'])}</b><br>"
+            f"{n} random: → {_num(f['random_zeroed'])}</div>"
         )
     box = (
         f'<div class="node {kind}" data-path="{title}" tabindex="0">'
@@ -242,9 +262,11 @@ def tree_html(
 <div class="legend muted">click a node to fold it · hover to zoom ·
 <span></span>excitatory <span class="neg"></span>inhibitory</div>
 <p class="muted">Each picture is the gradient of the root, conditioned on the path to the
-node, at the input (grey = 0). w: the node's share mean(A·G) in its parent. "children
-zeroed": how the node changes when its children are set to zero, vs as many random
-channels of their layer.</p></div>
+node, at the input (grey = 0), zoomed on where the node carries its evidence (unless
+exported with --no-zoom). "carries 12%": the node's share of its parent's evidence of the
+same sign (mean A·G over the layer's channels). "children zeroed": the node's value, then
+its value when its shown children are set to zero, and when as many random channels of
+their layer are (hover for what was measured).</p></div>
 <table>{preds}</table>
 </header>
 <main><ul class="tree">{_node_html(tree)}</ul></main>

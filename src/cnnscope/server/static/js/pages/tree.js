@@ -450,7 +450,7 @@ class TreeView {
         title = f.error;
         cls += " faith-error";
       } else {
-        text = `zeroed ${num(f.value)}→${num(f.zeroed)} · rnd ${num(f.random_zeroed)}`;
+        text = `${num(f.value)} → ${num(f.zeroed)} (rnd ${num(f.random_zeroed)})`;
         title = faithWords(f);
         const beyond = Math.abs(f.drop - f.random_drop) > 2 * f.random_std && Math.abs(f.drop) > Math.abs(f.random_drop);
         cls += beyond ? " faith-good" : " faith-weak";
@@ -482,7 +482,7 @@ class TreeView {
     const g = s("g", { class: "node", tabindex: "0", role: "treeitem", "data-path": node.path, "data-unit": node.unit });
     g.__node = node;
     const title = node.label ? node.label.split(",")[0] : node.unit;
-    const sub = node.label ? node.unit : !node.parent ? "root" : node.share === null ? "on the path" : `${pct(node.share, node.share < 0.1 ? 1 : 0)} of its parent's ${node.sign === "neg" ? "inhib." : "evidence"}`;
+    const sub = node.label ? node.unit : !node.parent ? "root" : node.share === null ? "on the path" : `${node.sign === "neg" ? "inhibits" : "carries"} ${pct(node.share, node.share < 0.1 ? 1 : 0)}`;
     const clipId = `clip-${Math.random().toString(36).slice(2)}`;
     const img = s("image", { class: "node-img", href: this.nodeImage(node), x: 8, y: 34, width: IMG, height: IMG, preserveAspectRatio: "xMidYMid slice", "clip-path": `url(#${clipId})` });
     const ph = s("rect", { class: "img-ph", x: 8, y: 34, width: IMG, height: IMG, rx: 8 });
