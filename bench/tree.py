@@ -97,7 +97,9 @@ def sibling_correlations(ex: Explorer, names: list[str], k: int, levels: int = 3
 
 def siblings_main(args) -> None:
     ex = Explorer(load_model())
-    names = [g.name for g in gallery_images()] if args.images == "gallery" else args.images.split(",")
+    names = (
+        [g.name for g in gallery_images()] if args.images == "gallery" else args.images.split(",")
+    )
     result = sibling_correlations(ex, names, args.k)
     levels = sorted(result["whole"])
     lines = [

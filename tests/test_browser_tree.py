@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_browser import CHROMIUM, SLOW, expect, sync_api
 from tests.live_server import serving
+from tests.test_browser import CHROMIUM, SLOW, expect, sync_api
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -126,7 +126,7 @@ def test_switching_the_rule_keeps_the_open_nodes(page, server):
     expand_first(page, 2)
     first = [n.get_attribute("data-path") for n in page.locator(NODES).all()]
     other = [p for p in first if p.count("/") == 1][-1]  # select a node off the open path
-    page.locator(f'{NODES}[data-path="{other}"] .node-title').click()
+    page.locator(f'{NODES}[data-path="{other}"]').press("Space")  # select, don't expand
     page.wait_for_url(f"**path={other.replace(':', '%3A').replace('/', '%2F')}**")
     opened = parse_qs(urlparse(page.url).query)["open"][0].split(";")
     assert len(opened) == 3 and all(other not in p for p in opened)

@@ -177,7 +177,12 @@ def test_the_tiny_net_saturates_and_the_chain_reads_pre_activations(ex, net, x):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize(
     ("scoring", "sign", "gain"),
-    [("path", "pos", "auto"), ("path", "neg", "auto"), ("path", "pos", "none"), ("seed", "abs", "auto")],
+    [
+        ("path", "pos", "auto"),
+        ("path", "neg", "auto"),
+        ("path", "pos", "none"),
+        ("seed", "abs", "auto"),
+    ],
 )
 def test_three_levels_match_the_reference(net, ex, x, rule, scoring, sign, gain):
     ref = Reference(net, x, rule, gain, scoring)
@@ -221,7 +226,7 @@ def test_every_child_of_either_sign_has_a_picture(ex, x, rule):
     """The bugs: guided_neg's children were blanked by their own rule (and had no
     children of their own), and inhibitory children were blank under guided."""
     level = [(Unit("logits", 3),)]
-    for depth in range(3):
+    for _ in range(3):
         nxt = []
         for path in level:
             for sign in ("pos", "neg"):

@@ -26,10 +26,15 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--model",
         default="efficientnet_lite0",
-        help="built-in name, TorchScript file, package.module:callable, or torchvision name "
+        help="built-in name; package.module:callable, with literal arguments if any "
+        "('mynet:make(width=32)'; the current folder is searched too); timm:NAME; "
+        "a TorchScript file (pixel attributions only); or a torchvision name "
         "(default: efficientnet_lite0)",
     )
-    group.add_argument("--weights", help="state dict for a factory or torchvision model")
+    group.add_argument(
+        "--weights", help="state dict for a factory, timm or torchvision model, or a built-in"
+    )
+    group.add_argument("--labels", help="class names, one per line (default: the model's own)")
     group.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")
     group.add_argument("--input-size", type=_size, help="model input size, N or HxW")
     group.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
@@ -78,6 +83,7 @@ def model_from_args(args: argparse.Namespace) -> LoadedModel:
         mean=args.mean,
         std=args.std,
         resize=args.resize,
+        labels=getattr(args, "labels", None),
     )
     model.module.to(device_from(args.device))
     return model

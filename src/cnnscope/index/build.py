@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ..engine import Engine, recorded_layers, strengths, weights_fingerprint
 from ..errors import CnnscopeError, UnknownLayerError
+from ..models import as_loaded
 from .merge import IMAGE_LIMIT, RunningTopK, decode, gather_states
 from .sources import Item, Source
 from .store import (
@@ -415,7 +416,7 @@ def build_index(
     5.87...
     """
     return run_build(
-        model,
+        as_loaded(model),
         source,
         layers,
         top_k=top_k,

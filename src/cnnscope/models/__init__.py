@@ -1,4 +1,5 @@
-"""Models: the built-in EfficientNet-Lite family and loaders for user models.
+"""Models: the built-in EfficientNet-Lite family, loaders for user models, and
+:func:`as_loaded`, which every entry point uses to accept a bare ``torch.nn.Module``.
 
 Example
 -------
@@ -10,6 +11,7 @@ Example
 
 from cnnscope.models.base import LoadedModel, Preprocessing, imagenet_labels
 from cnnscope.models.efficientnet_lite import EfficientNetLite, efficientnet_lite
+from cnnscope.models.user import as_loaded
 from cnnscope.models.zoo import BUILTIN_MODELS, builtin_name, clear_cache, load_model
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "EfficientNetLite",
     "LoadedModel",
     "Preprocessing",
+    "as_loaded",
     "builtin_name",
     "clear_cache",
     "efficientnet_lite",

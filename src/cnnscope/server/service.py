@@ -623,9 +623,7 @@ class ExplorerService:
             except Exception:  # find which path failed; the others still get answers
                 for p in chunk:
                     try:
-                        one = self.explorer.input_gradients(
-                            x, [parse_path(p)], rule, gain, scoring
-                        )
+                        one = self.explorer.input_gradients(x, [parse_path(p)], rule, gain, scoring)
                         done[p] = one[0]
                     except Exception as exc:
                         done[p] = Failed(exc)

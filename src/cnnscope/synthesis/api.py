@@ -15,6 +15,7 @@ import torch
 
 from ..engine import INPUT, LOGITS, Engine, Unit, strength_layer
 from ..errors import CnnscopeError
+from ..models import as_loaded
 from .config import SynthesisConfig
 from .objectives import Neuron, unit_objective
 from .outputs import run_record, write_png
@@ -232,6 +233,7 @@ def visualize_units(
     >>> len(imgs), imgs[0].shape
     (2, (64, 64, 3))
     """
+    model = as_loaded(model)
     cfg = visualize_config(model, units, steps, size, seed, **overrides)
     result = synthesize(model, cfg, progress=progress)
     return (result.pictures, result) if return_result else result.pictures

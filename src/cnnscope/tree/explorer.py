@@ -63,6 +63,7 @@ from ..engine import INPUT, LOGITS, Engine, Forward, Unit, apply_rule
 from ..engine.rules import POLARITY, check_rule
 from ..engine.units import split_call
 from ..errors import CnnscopeError, UnitSpecError
+from ..models import as_loaded
 from ..render import gradient_image
 from .paths import Path, format_path, parse_path
 
@@ -163,7 +164,7 @@ class Explorer:
     """
 
     def __init__(self, model, chain: Sequence[str] | None = None, *, cache_bytes: int = 64 << 20):
-        self.model = model
+        self.model = model = as_loaded(model)
         self.engine = Engine.for_module(model.module)
         self.input_size = tuple(model.preprocess_config.input_size)
         self.cache_bytes = cache_bytes

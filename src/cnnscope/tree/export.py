@@ -96,7 +96,9 @@ def build_tree(
         nxt = []
         for node in level:
             kids: list[Node] = explorer.children(x, node.path, k, rule, scoring, gain, sign)
-            node.children = [TreeNode(c.unit, c.path, c.weight, c.sign, share=c.share) for c in kids]
+            node.children = [
+                TreeNode(c.unit, c.path, c.weight, c.sign, share=c.share) for c in kids
+            ]
             if faithfulness and kids:
                 node.faithfulness = explorer.faithfulness(
                     x, node.path, [c.unit for c in kids], draws, rule=rule, scoring=scoring
