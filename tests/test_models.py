@@ -212,6 +212,7 @@ def test_torchscript_round_trip(tmp_path):
         ("tests.toy_models:not_a_module", "not a torch.nn.Module"),
         ("tests.toy_models:broken", "boom"),
         ("missing/model.pt", "not found"),
+        ("resnet" * 60, "unknown model"),  # too long a name for a file: no OSError
     ],
 )
 def test_bad_specs(spec, message):

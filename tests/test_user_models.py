@@ -3,6 +3,7 @@ metadata, factory arguments, the current folder, TorchScript and the cached prob
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 import warnings
@@ -115,16 +116,16 @@ def test_build_index_takes_a_bare_module(tmp_path):
     net = MixedNet().eval()
     net.pretrained_cfg = {"input_size": (3, *INPUT_SIZE), "mean": (0.5,) * 3, "std": (0.5,) * 3}
     write_images(tmp_path / "images", range(3))
-    out = build_index(
-        net, tmp_path / "images", ["conv1"], top_k=2, out=tmp_path / "ix", workers=0
-    )
+    out = build_index(net, tmp_path / "images", ["conv1"], top_k=2, out=tmp_path / "ix", workers=0)
     index = open_index(out)
     assert index.manifest["preprocessing"]["input_size"] == list(INPUT_SIZE)
     assert len(index.examples("conv1:0")) == 2
 
 
 def test_load_model_wraps_a_module_without_touching_it():
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 30 * 30, 2)
+    )
     net.train()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     model = load_model(net, input_size=32, labels=["cat", "dog"])
@@ -154,6 +155,15 @@ def test_labels_must_fit(tmp_path):
         "green",
         "blue",
     ]
+
+
+def test_cli_labels_file(tmp_path, capsys):
+    (tmp_path / "names.txt").write_text("red\ngreen\nblue\n")
+    spec = "tests.test_user_models:make_net"
+    args = ["--model", spec, "--input-size", "8", "--labels", str(tmp_path / "names.txt")]
+    assert main(["predict", "chelsea", "--top", "3", "--json", *args]) == 0
+    out = capsys.readouterr().out
+    assert {"red", "green", "blue"} <= {p["label"] for p in json.loads(out)[0]["predictions"]}
 
 
 # ------------------------------------------------------------ timm and torchvision metadata
@@ -200,9 +210,7 @@ def fake_packages(tmp_path, monkeypatch):
             """
         )
     )
-    (root / "timm" / "data.py").write_text(
-        "def infer_imagenet_subset(model):\n    return None\n"
-    )
+    (root / "timm" / "data.py").write_text("def infer_imagenet_subset(model):\n    return None\n")
     (root / "torchvision").mkdir()
     (root / "torchvision" / "__init__.py").write_text("from . import models\n")
     (root / "torchvision" / "models.py").write_text(
@@ -326,7 +334,9 @@ def test_missing_module_says_where_it_looked(in_folder, capsys):
     assert err.count("\n") == 1, err
     assert "no module named 'mynet_nowhere'" in err and "the current folder" in err
     (in_folder / "needs_a_dep.py").write_text("import a_dependency_not_installed\n")
-    with pytest.raises(ModelSpecError, match="No module named 'a_dependency_not_installed'") as info:
+    with pytest.raises(
+        ModelSpecError, match="No module named 'a_dependency_not_installed'"
+    ) as info:
         load_model("needs_a_dep:make")
     assert "looked in" not in one_line(info.value)
 
@@ -364,10 +374,11 @@ def test_torchscript_pixel_attributions_still_work(scripted):
     from cnnscope import attribute
 
     model = load_model(str(scripted), input_size=32)
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(3, 32, 32)
     assert attribute(model, x, "guided_backprop", target=0).tensor.shape == (3, 32, 32)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # inside torch.export.unflatten
 def test_torch_export_unflatten_is_recorded_and_flat_program_is_refused():
     toy = Toy().eval()
     program = torch.export.export(toy, (torch.randn(1, 3, 16, 16),))

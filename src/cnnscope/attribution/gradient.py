@@ -99,7 +99,7 @@ def guided_neg(ctx: Context) -> MethodOutput:
     signed=True,
     aliases=("guided_grad_x_image", "guided_gradient_x_input", "guided_backprop_x_input"),
     summary="guided backprop times the (normalised) input",
-    reference="seed 2's Guided-Grad x Image; Springenberg et al. 2015",
+    reference="Seed 2's Guided-Grad x Image; Springenberg et al. 2015",
 )
 def guided_x_input(ctx: Context) -> MethodOutput:
     """Guided backprop times input (seed 2's "Guided-Grad x Image")."""

@@ -58,11 +58,15 @@ __all__ = [
     "LRPModel",
     "Rule",
     "build_lrp_model",
+    "find_gates",
     "fold_batchnorms",
     "parse_rule",
+    "unfuse_batchnorm_acts",
 ]
 
 _TINY = 1e-12
+#: Relative conservation error above which LRP logs a warning with the figure.
+CONSERVATION_TOLERANCE = 0.05
 
 # ---------------------------------------------------------------------------------------
 # Rules
@@ -98,14 +102,16 @@ class Rule:
         return self.kind
 
 
-RULE_KINDS = ("epsilon", "zero", "gamma", "alpha_beta", "zplus", "box", "pass")
+RULE_KINDS = ("epsilon", "zero", "gamma", "alpha_beta", "zplus", "box", "flat", "wsquare", "pass")
+#: Rules that read the input's range or shape, not its values: first layer only.
+FIRST_LAYER_RULES = ("box", "flat", "wsquare")
 
 
 def parse_rule(
     spec, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0
 ) -> Rule:
     """A :class:`Rule` from ``epsilon[:E]``, ``zero``, ``gamma[:G]``, ``alpha_beta[:A,B]``,
-    ``zplus``, ``box`` or ``pass`` (parameters default to the given values).
+    ``zplus``, ``box``, ``flat``, ``wsquare`` or ``pass`` (parameters default to the given values).
 
     Examples
     --------
@@ -126,6 +132,9 @@ def parse_rule(
         "z_b": "box",
         "zbox": "box",
         "ab": "alpha_beta",
+        "w2": "wsquare",
+        "w_square": "wsquare",
+        "w^2": "wsquare",
     }.get(name, name)
     try:
         values = [float(v) for v in arg.split(",")] if arg else []
@@ -144,7 +153,7 @@ def parse_rule(
         return Rule("alpha_beta", alpha=a, beta=b)
     if name == "zplus":
         return Rule("alpha_beta", alpha=1.0, beta=0.0)
-    if name in ("box", "pass"):
+    if name in ("box", "flat", "wsquare", "pass"):
         return Rule(name)
     raise CnnscopeError(f"unknown LRP rule {spec!r}: choose one of {', '.join(RULE_KINDS)}")
 
@@ -207,8 +216,14 @@ class _RuleLayer(nn.Module):
         if kind in ("gamma", "alpha_beta", "box"):
             v["plus"] = _variant(layer, lambda w: w.clamp(min=0), no_bias=True)
             v["minus"] = _variant(layer, lambda w: w.clamp(max=0), no_bias=True)
+        if kind == "flat":
+            v["flat"] = _variant(layer, torch.ones_like, no_bias=True)
+        if kind == "wsquare":
+            v["wsquare"] = _variant(layer, lambda w: w * w, no_bias=True)
         object.__setattr__(self, "_v", v)  # hidden from named_modules, hooks and .to()
-        object.__setattr__(self, "bounds", None)  # box: (low, high) tensors of the last call
+        # box, flat, wsquare: graph tensors of the last call whose value x gradient is
+        # input relevance ((low, high) bounds of z^B, the ones of flat and w^2)
+        object.__setattr__(self, "bounds", None)
         object.__setattr__(self, "probes", [])  # one probe per call since the last reset
         object.__setattr__(self, "low", None)
         object.__setattr__(self, "high", None)
@@ -281,6 +296,12 @@ class _RuleLayer(nn.Module):
             a, b = self.rule.alpha, self.rule.beta
             mod = a * p * _ratio(zd, p.detach()) - b * n * _ratio(zd, n.detach())
             return self._out(mod, torch.ones_like(zd), zd)
+        if kind in ("flat", "wsquare"):
+            # relevance spread by w^2 (or 1) over the inputs: the rule's "input" is all ones
+            ones = x * 0 + 1
+            mod = v[kind](ones)
+            object.__setattr__(self, "bounds", (ones,))
+            return self._out(mod, _ratio(zd, mod.detach()), zd)
         # box (z^B): the bounds are graph tensors made from x, so their gradients can be read.
         lo, hi = self.low, self.high
         if lo.dim() != x.dim():  # e.g. a linear first layer on the flattened input
@@ -345,6 +366,189 @@ def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _is_linear(m: nn.Module) -> bool:
     return isinstance(m, (*_CONVS, nn.Linear))
+
+
+class _ConstantGate(nn.Module):
+    """A gate ``g`` of ``x * g(x)`` (squeeze-excitation, attention) as a constant: relevance
+    flows only through ``x``, and none into the branch that computes the gate."""
+
+    def __init__(self, gate: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_gate", gate)
+
+    def extra_repr(self) -> str:
+        return f"constant gate {type(self._gate).__name__}"
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self._gate(z).detach()
+
+
+class _LayerNormRule(_RuleLayer):
+    """LayerNorm with its standard deviation held constant (the LN-rule of Ali et al. 2022):
+    ``w (x - mean x) / std + b`` is then linear in ``x`` and passes relevance on; the bias
+    share is absorbed as for other layers. Handles channels-last and channels-first
+    (``LayerNorm2d``) use; a LayerNorm it cannot reproduce is left as it is, with a warning.
+    """
+
+    def __init__(self, layer: nn.LayerNorm):
+        nn.Module.__init__(self)
+        self.layer = layer
+        self.rule = Rule("pass")
+        for key, value in (("_v", {}), ("bounds", None), ("probes", []), ("low", None)):
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "warned", False)
+
+    def extra_repr(self) -> str:
+        return "rule=layernorm (std constant)"
+
+    def _centred(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        """``w (x - mean) / std`` with std detached, or None when it does not match ``z``."""
+        shape = tuple(self.layer.normalized_shape)
+        k = len(shape)
+        layouts = []
+        if tuple(x.shape[-k:]) == shape:  # channels last, as F.layer_norm
+            layouts.append((tuple(range(-k, 0)), shape))
+        if k == 1 and x.dim() > 2 and x.shape[1] == shape[0]:  # channels first (LayerNorm2d)
+            layouts.append(((1,), (-1, *([1] * (x.dim() - 2)))))
+        for dims, view in layouts:
+            out = self._normalise(x, dims, view)
+            if out[0].shape == z.shape and torch.allclose(out[0].detach() + out[1], z, atol=1e-4):
+                return out[0]
+        return None
+
+    def _normalise(self, x: torch.Tensor, dims: tuple, view: tuple):
+        ln = self.layer
+        std = torch.sqrt(x.detach().var(dims, unbiased=False, keepdim=True) + ln.eps)
+        out = (x - x.mean(dims, keepdim=True)) / std
+        if ln.weight is not None:
+            out = out * ln.weight.detach().view(view)
+        return out, 0 if ln.bias is None else ln.bias.detach().view(view)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.layer(x)
+        zd = z.detach()
+        mod = self._centred(x, zd)
+        if mod is None:
+            if not self.warned:
+                log.warning("LRP: a %s it cannot reproduce is left as it is", type(self.layer))
+                object.__setattr__(self, "warned", True)
+            return z
+        return self._out(mod, torch.ones_like(zd), zd)
+
+
+_GATES = (nn.Sigmoid, nn.Hardsigmoid)
+
+
+def _is_gate_type(m: nn.Module) -> bool:
+    return isinstance(m, _GATES) or "sigmoid" in type(m).__name__.lower()
+
+
+def _first_tensor(out) -> torch.Tensor | None:
+    if isinstance(out, torch.Tensor):
+        return out
+    values = (
+        out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
+    )
+    return next((t for t in map(_first_tensor, values) if t is not None), None)
+
+
+def _consumer_kinds(root) -> dict[int, list[str]]:
+    """For each autograd node reachable from ``root``, the class names of the nodes reading it."""
+    kinds: dict[int, list[str]] = defaultdict(list)
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        for nxt, _ in node.next_functions:
+            if nxt is not None:
+                kinds[id(nxt)].append(type(node).__name__)
+                stack.append(nxt)
+    return kinds
+
+
+def find_gates(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Names of the sigmoid-like modules whose output only multiplies other tensors (gates).
+
+    Found on the autograd graph of one forward of ``x``: a sigmoid that is the model's
+    output, or feeds anything but a product, is no gate.
+
+    Examples
+    --------
+    >>> class SE(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc, self.gate = nn.Conv2d(3, 3, 1), nn.Sigmoid()
+    ...     def forward(self, x):
+    ...         return x * self.gate(self.fc(x.mean((2, 3), keepdim=True)))
+    >>> find_gates(SE(), torch.randn(1, 3, 4, 4))
+    ['gate']
+    """
+    outputs: dict[str, list] = defaultdict(list)
+    handles = [
+        m.register_forward_hook(lambda m, i, o, n=n: outputs[n].append(o.grad_fn))
+        for n, m in model.named_modules()
+        if n and _is_gate_type(m)
+    ]
+    try:
+        with torch.enable_grad():
+            out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+    finally:
+        for h in handles:
+            h.remove()
+    if out is None or out.grad_fn is None:
+        return []
+    kinds = _consumer_kinds(out.grad_fn)
+    readers = lambda nodes: [k for g in nodes if g is not None for k in kinds.get(id(g), [])]  # noqa: E731
+    return [
+        n
+        for n, nodes in outputs.items()
+        if readers(nodes) and all(k.startswith("MulBackward") for k in readers(nodes))
+    ]
+
+
+def unfuse_batchnorm_acts(model: nn.Module) -> list[str]:
+    """Split fused BatchNorm + activation modules (timm's ``BatchNormAct2d``) in place.
+
+    A fused module is a BatchNorm subclass with an ``act`` or ``drop`` submodule; it becomes
+    ``nn.Sequential(plain BatchNorm, drop, act)``, the same function, so that the BatchNorm
+    can be folded and the activation gets its own rule.
+
+    Examples
+    --------
+    >>> class BNAct(nn.BatchNorm2d):
+    ...     def __init__(self, c):
+    ...         super().__init__(c)
+    ...         self.act = nn.ReLU()
+    ...     def forward(self, x):
+    ...         return self.act(super().forward(x))
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), BNAct(4)).eval()
+    >>> unfuse_batchnorm_acts(net), type(net[1][0]).__name__
+    (['1'], 'BatchNorm2d')
+    """
+    fused = [
+        (n, m)
+        for n, m in model.named_modules()
+        if n
+        and isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and type(m) not in _BNS
+        and any(isinstance(getattr(m, a, None), nn.Module) for a in ("act", "drop"))
+    ]
+    for _, bn in fused:
+        base = next(c for c in _BNS if isinstance(bn, c))
+        plain = base(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        plain.load_state_dict({k: v for k, v in bn.state_dict().items() if "." not in k})
+        parts = [plain.eval()]
+        for attr in ("drop", "act"):
+            sub = getattr(bn, attr, None)
+            if isinstance(sub, nn.Module):
+                if getattr(sub, "inplace", False):
+                    sub.inplace = False  # a private copy: the BN output must stay recorded
+                parts.append(sub)
+        _replace_all(model, bn, nn.Sequential(*parts))
+    return [n for n, _ in fused]
 
 
 # ---------------------------------------------------------------------------------------
@@ -524,6 +728,9 @@ COMPOSITES = {
     "epsilon_plus": _c("epsilon", "zplus"),
     "epsilon_alpha2_beta1": _c("epsilon", "alpha_beta:2,1"),
     "epsilon_alpha2_beta1_box": _c("epsilon", "alpha_beta:2,1", "box"),
+    "epsilon_plus_flat": _c("epsilon", "zplus", "flat"),
+    "epsilon_alpha2_beta1_flat": _c("epsilon", "alpha_beta:2,1", "flat"),
+    "epsilon_gamma_wsquare": _c("epsilon", "gamma", "wsquare"),
     "epsilon": _c("epsilon", "epsilon"),
     "zero": _c("zero", "zero"),
     "gamma": _c("gamma", "gamma"),
@@ -578,7 +785,7 @@ class LRPModel:
     engine: Engine
     rules: dict[str, str]
     folded: list[tuple[str, str]]
-    box: _RuleLayer | None
+    first: _RuleLayer | None  # the first layer when its rule reads the input's range (box, ...)
     wrappers: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -609,6 +816,11 @@ def build_lrp_model(
     for p in model.parameters():
         p.requires_grad_(False)
     x = x[:1].detach()
+    unfuse_batchnorm_acts(model)
+    gates = find_gates(model, x)
+    modules = dict(model.named_modules())
+    for name in gates:
+        _replace_all(model, modules[name], _ConstantGate(modules[name]))
     fwd = Engine(model).forward(x, cache=False)  # one pass: execution order and BN pairs
     names = fwd.layers
     folded = _fold(model, fwd) if canonize else []
@@ -618,14 +830,21 @@ def build_lrp_model(
     for name in names:
         base = name.partition("#")[0]
         m = modules.get(base)
-        if m is not None and (_is_linear(m) or isinstance(m, _BNS)) and base not in order:
+        rewritten = _is_linear(m) or isinstance(m, (*_BNS, nn.LayerNorm))
+        if m is not None and rewritten and base not in order:
             order.append(base)
     linear = [n for n in order if _is_linear(modules[n])]
-    rules: dict[str, str] = {}
-    box = None
+    rules: dict[str, str] = {name: "gate (constant)" for name in gates}
+    first = None
     wrapped: dict[int, nn.Module] = {}
     for name in order:
         m = modules[name]
+        if isinstance(m, nn.LayerNorm):
+            if id(m) not in wrapped:
+                wrapped[id(m)] = _LayerNormRule(m)
+                _replace_all(model, m, wrapped[id(m)])
+            rules[name] = "layernorm (std constant)"
+            continue
         if isinstance(m, _BNS) and m.running_var is None:
             raise CnnscopeError(
                 f"LRP cannot explain {name!r}: a BatchNorm without running statistics "
@@ -633,13 +852,13 @@ def build_lrp_model(
             )
         index = linear.index(name) if name in linear else -1
         rule = composite.rule_for(name, m, index, len(linear))
-        if rule.kind == "box" and index != 0:
-            raise CnnscopeError(f"the box (z^B) rule is only for the first layer, not {name!r}")
+        if rule.kind in FIRST_LAYER_RULES and index != 0:
+            raise CnnscopeError(f"the {rule} rule is only for the first layer, not {name!r}")
         if id(m) in wrapped:
             continue
         w = _RuleLayer(m, rule)
-        if rule.kind == "box":
-            box = w  # its bounds are set before each forward pass
+        if rule.kind in FIRST_LAYER_RULES:
+            first = w  # it reads the input's range or shape
         wrapped[id(m)] = w
         rules[name] = str(rule)
         _replace_all(model, m, w)
@@ -648,7 +867,7 @@ def build_lrp_model(
             wrapped[id(m)] = _PassActivation(m)
             _replace_all(model, m, wrapped[id(m)])
     layers = [w for w in wrapped.values() if isinstance(w, _RuleLayer)]
-    return LRPModel(model, Engine(model), rules, folded, box, layers)
+    return LRPModel(model, Engine(model), rules, folded, first, layers)
 
 
 _CACHE_LOCK = threading.Lock()
@@ -732,10 +951,10 @@ def lrp(
     with lm.lock:
         for w in lm.wrappers:
             w.probes.clear()
-        if lm.box is not None:
+        if lm.first is not None and lm.first.rule.kind == "box":
             low, high = _bounds(ctx, bounds)
-            object.__setattr__(lm.box, "low", low)
-            object.__setattr__(lm.box, "high", high)
+            object.__setattr__(lm.first, "low", low)
+            object.__setattr__(lm.first, "high", high)
         only = [n for n in (top, read) if n not in (None, LOGITS)]
         fwd = lm.engine.forward(ctx.x, cache=False, layers=only)
         shape = fwd.activation(top).shape[1:]
@@ -749,20 +968,18 @@ def lrp(
             maps = rel.sum(1) if rel.dim() == 4 else rel.flatten(1).sum(1).view(-1, 1, 1)
             maps = upsample(maps, ctx.size).unsqueeze(1)
         else:
-            to = [INPUT]
-            if lm.box is not None:
-                to += list(lm.box.bounds)
+            extras = list(lm.first.bounds) if lm.first is not None else []
+            to = [INPUT, *extras]
             probes = [p for w in lm.wrappers for p in w.probes]
             grads = fwd.grad(top, seeds, to=to + probes)
             rel = ctx.x * grads[0]
-            if lm.box is not None:
-                low, high = lm.box.bounds
-                extra = low.detach() * grads[1] + high.detach() * grads[2]
-                if extra.numel() != rel.numel():
+            for t, g in zip(extras, grads[1 : len(to)]):
+                if t.numel() != rel.numel():
                     raise CnnscopeError(
-                        "the box rule needs a first layer that reads the input: pick another composite"
+                        f"the {lm.first.rule} rule needs a first layer that reads the input: "
+                        "pick another composite"
                     )
-                rel = rel + extra.reshape(rel.shape)
+                rel = rel + (t.detach() * g).reshape(rel.shape)
             total = rel.flatten(1).sum(1)
             absorbed = torch.zeros_like(total, dtype=torch.float64)
             for g in grads[len(to) :]:
@@ -784,7 +1001,22 @@ def lrp(
     if absorbed is not None:
         meta["absorbed"] = absorbed.float().cpu()
         meta["conservation"] = ((total.double() + absorbed) / safe).float().cpu()
+        _warn_on_leaks(meta["conservation"], lm.rules)
     return MethodOutput(maps.detach(), meta, read)
+
+
+def _warn_on_leaks(conservation: torch.Tensor, rules: dict[str, str]) -> None:
+    """Log a warning with the figure when relevance is not conserved within 5%."""
+    off = (conservation.double() - 1).abs()
+    if bool((off > CONSERVATION_TOLERANCE).any()):
+        log.warning(
+            "LRP conserves %.3f to %.3f of the score on this model (more than %.0f%% off): "
+            "some operation has no rule (rules: %s)",
+            float(conservation.min()),
+            float(conservation.max()),
+            100 * CONSERVATION_TOLERANCE,
+            ", ".join(sorted(set(rules.values()))),
+        )
 
 
 for _name, _composite, _summary in (

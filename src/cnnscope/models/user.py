@@ -1,8 +1,9 @@
 """Your own model: :func:`as_loaded` turns a ``torch.nn.Module`` into a :class:`LoadedModel`.
 
-Every entry point that takes a model (``Explorer``, ``visualize_units``, ``build_index``,
-``attribute``, the views) accepts a :class:`LoadedModel` or a bare module; this is the
-one place where a bare module gets its preprocessing, class names and layer hints.
+``Explorer``, ``visualize_units``, ``build_index`` and :func:`~cnnscope.models.load_model`
+take a :class:`LoadedModel` or a bare module through it: this is the one place where a
+bare module gets its preprocessing, class names and layer hints (``attribute`` and the
+views run a bare module on input tensors as it is).
 
 Preprocessing and class names come, first to last, from the arguments, from the model's
 own metadata, and from ImageNet defaults (224 x 224, torchvision's mean and std). Two
@@ -381,9 +382,9 @@ def _is_torchvision_weights(meta: Any) -> bool:
 
 
 def _first(value) -> int | None:
-    if value is None:
-        return None
-    return int(value[0] if isinstance(value, (list, tuple)) else value)
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    return None if value is None else int(value)
 
 
 def _not_a_model(model: Any) -> str:

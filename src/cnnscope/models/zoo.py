@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 BUILTIN_MODELS = tuple(LITE_VARIANTS)
 # package.module:callable, optionally with its arguments: "pkg.mod:make(width=32)"
 _FACTORY = re.compile(
-    r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?P<args>\(.*\))?$", re.S
+    r"^(?P<module>[A-Za-z_][\w.]*):(?P<attr>[A-Za-z_][\w.]*)(?P<args>\(.*)?$", re.S
 )
 
 # Built-in modules by name: loading one twice in a process reuses the module.
@@ -182,12 +182,12 @@ def load_model(
 def _build(spec: str, weights: str | Path | None) -> tuple[nn.Module, str, Any]:
     """``(module in eval mode, name, metadata)`` of a spec that is not a built-in."""
     factory = _FACTORY.match(spec)
-    if factory and not Path(spec).exists():
+    if factory and not _is_file(spec):
         module_name, attr, args = factory.group("module", "attr", "args")
         if module_name == "timm":
             return _load_timm(spec, attr, _arguments(spec, args), weights)
         return _load_factory(spec, module_name, attr, _arguments(spec, args), weights)
-    if Path(spec).is_file():
+    if _is_file(spec):
         if weights is not None:
             raise ModelSpecError(
                 f"--weights cannot be used with a TorchScript file ({spec}): the file holds its weights"
@@ -379,6 +379,13 @@ def _load_torchvision(spec: str, weights: str | Path | None) -> tuple[nn.Module,
     except Exception:
         meta = None
     return module.eval(), spec, meta
+
+
+def _is_file(spec: str) -> bool:
+    try:
+        return Path(spec).is_file()
+    except OSError:  # a name too long for a file, say
+        return False
 
 
 def _one_line(exc: BaseException) -> str:

@@ -72,6 +72,7 @@ METHOD_NAMES = {
     "guided_grad_cam": "Guided Grad-CAM",
     "gradient": "Gradient",
     "gradient_x_input": "Gradient × input",
+    "guided_x_input": "Guided backprop × input",
     "deconvnet": "Deconvnet",
     "guided_neg": "Guided neg",
     "grad_cam_pp": "Grad-CAM++",

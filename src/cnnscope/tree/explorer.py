@@ -124,6 +124,11 @@ class Node:
         }
 
 
+def _seed_key(path: Path, rule: str, gain: str, scoring: str) -> tuple:
+    """Cache key of a path's seed (seed scoring has seeds of its own)."""
+    return (path, rule, gain) if scoring != "seed" else (path, rule, gain, "seed")
+
+
 def _shares(weights: torch.Tensor, signs: torch.Tensor) -> torch.Tensor:
     """``|w|`` over the sum of ``|w|`` of the same edge sign (``signs``: +1 or -1 each)."""
     mag = weights.abs()
@@ -476,7 +481,7 @@ class Explorer:
     ) -> tuple[str, torch.Tensor]:
         """The path's gradient seed: (layer, tensor) at its last node, cached."""
         mode = "seed" if scoring == "seed" else "path"
-        key = (path, rule, gain) if mode == "path" else (path, rule, gain, mode)
+        key = _seed_key(path, rule, gain, mode)
         with self._lock:
             cache = self._cache(fwd)
             if key in cache:
@@ -590,15 +595,13 @@ class Explorer:
             order = order[along[order] < 0]
         edge = torch.where(contrib < 0, -1.0, 1.0).double() * self._orientation(fwd, path, seed)
         shares = _shares(contrib, edge)
-        how = (rule, gain, "seed" if scoring == "seed" else "path")
-        key_mode = () if how[2] == "path" else ("seed",)
         nodes = []
         for c in order[: int(k)].tolist():
             child = path + (Unit(lower, c),)
             w = float(contrib[c])
-            if scoring != "local":
-                entered = self._child_seed(fwd, lower, grad, w, c, how)
-                self._put(fwd, (child, rule, gain, *key_mode), entered)
+            if scoring != "local":  # the child's seed, for its own children and picture
+                entered = self._child_seed(fwd, lower, grad, w, c, (rule, gain, scoring))
+                self._put(fwd, _seed_key(child, rule, gain, scoring), entered)
             edge_sign = "pos" if edge[c] > 0 else "neg"
             nodes.append(Node(Unit(lower, c), w, child, edge_sign, float(shares[c])))
         return nodes
