@@ -76,7 +76,7 @@ def test_a_squeeze_excitation_gate_is_a_constant(hard, x):
         a = attribute(net, x, method, target=2)
         b = attribute(frozen, x, method, target=2)
         assert (a.tensor - b.tensor).abs().max() <= 1e-5 * a.tensor.abs().max()
-        assert a.meta["rules"]["se.gate"] == "gate (constant)"
+    assert a.meta["rules"]["se.gate"] == "gate (constant)"
 
 
 def test_a_sigmoid_output_is_no_gate():

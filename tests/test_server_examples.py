@@ -167,10 +167,11 @@ def test_open_stores_the_image_and_the_tree_starts_at_the_example(built, model, 
             assert np.array_equal(np.asarray(stored), np.asarray(apply_recipe(source, recipe)))
             assert body["name"] == store.get(body["image"]).name
             assert recipe.replace("+", " ") in body["name"]
-            # the model on the stored image gives the indexed activation at (y, x), its max
+            # the model on the stored image gives the indexed strength at (y, x), its max
+            # (read below the unit's activation: cnnscope.engine.strength)
             x = model.preprocess(stored)
-            fwd = engine.forward(x, cache=False, layers=[layer], grad=False)
-            act = fwd.activation(layer)[0, int(channel)]
+            fwd = engine.forward(x, cache=False, grad=False)
+            act = fwd.activation(fwd.pre_activation(layer))[0, int(channel)]
             y0, x0 = example.position
             assert float(act[y0, x0]) == pytest.approx(example.activation, abs=2e-4, rel=1e-5)
             assert float(act.max()) == pytest.approx(float(act[y0, x0]), abs=2e-4)

@@ -1,0 +1,388 @@
+"""LRP rules: wrappers whose forward returns the layer's output and whose gradient is the rule.
+
+A new rule is a new ``kind`` of :class:`Rule` and its branch in :meth:`_RuleLayer.forward`;
+LayerNorm (:class:`_LayerNormRule`), elementwise activations (:class:`_PassActivation`) and
+multiplicative gates (:class:`_ConstantGate`) have their own small classes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...errors import CnnscopeError
+
+log = logging.getLogger("cnnscope.attribution.lrp")
+
+_TINY = 1e-12
+
+# ---------------------------------------------------------------------------------------
+# Rules
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One LRP rule with its parameters (``kind`` in epsilon, gamma, alpha_beta, box, pass).
+
+    Examples
+    --------
+    >>> parse_rule("gamma:0.1")
+    Rule(kind='gamma', epsilon=1e-09, gamma=0.1, alpha=2.0, beta=1.0)
+    """
+
+    kind: str
+    epsilon: float = 1e-6
+    gamma: float = 0.25
+    alpha: float = 2.0
+    beta: float = 1.0
+
+    def __str__(self) -> str:
+        if self.kind == "epsilon":
+            return "zero" if self.epsilon == 0 else f"epsilon:{self.epsilon:g}"
+        if self.kind == "gamma":
+            return f"gamma:{self.gamma:g}"
+        if self.kind == "alpha_beta":
+            return (
+                "zplus"
+                if (self.alpha, self.beta) == (1, 0)
+                else f"alpha_beta:{self.alpha:g},{self.beta:g}"
+            )
+        return self.kind
+
+
+RULE_KINDS = ("epsilon", "zero", "gamma", "alpha_beta", "zplus", "box", "flat", "wsquare", "pass")
+#: Rules that read the input's range or shape, not its values: first layer only.
+FIRST_LAYER_RULES = ("box", "flat", "wsquare")
+
+
+def parse_rule(
+    spec, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0
+) -> Rule:
+    """A :class:`Rule` from ``epsilon[:E]``, ``zero``, ``gamma[:G]``, ``alpha_beta[:A,B]``,
+    ``zplus``, ``box``, ``flat``, ``wsquare`` or ``pass`` (parameters default to the given values).
+
+    Examples
+    --------
+    >>> str(parse_rule("alpha_beta:1,0")), str(parse_rule("epsilon", epsilon=0.25))
+    ('zplus', 'epsilon:0.25')
+    """
+    if isinstance(spec, Rule):
+        return spec
+    text = str(spec).strip().lower().replace("-", "_")
+    name, _, arg = text.partition(":")
+    name = {
+        "eps": "epsilon",
+        "lrp0": "zero",
+        "z": "zero",
+        "alphabeta": "alpha_beta",
+        "z_plus": "zplus",
+        "zb": "box",
+        "z_b": "box",
+        "zbox": "box",
+        "ab": "alpha_beta",
+        "w2": "wsquare",
+        "w_square": "wsquare",
+        "w^2": "wsquare",
+    }.get(name, name)
+    try:
+        values = [float(v) for v in arg.split(",")] if arg else []
+    except ValueError:
+        raise CnnscopeError(f"bad LRP rule {spec!r}: parameters must be numbers") from None
+    if name == "epsilon":
+        return Rule("epsilon", epsilon=values[0] if values else epsilon)
+    if name == "zero":
+        return Rule("epsilon", epsilon=0.0)
+    if name == "gamma":
+        return Rule("gamma", epsilon=1e-9, gamma=values[0] if values else gamma)
+    if name == "alpha_beta":
+        a, b = (values + [alpha, beta][len(values) :])[:2] if values else (alpha, beta)
+        if len(values) == 1:
+            b = a - 1
+        return Rule("alpha_beta", alpha=a, beta=b)
+    if name == "zplus":
+        return Rule("alpha_beta", alpha=1.0, beta=0.0)
+    if name in ("box", "flat", "wsquare", "pass"):
+        return Rule(name)
+    raise CnnscopeError(f"unknown LRP rule {spec!r}: choose one of {', '.join(RULE_KINDS)}")
+
+
+# ---------------------------------------------------------------------------------------
+# Wrappers: forward value unchanged, gradient = the rule
+
+
+def _variant(layer: nn.Module, weight_fn=None, bias_fn=None, no_bias: bool = False) -> nn.Module:
+    """A private copy of ``layer`` with modified parameters (not registered anywhere)."""
+    twin = copy.deepcopy(layer)
+    with torch.no_grad():
+        if weight_fn is not None:
+            twin.weight.copy_(weight_fn(layer.weight))
+        if getattr(twin, "bias", None) is not None:
+            if no_bias:
+                twin.bias.zero_()
+            elif bias_fn is not None:
+                twin.bias.copy_(bias_fn(layer.bias))
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+def _pos(t: torch.Tensor) -> torch.Tensor:
+    return t * (t > 0)
+
+
+def _neg(t: torch.Tensor) -> torch.Tensor:
+    return t * (t < 0)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den where den is not ~0, else 0 (no gradient)."""
+    ok = den.abs() > _TINY
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
+
+
+class _RuleLayer(nn.Module):
+    """Wraps a linear layer: ``forward`` returns ``layer(x)``, the gradient follows ``rule``.
+
+    Every rule has the form ``out = mod(x) * k + s * (z - mod(x) * k)`` (``k`` and the
+    bracket detached), where ``mod`` is a bias-free, positively homogeneous modified
+    forward and ``k = z / (mod + modified bias + stabiliser)``. So ``x * grad`` gives the
+    rule's input relevance, and the gradient at the probe ``s`` (ones, one per image)
+    gives the relevance the layer absorbs (its bias share, or units with no input
+    contribution): per layer ``R_in + R_absorbed = R_out`` exactly.
+    """
+
+    def __init__(self, layer: nn.Module, rule: Rule):
+        super().__init__()
+        self.layer = layer
+        self.rule = rule
+        kind = rule.kind
+        v: dict[str, nn.Module] = {}
+        if isinstance(layer, _BNS) and kind not in ("epsilon", "pass"):
+            raise CnnscopeError(
+                f"a BatchNorm that cannot be folded takes the epsilon rule, not {rule}"
+            )
+        if kind in ("gamma", "alpha_beta", "box"):
+            v["plus"] = _variant(layer, lambda w: w.clamp(min=0), no_bias=True)
+            v["minus"] = _variant(layer, lambda w: w.clamp(max=0), no_bias=True)
+        if kind == "flat":
+            v["flat"] = _variant(layer, torch.ones_like, no_bias=True)
+        if kind == "wsquare":
+            v["wsquare"] = _variant(layer, lambda w: w * w, no_bias=True)
+        object.__setattr__(self, "_v", v)  # hidden from named_modules, hooks and .to()
+        # box, flat, wsquare: graph tensors of the last call whose value x gradient is
+        # input relevance ((low, high) bounds of z^B, the ones of flat and w^2)
+        object.__setattr__(self, "bounds", None)
+        object.__setattr__(self, "probes", [])  # one probe per call since the last reset
+        object.__setattr__(self, "low", None)
+        object.__setattr__(self, "high", None)
+
+    def extra_repr(self) -> str:
+        return f"rule={self.rule}"
+
+    def _bias(self, z: torch.Tensor) -> torch.Tensor | None:
+        """The layer's additive constant, shaped to broadcast over ``z`` (detached)."""
+        layer = self.layer
+        shape = (1, -1, *([1] * (z.dim() - 2)))
+        if isinstance(layer, nn.Linear):  # features last, e.g. tokens B x T x C
+            shape = (*([1] * (z.dim() - 1)), -1)
+        if isinstance(layer, _BNS):
+            return _bn_affine(layer)[1].detach().view(shape)
+        b = getattr(layer, "bias", None)
+        return None if b is None else b.detach().view(shape)
+
+    def _contributions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums of the positive and of the negative contributions ``x_i w_ij`` per output.
+
+        Each is computed directly (not as a difference, which would cancel badly when
+        one of them is small): two convolutions when ``x >= 0``, four otherwise.
+        """
+        v = self._v
+        if not bool((x < 0).any()):
+            return v["plus"](x), v["minus"](x)
+        xp, xn = _pos(x), _neg(x)
+        return v["plus"](xp) + v["minus"](xn), v["minus"](xp) + v["plus"](xn)
+
+    def _out(self, mod: torch.Tensor, k: torch.Tensor, zd: torch.Tensor) -> torch.Tensor:
+        kept = mod * k
+        probe = torch.ones(
+            (zd.shape[0],) + (1,) * (zd.dim() - 1),
+            dtype=zd.dtype,
+            device=zd.device,
+            requires_grad=True,
+        )
+        self.probes.append(probe)
+        return kept + probe * (zd - kept.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.layer(x)
+        kind, v = self.rule.kind, self._v
+        zd = z.detach()
+        bias = self._bias(z)
+        plain = z if bias is None else z - bias  # same gradient as z, no constant
+        if kind in ("epsilon", "pass"):
+            eps = self.rule.epsilon if kind == "epsilon" else 0.0
+            den = zd + eps * torch.where(zd >= 0, 1.0, -1.0).to(zd)
+            k = torch.where(zd == 0, torch.ones_like(zd), _ratio(zd, den))
+            return self._out(plain, k, zd)
+        if kind == "gamma":
+            # with P and N the positive and negative contributions, w + gamma w+ on x+ and
+            # w + gamma w- on x- give plain + gamma P (plain + gamma N for negative outputs)
+            p, n = self._contributions(x)
+            g = self.rule.gamma
+            positive = zd > 0
+            mod = torch.where(positive, plain + g * p, plain + g * n)
+            den = mod.detach()
+            if bias is not None:
+                g = self.rule.gamma
+                den = den + torch.where(
+                    positive, bias + g * bias.clamp(min=0), bias + g * bias.clamp(max=0)
+                )
+            den = den + self.rule.epsilon * torch.where(positive, 1.0, -1.0).to(zd)
+            return self._out(mod, _ratio(zd, den), zd)
+        if kind == "alpha_beta":
+            p, n = self._contributions(x)
+            a, b = self.rule.alpha, self.rule.beta
+            mod = a * p * _ratio(zd, p.detach()) - b * n * _ratio(zd, n.detach())
+            return self._out(mod, torch.ones_like(zd), zd)
+        if kind in ("flat", "wsquare"):
+            # relevance spread by w^2 (or 1) over the inputs: the rule's "input" is all ones
+            ones = x * 0 + 1
+            mod = v[kind](ones)
+            object.__setattr__(self, "bounds", (ones,))
+            return self._out(mod, _ratio(zd, mod.detach()), zd)
+        # box (z^B): the bounds are graph tensors made from x, so their gradients can be read.
+        lo, hi = self.low, self.high
+        if lo.dim() != x.dim():  # e.g. a linear first layer on the flattened input
+            shape = (-1,) + (1,) * (x.dim() - 1)
+            lo = lo.reshape(lo.shape[0], -1).amin(1).view(shape)
+            hi = hi.reshape(hi.shape[0], -1).amax(1).view(shape)
+        low = x * 0 + lo
+        high = x * 0 + hi
+        zb = plain - v["plus"](low) - v["minus"](high)
+        object.__setattr__(self, "bounds", (low, high))
+        return self._out(zb, _ratio(zd, zb.detach()), zd)
+
+
+class _PassActivation(nn.Module):
+    """Elementwise activation whose backward passes relevance unchanged: ``g * act(z) / z``."""
+
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        if getattr(act, "inplace", False):
+            act.inplace = False  # a private copy: the ratio must not overwrite z
+        object.__setattr__(self, "_act", act)
+
+    def extra_repr(self) -> str:
+        return f"pass relevance through {type(self._act).__name__}"
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        zd = z.detach()
+        with torch.no_grad():
+            r = _ratio(self._act(zd), zd)
+        return z * r
+
+
+_ACTIVATIONS = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.Hardtanh,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.ELU,
+    nn.CELU,
+    nn.SELU,
+    nn.SiLU,
+    nn.GELU,
+    nn.Hardswish,
+    nn.Mish,
+    nn.Softplus,
+)
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)`` per channel of an eval-mode BatchNorm: ``bn(x) = x * scale + shift``."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift
+
+
+def _is_linear(m: nn.Module) -> bool:
+    return isinstance(m, (*_CONVS, nn.Linear))
+
+
+class _ConstantGate(nn.Module):
+    """A gate ``g`` of ``x * g(x)`` (squeeze-excitation, attention) as a constant: relevance
+    flows only through ``x``, and none into the branch that computes the gate."""
+
+    def __init__(self, gate: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_gate", gate)
+
+    def extra_repr(self) -> str:
+        return f"constant gate {type(self._gate).__name__}"
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self._gate(z).detach()
+
+
+class _LayerNormRule(_RuleLayer):
+    """LayerNorm with its standard deviation held constant (the LN-rule of Ali et al. 2022):
+    ``w (x - mean x) / std + b`` is then linear in ``x`` and passes relevance on; the bias
+    share is absorbed as for other layers. Handles channels-last and channels-first
+    (``LayerNorm2d``) use; a LayerNorm it cannot reproduce is left as it is, with a warning.
+    """
+
+    def __init__(self, layer: nn.LayerNorm):
+        nn.Module.__init__(self)
+        self.layer = layer
+        self.rule = Rule("pass")
+        for key, value in (("_v", {}), ("bounds", None), ("probes", []), ("low", None)):
+            object.__setattr__(self, key, value)
+        object.__setattr__(self, "warned", False)
+
+    def extra_repr(self) -> str:
+        return "rule=layernorm (std constant)"
+
+    def _centred(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        """``w (x - mean) / std`` with std detached, or None when it does not match ``z``."""
+        shape = tuple(self.layer.normalized_shape)
+        k = len(shape)
+        layouts = []
+        if tuple(x.shape[-k:]) == shape:  # channels last, as F.layer_norm
+            layouts.append((tuple(range(-k, 0)), shape))
+        if k == 1 and x.dim() > 2 and x.shape[1] == shape[0]:  # channels first (LayerNorm2d)
+            layouts.append(((1,), (-1, *([1] * (x.dim() - 2)))))
+        for dims, view in layouts:
+            out = self._normalise(x, dims, view)
+            if out[0].shape == z.shape and torch.allclose(out[0].detach() + out[1], z, atol=1e-4):
+                return out[0]
+        return None
+
+    def _normalise(self, x: torch.Tensor, dims: tuple, view: tuple):
+        ln = self.layer
+        std = torch.sqrt(x.detach().var(dims, unbiased=False, keepdim=True) + ln.eps)
+        out = (x - x.mean(dims, keepdim=True)) / std
+        if ln.weight is not None:
+            out = out * ln.weight.detach().view(view)
+        return out, 0 if ln.bias is None else ln.bias.detach().view(view)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.layer(x)
+        zd = z.detach()
+        mod = self._centred(x, zd)
+        if mod is None:
+            if not self.warned:
+                log.warning("LRP: a %s it cannot reproduce is left as it is", type(self.layer))
+                object.__setattr__(self, "warned", True)
+            return z
+        return self._out(mod, torch.ones_like(zd), zd)

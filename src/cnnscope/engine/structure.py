@@ -1,0 +1,191 @@
+"""The cuts of a network: where its trunk changes resolution or stage.
+
+A model is read from one recorded forward: every module call with its output shape, in
+the order the outputs appear. The *trunk* is the model's top-level module calls, with
+pipelines opened up: an ``nn.Sequential`` whose children change resolution, or any
+container whose children span three resolutions or more (a backbone, not a block). Any
+other module with children (a residual block, an Inception block, a dense block) is
+one step of the trunk, and its insides (branches) are never cuts.
+
+A *cut* is a trunk step with a ``C x H x W`` output that is the last one at its
+resolution, an explicit stage (an ``nn.Sequential`` step), or the last of a run of
+blocks of one type (a dense block before its transition, Mixed_5d before Mixed_6a).
+:func:`default_chain_of` and :func:`default_cam_layer` are both read from the cuts.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+
+from torch import nn
+
+from ..errors import CnnscopeError
+from .record import Engine
+from .units import INPUT, LOGITS, split_call
+
+log = logging.getLogger(__name__)
+
+#: One module call: its layer name (``name`` or ``name#k``) and output shape, no batch.
+Call = tuple[str, tuple[int, ...]]
+
+
+def call_names(modules: Sequence[str]) -> list[str]:
+    """Layer names of module calls in order, as the engine names them (``name#k``).
+
+    Example
+    -------
+    >>> call_names(["conv", "relu", "conv2", "relu"])
+    ['conv', 'relu#1', 'conv2', 'relu#2']
+    """
+    total = defaultdict(int, {m: modules.count(m) for m in set(modules)})
+    seen: dict[str, int] = defaultdict(int)
+    names = []
+    for m in modules:
+        seen[m] += 1
+        names.append(m if total[m] == 1 else f"{m}#{seen[m]}")
+    return names
+
+
+def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
+    """The cuts of ``module`` (see the module docstring), shallowest first.
+
+    Parameters
+    ----------
+    module
+        The network.
+    calls
+        Its recorded module calls, in output order (``input`` and ``logits`` are ignored).
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 1))
+    >>> cuts(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 3, 3)), ("3", (4, 3, 3))])
+    ['1', '3']
+    """
+    calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
+    steps = _Trunk(module, calls).steps()
+    kinds = [_kind(_module_of(module, calls[i][0])) for i in steps]
+    found = []
+    for k, i in enumerate(steps):
+        size = _size(calls[i][1])
+        if size is None:
+            continue
+        last = k + 1 == len(steps)
+        resolution_ends = last or _size(calls[steps[k + 1]][1]) != size
+        run_ends = kinds[k] != "leaf" and (last or kinds[k + 1] != kinds[k])
+        if resolution_ends or run_ends or kinds[k] == "stage":
+            found.append(calls[i][0])
+    return found
+
+
+def default_chain_of(module: nn.Module, calls: Sequence[Call], logits: str | None) -> list[str]:
+    """A tree chain: the ``logits`` layer, then the cuts, deepest first.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Flatten(1), nn.Linear(72, 3))
+    >>> default_chain_of(net, [("0", (2, 6, 6)), ("1", (72,)), ("2", (3,))], "2")
+    ['2', '0']
+    """
+    chain = [logits] if logits else []
+    return chain + [c for c in reversed(cuts(module, calls)) if c not in chain]
+
+
+def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = None) -> str:
+    """The last cut with a map larger than 1 x 1 (recorded before ``before``, if given).
+
+    Without such a cut, the last leaf module's map larger than 1 x 1; ``CnnscopeError``
+    when there is none.
+
+    Example
+    -------
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    >>> cam_layer_of(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 1, 1))])
+    '1'
+    """
+    calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
+    names = [n for n, _ in calls]
+    if before in names:
+        calls = calls[: names.index(before)]
+    spatial = {n for n, s in calls if (_size(s) or (1, 1)) > (1, 1) or _area(s) > 1}
+    found = [c for c in cuts(module, calls) if c in spatial]
+    if not found:
+        leaves = [n for n, _ in calls if not _has_children(_module_of(module, n))]
+        found = [n for n in leaves if n in spatial]
+    if not found:
+        raise CnnscopeError("the model has no layer with a spatial map: give a layer")
+    return found[-1]
+
+
+def default_cam_layer(
+    engine: Engine, input_size: tuple[int, int], channels: int = 3, before: str | None = None
+) -> str:
+    """The default layer of Grad-CAM and other CAM methods (:func:`cam_layer_of`).
+
+    Read from the engine's layer trace (no extra forward) and remembered per model.
+
+    Example
+    -------
+    >>> from cnnscope.models import load_model
+    >>> default_cam_layer(Engine.for_module(load_model().module), (224, 224))
+    'head_act'
+    """
+    key = ("default_cam_layer", tuple(input_size), channels, before)
+    known = engine.memo  # per model, and gone with it
+    if key not in known:
+        infos = engine.layers(input_size, channels)
+        calls = [(info.name, info.shape) for info in infos]
+        known[key] = cam_layer_of(engine.module, calls, before)
+        log.debug("default CAM layer: %s", known[key])
+    return known[key]
+
+
+class _Trunk:
+    """The trunk steps of a model: indices into its calls, in order."""
+
+    def __init__(self, module: nn.Module, calls: list[Call]):
+        self.modules = dict(module.named_modules())
+        self.calls = calls
+        self.by_module: dict[str, list[int]] = defaultdict(list)
+        for i, (name, _) in enumerate(calls):
+            self.by_module[split_call(name)[0]].append(i)
+
+    def steps(self, name: str = "") -> list[int]:
+        out: list[int] = []
+        for child, sub in self.modules[name].named_children() if name in self.modules else ():
+            child = f"{name}.{child}" if name else child
+            made = self.by_module.get(child, [])
+            out += self.steps(child) if not made or self._opens(child, sub, made) else made
+        return sorted(out)
+
+    def _opens(self, name: str, sub: nn.Module, made: list[int]) -> bool:
+        """Whether a called module is a pipeline of trunk steps rather than one step."""
+        if len(made) != 1 or not _has_children(sub):
+            return False
+        sizes = {_size(self.calls[i][1]) for i in self.steps(name)}
+        return len(sizes) >= 3 or (isinstance(sub, nn.Sequential) and len(sizes) > 1)
+
+
+def _module_of(module: nn.Module, name: str) -> nn.Module | None:
+    return dict(module.named_modules()).get(split_call(name)[0])
+
+
+def _has_children(sub: nn.Module | None) -> bool:
+    return sub is not None and next(sub.children(), None) is not None
+
+
+def _kind(sub: nn.Module | None) -> str:
+    if not _has_children(sub):
+        return "leaf"
+    return "stage" if isinstance(sub, nn.Sequential) else type(sub).__name__
+
+
+def _size(shape: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The spatial size of a ``C x H x W`` output, else ``None``."""
+    return tuple(shape[1:]) if len(shape) == 3 else None
+
+
+def _area(shape: tuple[int, ...]) -> int:
+    return shape[1] * shape[2] if len(shape) == 3 else 0
