@@ -19,6 +19,7 @@ from tests.lookalike_models import (
     randomize_batchnorms,
     unfused_twin,
 )
+from tests.side_effects import assert_unchanged, snapshot
 
 METHODS = ("lrp_epsilon", "lrp", "lrp_zplus", "lrp_alpha_beta")
 MODELS = lookalikes()
@@ -145,3 +146,12 @@ def test_flat_composites_conserve(composite, x):
     attr = attribute(MODELS["resnet"], x, "lrp", composite=composite, target=1)
     c = attr.meta["conservation"]
     assert torch.allclose(c, torch.ones_like(c), atol=1e-3), c
+
+
+@pytest.mark.parametrize("name", ["inception", "efficientnet_se", "convnext"])
+def test_the_canonizers_leave_the_users_model_alone(name, x):
+    net = MODELS[name]
+    before = snapshot(net, x)
+    attribute(net, x, "lrp", target=0)
+    assert_unchanged(before, snapshot(net, x))
+    assert not any(type(m).__module__.startswith("cnnscope") for m in net.modules())

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..engine import INPUT, LOGITS, Engine, Forward, Unit
+from ..engine import INPUT, LOGITS, Engine, Forward, Unit, structure
 from ..engine.units import split_call, unknown_layer
 from ..errors import CnnscopeError, ImageError, UnitSpecError
 from ..models import LoadedModel
@@ -486,32 +486,11 @@ class Context:
         return layer
 
     def default_cam_layer(self) -> str:
-        """The last leaf layer with a spatial map larger than 1 x 1 (below the target)."""
-        key = ("default_cam_layer", self.size, self.target_layer)
-        known = self.engine.memo  # per model, and gone with it
-        if key in known:
-            return known[key]
-        fwd = self.engine.forward(self.x[:1], cache=False, grad=False)
-        names = fwd.layers
-        stop = (
-            names.index(fwd.resolve(self.target_layer))
-            if self.target_layer != LOGITS
-            else len(names)
-        )
-        modules = dict(self.module.named_modules())
-        best = None
-        for name in names[1:stop]:
-            sub = modules.get(split_call(name)[0])
-            if sub is not None and next(sub.children(), None) is not None:
-                continue  # a container repeats its last child's output
-            act = fwd.activation(name)
-            if act.dim() == 4 and act.shape[-1] * act.shape[-2] > 1:
-                best = name
-        if best is None:
-            raise CnnscopeError("the model has no layer with a spatial map: give --layer")
-        known[key] = best
-        log.debug("default CAM layer: %s", best)
-        return best
+        """The default CAM layer below the target (:func:`.structure.default_cam_layer`)."""
+        channels = int(self.x.shape[1])
+        top = self.target_layer
+        below = None if top == LOGITS else self.engine.resolve(top, self.size, channels)
+        return structure.default_cam_layer(self.engine, self.size, channels, before=below)
 
     # ---- forwards and gradients ----------------------------------------------------
 
@@ -661,14 +640,18 @@ class Context:
 
 
 def _bytes_per_row(engine: Engine, x: torch.Tensor) -> int:
-    """Estimated memory of one row of a graph-keeping forward + backward."""
-    key = ("row_bytes", tuple(x.shape[1:]))
-    known = engine.memo  # per model, and gone with it
-    if key not in known:
-        fwd = engine.forward(x[:1], cache=False, grad=False)
-        # distinct activations, twice: what autograd saves plus the gradients in flight
-        known[key] = int(fwd.nbytes())
-    return known[key]
+    """Estimated memory of one row of a graph-keeping forward + backward.
+
+    From the engine's layer trace: the outputs of leaf modules (a container's output is
+    its last child's), twice: what autograd saves plus the gradients in flight.
+    """
+    modules = dict(engine.module.named_modules())
+    total = 0
+    for info in engine.layers(tuple(x.shape[-2:]), int(x.shape[1])):
+        sub = modules.get(split_call(info.name)[0])
+        if info.name == INPUT or (sub is not None and next(sub.children(), None) is None):
+            total += math.prod(info.shape)
+    return 2 * total * x.element_size()
 
 
 # --------------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
     ['1', '3']
     """
     calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
-    steps = _Trunk(module, calls).steps()
-    kinds = [_kind(_module_of(module, calls[i][0])) for i in steps]
+    trunk = _Trunk(module, calls)
+    steps = trunk.steps()
+    kinds = [_kind(trunk.module_of(calls[i][0])) for i in steps]
     found = []
     for k, i in enumerate(steps):
         size = _size(calls[i][1])
@@ -107,12 +108,12 @@ def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = 
     """
     calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
     names = [n for n, _ in calls]
-    if before in names:
-        calls = calls[: names.index(before)]
-    spatial = {n for n, s in calls if (_size(s) or (1, 1)) > (1, 1) or _area(s) > 1}
+    stop = names.index(before) if before in names else len(names)
+    spatial = {n for n, s in calls[:stop] if len(s) == 3 and s[1] * s[2] > 1}
     found = [c for c in cuts(module, calls) if c in spatial]
     if not found:
-        leaves = [n for n, _ in calls if not _has_children(_module_of(module, n))]
+        modules = dict(module.named_modules())
+        leaves = [n for n in names[:stop] if not _has_children(modules.get(split_call(n)[0]))]
         found = [n for n in leaves if n in spatial]
     if not found:
         raise CnnscopeError("the model has no layer with a spatial map: give a layer")
@@ -151,8 +152,17 @@ class _Trunk:
         self.by_module: dict[str, list[int]] = defaultdict(list)
         for i, (name, _) in enumerate(calls):
             self.by_module[split_call(name)[0]].append(i)
+        self._steps: dict[str, list[int]] = {}
+
+    def module_of(self, name: str) -> nn.Module | None:
+        return self.modules.get(split_call(name)[0])
 
     def steps(self, name: str = "") -> list[int]:
+        if name not in self._steps:
+            self._steps[name] = self._find_steps(name)
+        return self._steps[name]
+
+    def _find_steps(self, name: str) -> list[int]:
         out: list[int] = []
         for child, sub in self.modules[name].named_children() if name in self.modules else ():
             child = f"{name}.{child}" if name else child
@@ -168,10 +178,6 @@ class _Trunk:
         return len(sizes) >= 3 or (isinstance(sub, nn.Sequential) and len(sizes) > 1)
 
 
-def _module_of(module: nn.Module, name: str) -> nn.Module | None:
-    return dict(module.named_modules()).get(split_call(name)[0])
-
-
 def _has_children(sub: nn.Module | None) -> bool:
     return sub is not None and next(sub.children(), None) is not None
 
@@ -185,7 +191,3 @@ def _kind(sub: nn.Module | None) -> str:
 def _size(shape: tuple[int, ...]) -> tuple[int, ...] | None:
     """The spatial size of a ``C x H x W`` output, else ``None``."""
     return tuple(shape[1:]) if len(shape) == 3 else None
-
-
-def _area(shape: tuple[int, ...]) -> int:
-    return shape[1] * shape[2] if len(shape) == 3 else 0

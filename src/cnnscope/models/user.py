@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..engine import Engine, preserved
+from ..engine.structure import Call, call_names, default_chain_of
 from ..errors import ModelSpecError
 from .base import LoadedModel, Preprocessing, imagenet_labels
 
@@ -219,8 +220,7 @@ def wrap(
     n = probe.classes
     if isinstance(module, torch.jit.ScriptModule):
         log.warning("%s is TorchScript: %s", name, TORCHSCRIPT_LIMITS)
-    chain = [probe.logits_layer] if probe.logits_layer else []
-    chain += [m for m in dict.fromkeys(reversed(probe.feature_maps)) if m not in chain]
+    chain = default_chain_of(module, probe.calls, probe.logits_layer)
     names = _class_names(n, labels, labels_of(metadata))
     if not n and labels is None:
         log.warning("model %s output has shape %s; class labels unknown", name, probe.shape)
@@ -233,7 +233,7 @@ class Probe:
 
     shape: tuple[int, ...]  # of the output, batch of one
     logits_layer: str | None  # the innermost module whose output *is* the model output
-    feature_maps: tuple[str, ...]  # top-level modules with 4-D outputs, in call order
+    calls: tuple[Call, ...]  # every submodule call with a tensor output: name, shape
     recorded: int  # submodule outputs seen (0: nothing can be recorded)
 
     @property
@@ -295,10 +295,9 @@ def _probe(module: nn.Module, name: str, size: tuple[int, int]) -> Probe:
         )
     # hooks fire innermost first: the first module whose output is the model output
     logits = next((n for n, o in records if o is out), None)
-    maps = tuple(
-        n for n, o in records if "." not in n and isinstance(o, torch.Tensor) and o.ndim == 4
-    )
-    return Probe(tuple(out.shape), logits, maps, len(records))
+    named = zip(call_names([n for n, _ in records]), (o for _, o in records))
+    calls = tuple((n, tuple(o.shape[1:])) for n, o in named if isinstance(o, torch.Tensor))
+    return Probe(tuple(out.shape), logits, calls, len(records))
 
 
 @contextlib.contextmanager

@@ -633,13 +633,10 @@ class ExplorerService:
     # -- attribution and activations -----------------------------------------------------
 
     def default_cam_layer(self) -> str:
-        """The lowest-resolution spatial layer of the chain (the usual Grad-CAM layer)."""
-        for name in self.chain:
-            info = self.layers.get(name)
-            if info is not None and len(info.shape) == 3 and info.shape[1] * info.shape[2] > 1:
-                return name
-        spatial = [i.name for i in self.layers.values() if len(i.shape) == 3 and i.name != "input"]
-        return spatial[-1]
+        """The model's default CAM layer (:func:`cnnscope.engine.structure.default_cam_layer`)."""
+        from ..engine.structure import default_cam_layer
+
+        return default_cam_layer(self.engine, self.input_size)
 
     async def attribution(
         self, image_id: str, method: str, target: int | None = None, layer: str | None = None

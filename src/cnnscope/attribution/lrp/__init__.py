@@ -4,25 +4,32 @@ LRP redistributes the target score layer by layer. Here it is computed with the
 "modified gradient" identity: if every layer's backward is changed so that the
 relevance of any tensor ``a`` is ``a * grad(a)``, the relevance at the input is the
 input times its (modified) gradient. So LRP needs no hooks and never touches the
-caller's model:
+caller's model. The package has three parts: :mod:`.rules` (one wrapper per kind of
+layer), :mod:`.composites` (which rule each layer gets) and :mod:`.canonizers`
+(equivalent rewrites of the copy).
 
 1. a private copy of the model is made (:func:`copy.deepcopy`);
-2. the **canonizer** folds each BatchNorm into the convolution (or linear layer) that
-   feeds it, found from the autograd graph of one recorded forward pass, so that BN
-   networks are explained as the equivalent network without BN;
+2. **canonizers**: fused BatchNorm + activation modules (timm's ``BatchNormAct2d``) are
+   split; each BatchNorm is folded into the convolution (or linear layer) that feeds it,
+   found from the autograd graph of one recorded forward pass; a BatchNorm with nothing
+   to fold into (DenseNet's, on a concatenation) keeps the epsilon rule as an affine
+   layer; sigmoid-like modules whose output only multiplies (squeeze-excitation gates)
+   become constants: in ``x * g(x)`` relevance flows through ``x`` only;
 3. each convolution / linear layer is replaced by a wrapper whose forward returns
    exactly the layer's output ``z`` but whose backward realises its **rule**, e.g. for
-   LRP-epsilon ``grad_in = W^T (g * z / (z + eps sign z))``;
+   LRP-epsilon ``grad_in = W^T (g * z / (z + eps sign z))``; each LayerNorm holds its
+   standard deviation constant (Ali et al. 2022), so it passes relevance on;
 4. each elementwise activation (ReLU, ReLU6, SiLU, ...) passes relevance through
    unchanged (``grad_in = g * act(z) / z``): a saturated ReLU6 keeps its relevance;
 5. the copy runs through the :class:`~cnnscope.engine.Engine` like any model and
-   ``R = x * grad`` (plus the bound terms of the z^B rule) is read at the input.
+   ``R = x * grad`` (plus the bound terms of the z^B, flat and w^2 rules) is read at the input.
 
 Linear operations left as they are (additions of residual branches, concatenation,
 average pooling, padding, flattening, scaling) conserve relevance by themselves under
 this identity: their true gradient is the LRP-0 rule. Max pooling gives all relevance
-to the maximum. Saturating activations called as functions (``F.relu6``) rather than
-modules are not rewritten: they drop the relevance of saturated units.
+to the maximum. Saturating activations called as functions (``F.relu6``), functional
+gates (``x * s.sigmoid()``) and ``F.layer_norm`` are not rewritten: they leak, and the
+method logs a warning with the figure when relevance is off by more than 5%.
 
 Rules (``z`` the layer's output, ``x`` its input, ``W`` its weights)
 ---------------------------------------------------------------------
@@ -31,7 +38,16 @@ Rules (``z`` the layer's output, ``x`` its input, ``W`` its weights)
 ``alpha_beta``           ``alpha`` times positive minus ``beta`` times negative contributions
 ``zplus``                ``alpha_beta`` with alpha=1, beta=0
 ``box``                  z^B for the first layer, with the input's lowest and highest values
+``flat``                 first layer: ``R_i = sum_j R_j / n_j`` (each output's inputs alike)
+``wsquare``              first layer: ``R_i = sum_j w_ij^2 R_j / sum_i' w_i'j^2``
 ``pass``                 the layer's true gradient
+
+Biases: epsilon and gamma put the bias in the denominator (the bias keeps its share, which
+``meta['absorbed']`` reports). z+ and alpha-beta leave it out, as the formulas of Montavon
+et al. 2019 do: all of a layer's relevance goes to its inputs. zennit instead adds the
+positive (and for beta, the negative) bias to its denominators, so its z+ and alpha-beta
+maps carry less relevance on layers with biases, and squares the bias into its w^2
+denominator; flat and w^2 here leave the bias out (as zennit's flat does).
 """
 
 from __future__ import annotations
@@ -68,6 +84,7 @@ from .rules import (
     _PassActivation,
     _RuleLayer,
     parse_rule,
+    rule_layer,
 )
 
 log = logging.getLogger(__name__)
@@ -173,7 +190,7 @@ def build_lrp_model(
             raise CnnscopeError(f"the {rule} rule is only for the first layer, not {name!r}")
         if id(m) in wrapped:
             continue
-        w = _RuleLayer(m, rule)
+        w = rule_layer(m, rule)
         if rule.kind in FIRST_LAYER_RULES:
             first = w  # it reads the input's range or shape
         wrapped[id(m)] = w

@@ -1,8 +1,9 @@
 """LRP rules: wrappers whose forward returns the layer's output and whose gradient is the rule.
 
-A new rule is a new ``kind`` of :class:`Rule` and its branch in :meth:`_RuleLayer.forward`;
-LayerNorm (:class:`_LayerNormRule`), elementwise activations (:class:`_PassActivation`) and
-multiplicative gates (:class:`_ConstantGate`) have their own small classes.
+Each rule is one small subclass of :class:`_RuleLayer` (its modified forward), listed in
+:data:`RULE_LAYERS` under its :class:`Rule` kind, which :func:`parse_rule` names. LayerNorm
+(:class:`_LayerNormRule`), elementwise activations (:class:`_PassActivation`) and
+multiplicative gates (:class:`_ConstantGate`) have their own classes.
 """
 
 from __future__ import annotations
@@ -145,7 +146,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
 
 
 class _RuleLayer(nn.Module):
-    """Wraps a linear layer: ``forward`` returns ``layer(x)``, the gradient follows ``rule``.
+    """Wraps a linear layer: ``forward`` returns ``layer(x)``, the gradient follows the rule.
 
     Every rule has the form ``out = mod(x) * k + s * (z - mod(x) * k)`` (``k`` and the
     bracket detached), where ``mod`` is a bias-free, positively homogeneous modified
@@ -153,25 +154,23 @@ class _RuleLayer(nn.Module):
     rule's input relevance, and the gradient at the probe ``s`` (ones, one per image)
     gives the relevance the layer absorbs (its bias share, or units with no input
     contribution): per layer ``R_in + R_absorbed = R_out`` exactly.
+
+    A rule is a subclass that sets :attr:`variants` (bias-free copies of the layer with
+    modified weights) and implements :meth:`modified`, and is listed in :data:`RULE_LAYERS`.
     """
+
+    #: name -> weight modifier of the bias-free copies the rule needs
+    variants: dict = {}
 
     def __init__(self, layer: nn.Module, rule: Rule):
         super().__init__()
         self.layer = layer
         self.rule = rule
-        kind = rule.kind
-        v: dict[str, nn.Module] = {}
-        if isinstance(layer, _BNS) and kind not in ("epsilon", "pass"):
+        if isinstance(layer, _BNS) and not isinstance(self, _Epsilon):
             raise CnnscopeError(
                 f"a BatchNorm that cannot be folded takes the epsilon rule, not {rule}"
             )
-        if kind in ("gamma", "alpha_beta", "box"):
-            v["plus"] = _variant(layer, lambda w: w.clamp(min=0), no_bias=True)
-            v["minus"] = _variant(layer, lambda w: w.clamp(max=0), no_bias=True)
-        if kind == "flat":
-            v["flat"] = _variant(layer, torch.ones_like, no_bias=True)
-        if kind == "wsquare":
-            v["wsquare"] = _variant(layer, lambda w: w * w, no_bias=True)
+        v = {name: _variant(layer, fn, no_bias=True) for name, fn in self.variants.items()}
         object.__setattr__(self, "_v", v)  # hidden from named_modules, hooks and .to()
         # box, flat, wsquare: graph tensors of the last call whose value x gradient is
         # input relevance ((low, high) bounds of z^B, the ones of flat and w^2)
@@ -217,44 +216,95 @@ class _RuleLayer(nn.Module):
         self.probes.append(probe)
         return kept + probe * (zd - kept.detach())
 
+    def modified(self, x, zd, plain, bias) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mod, k)`` of the rule for input ``x``, output ``zd`` (detached), the output
+        without its constant ``plain`` (with the layer's gradient) and the ``bias``."""
+        raise NotImplementedError
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.layer(x)
-        kind, v = self.rule.kind, self._v
         zd = z.detach()
         bias = self._bias(z)
         plain = z if bias is None else z - bias  # same gradient as z, no constant
-        if kind in ("epsilon", "pass"):
-            eps = self.rule.epsilon if kind == "epsilon" else 0.0
-            den = zd + eps * torch.where(zd >= 0, 1.0, -1.0).to(zd)
-            k = torch.where(zd == 0, torch.ones_like(zd), _ratio(zd, den))
-            return self._out(plain, k, zd)
-        if kind == "gamma":
-            # with P and N the positive and negative contributions, w + gamma w+ on x+ and
-            # w + gamma w- on x- give plain + gamma P (plain + gamma N for negative outputs)
-            p, n = self._contributions(x)
-            g = self.rule.gamma
-            positive = zd > 0
-            mod = torch.where(positive, plain + g * p, plain + g * n)
-            den = mod.detach()
-            if bias is not None:
-                g = self.rule.gamma
-                den = den + torch.where(
-                    positive, bias + g * bias.clamp(min=0), bias + g * bias.clamp(max=0)
-                )
-            den = den + self.rule.epsilon * torch.where(positive, 1.0, -1.0).to(zd)
-            return self._out(mod, _ratio(zd, den), zd)
-        if kind == "alpha_beta":
-            p, n = self._contributions(x)
-            a, b = self.rule.alpha, self.rule.beta
-            mod = a * p * _ratio(zd, p.detach()) - b * n * _ratio(zd, n.detach())
-            return self._out(mod, torch.ones_like(zd), zd)
-        if kind in ("flat", "wsquare"):
-            # relevance spread by w^2 (or 1) over the inputs: the rule's "input" is all ones
-            ones = x * 0 + 1
-            mod = v[kind](ones)
-            object.__setattr__(self, "bounds", (ones,))
-            return self._out(mod, _ratio(zd, mod.detach()), zd)
-        # box (z^B): the bounds are graph tensors made from x, so their gradients can be read.
+        mod, k = self.modified(x, zd, plain, bias)
+        return self._out(mod, k, zd)
+
+
+def _sign(zd: torch.Tensor) -> torch.Tensor:
+    return torch.where(zd >= 0, 1.0, -1.0).to(zd)
+
+
+_SIGNED = {"plus": lambda w: w.clamp(min=0), "minus": lambda w: w.clamp(max=0)}
+
+
+class _Epsilon(_RuleLayer):
+    """epsilon (and ``pass``: eps = 0): ``k = z / (z + eps sign z)``; the bias keeps its share."""
+
+    def modified(self, x, zd, plain, bias):
+        eps = self.rule.epsilon if self.rule.kind == "epsilon" else 0.0
+        k = torch.where(zd == 0, torch.ones_like(zd), _ratio(zd, zd + eps * _sign(zd)))
+        return plain, k
+
+
+class _Gamma(_RuleLayer):
+    """gamma: ``w + gamma w+`` on positive outputs, ``w + gamma w-`` on negative ones."""
+
+    variants = _SIGNED
+
+    def modified(self, x, zd, plain, bias):
+        # with P and N the positive and negative contributions, w + gamma w+ on x+ and
+        # w + gamma w- on x- give plain + gamma P (plain + gamma N for negative outputs)
+        p, n = self._contributions(x)
+        g = self.rule.gamma
+        positive = zd > 0
+        mod = torch.where(positive, plain + g * p, plain + g * n)
+        den = mod.detach()
+        if bias is not None:
+            den = den + torch.where(
+                positive, bias + g * bias.clamp(min=0), bias + g * bias.clamp(max=0)
+            )
+        den = den + self.rule.epsilon * torch.where(positive, 1.0, -1.0).to(zd)
+        return mod, _ratio(zd, den)
+
+
+class _AlphaBeta(_RuleLayer):
+    """alpha-beta (z+: alpha 1, beta 0): the bias is left out of both denominators."""
+
+    variants = _SIGNED
+
+    def modified(self, x, zd, plain, bias):
+        p, n = self._contributions(x)
+        a, b = self.rule.alpha, self.rule.beta
+        mod = a * p * _ratio(zd, p.detach()) - b * n * _ratio(zd, n.detach())
+        return mod, torch.ones_like(zd)
+
+
+class _Flat(_RuleLayer):
+    """flat (first layer): relevance spread evenly over each output's inputs."""
+
+    variants = {"spread": torch.ones_like}
+
+    def modified(self, x, zd, plain, bias):
+        # the rule's "input" is all ones: its gradient is the input relevance
+        ones = x * 0 + 1
+        mod = self._v["spread"](ones)
+        object.__setattr__(self, "bounds", (ones,))
+        return mod, _ratio(zd, mod.detach())
+
+
+class _WSquare(_Flat):
+    """w^2 (first layer): relevance spread in proportion to the squared weights."""
+
+    variants = {"spread": lambda w: w * w}
+
+
+class _Box(_RuleLayer):
+    """z^B (first layer): bounded inputs, with the lowest and highest input values."""
+
+    variants = _SIGNED
+
+    def modified(self, x, zd, plain, bias):
+        # the bounds are graph tensors made from x, so their gradients can be read
         lo, hi = self.low, self.high
         if lo.dim() != x.dim():  # e.g. a linear first layer on the flattened input
             shape = (-1,) + (1,) * (x.dim() - 1)
@@ -262,9 +312,33 @@ class _RuleLayer(nn.Module):
             hi = hi.reshape(hi.shape[0], -1).amax(1).view(shape)
         low = x * 0 + lo
         high = x * 0 + hi
-        zb = plain - v["plus"](low) - v["minus"](high)
+        zb = plain - self._v["plus"](low) - self._v["minus"](high)
         object.__setattr__(self, "bounds", (low, high))
-        return self._out(zb, _ratio(zd, zb.detach()), zd)
+        return zb, _ratio(zd, zb.detach())
+
+
+#: The wrapper class of each rule kind: a new rule is a new entry.
+RULE_LAYERS = {
+    "epsilon": _Epsilon,
+    "pass": _Epsilon,
+    "gamma": _Gamma,
+    "alpha_beta": _AlphaBeta,
+    "flat": _Flat,
+    "wsquare": _WSquare,
+    "box": _Box,
+}
+
+
+def rule_layer(layer: nn.Module, rule: Rule) -> _RuleLayer:
+    """``layer`` wrapped so that its gradient follows ``rule``.
+
+    Examples
+    --------
+    >>> w = rule_layer(nn.Linear(3, 2), parse_rule("zplus"))
+    >>> type(w).__name__, str(w.rule)
+    ('_AlphaBeta', 'zplus')
+    """
+    return RULE_LAYERS[rule.kind](layer, rule)
 
 
 class _PassActivation(nn.Module):
