@@ -59,7 +59,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import INPUT, LOGITS, Engine, Forward, Unit, apply_rule
+from ..engine import (
+    INPUT,
+    LOGITS,
+    Engine,
+    Forward,
+    Unit,
+    apply_rule,
+    strength_layer,
+    strengths,
+    strongest_units,
+    unit_position,
+    unit_seed,
+)
 from ..engine.rules import POLARITY, check_rule
 from ..engine.units import split_call
 from ..errors import CnnscopeError, UnitSpecError
@@ -301,8 +313,10 @@ class Explorer:
         ]
 
     def overview(self, x: torch.Tensor, per_layer: int = 8) -> list[dict]:
-        """The top units of each chain layer by spatial-max activation.
+        """The strongest units of each chain layer (:func:`~cnnscope.engine.strongest_units`).
 
+        A unit's score is its strength: its spatial maximum, read below a ReLU-family
+        activation (its pre-activation maximum), so units saturated at a clip do not tie.
         Returns ``[{"layer": name, "units": [{"unit": "LAYER:C", "score": float}]}]``,
         top layer first.
 
@@ -318,14 +332,9 @@ class Explorer:
         fwd = self.forward(x)
         out = []
         for layer in self.chain:
-            act = fwd.activation(layer)[0]
-            scores = act.reshape(act.shape[0], -1).amax(1).double()
-            pre = fwd.activation(self.grad_layer(fwd, layer))[0]
-            tie = pre.reshape(pre.shape[0], -1).amax(1).double()
-            # ReLU6 units tie at 6: break ties by the pre-activation maximum
-            order = torch.from_numpy(np.lexsort((-tie.cpu().numpy(), -scores.cpu().numpy())))
-            top = order[: max(1, min(int(per_layer), len(order)))].tolist()
-            units = [{"unit": str(Unit(layer, c)), "score": float(scores[c])} for c in top]
+            units = [
+                {"unit": str(u), "score": s} for u, s in strongest_units(fwd, layer, per_layer)
+            ]
             out.append({"layer": layer, "units": units})
         return out
 
@@ -339,33 +348,19 @@ class Explorer:
         """
         if layer in self._grad_at:
             return self._grad_at[layer]
-        at = fwd.pre_activation(layer) if layer in fwd.layers else layer
+        at = strength_layer(fwd, layer) if layer in fwd.layers else layer
         log.debug("gradient of chain layer %s read at %s", layer, at)
         self._grad_at[layer] = at
         return at
 
     def _root_seed(self, fwd: Forward, unit: Unit) -> tuple[str, torch.Tensor]:
-        """A unit seeded alone: 1 at its position (default: its maximum), or its logit.
-
-        For an activation layer the seed goes in just below the activation, at the
-        maximum of the pre-activation: a ReLU6 unit saturated at its maximum would
-        otherwise pass no gradient at all.
+        """A unit seeded alone (:func:`~cnnscope.engine.unit_seed`): 1 on its strength map
+        at its position (default: its strongest), or its logit.
         """
-        at = self.grad_layer(fwd, unit.layer)
-        pre = fwd.activation(at)
-        seed = torch.zeros_like(pre)
-        if pre.dim() == 2:
-            seed[0, unit.channel] = 1.0
-            return at, seed
-        if unit.pos is not None and pre.dim() == 4:
-            index = unit.pos[0] * pre.shape[3] + unit.pos[1]
-        else:
-            index = int(pre[0, unit.channel].reshape(-1).argmax())
-        seed[0, unit.channel].view(-1)[index] = 1.0
-        return at, seed
+        return unit_seed(fwd, unit.layer, unit.channel, None if unit.pos is None else [unit.pos])
 
     def position(self, x: torch.Tensor, unit: Unit | str) -> tuple[int, int] | None:
-        """Where a unit is seeded as a root: its given position or its maximum (None for FC).
+        """Where a unit is seeded as a root: its given or strongest position (None for FC).
 
         Examples
         --------
@@ -380,11 +375,7 @@ class Explorer:
         (unit,) = self.check_path((Unit.parse(unit) if isinstance(unit, str) else unit,))
         if unit.pos is not None:
             return unit.pos
-        at, seed = self._root_seed(self.forward(x), unit)
-        if seed.dim() != 4:
-            return None
-        index = int(seed[0, unit.channel].reshape(-1).argmax())
-        return divmod(index, seed.shape[3])
+        return unit_position(self.forward(x), unit.layer, unit.channel)
 
     def _gain(self, grad: torch.Tensor, channel: int, gain: str) -> float:
         if gain == "none":
@@ -884,7 +875,7 @@ class Explorer:
         per = max(1, _PARENT_CHUNK_FLOATS // max(pre.numel(), fwd.activation(unit.layer).numel()))
         weights = torch.zeros(n_par, dtype=torch.float64)
         flat = pre[0].reshape(n_par, -1)
-        best = flat.argmax(1)
+        best = strengths(fwd, upper)[1][0]
         for start in range(0, n_par, per):
             idx = torch.arange(start, min(n_par, start + per))
             seeds = torch.zeros(len(idx), n_par, flat.shape[1], dtype=pre.dtype, device=pre.device)
