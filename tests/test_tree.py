@@ -377,8 +377,8 @@ def test_overview_and_predictions(ex, x):
     ov = ex.overview(x, per_layer=3)
     assert [row["layer"] for row in ov] == CHAIN
     for row in ov:
-        act = fwd.activation(row["layer"])[0]
-        best = act.reshape(act.shape[0], -1).amax(1)
+        pre = fwd.activation(fwd.pre_activation(row["layer"]))[0]  # the units' strength
+        best = pre.reshape(pre.shape[0], -1).amax(1)
         scores = [u["score"] for u in row["units"]]
         assert scores == pytest.approx(sorted(best.tolist(), reverse=True)[:3])
     preds = ex.predictions(x, k=5)

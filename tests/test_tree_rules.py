@@ -174,6 +174,16 @@ def test_the_tiny_net_saturates_and_the_chain_reads_pre_activations(ex, net, x):
     assert float(fwd.activation("act3").max()) == 6.0  # a ReLU6 node is saturated
 
 
+def test_the_overview_scores_saturated_units_by_their_pre_activation(ex, x):
+    fwd = ex.forward(x)
+    (row,) = [r for r in ex.overview(x, per_layer=8) if r["layer"] == "act3"]
+    pre = fwd.activation("conv3")[0].reshape(8, -1).amax(1).double()
+    assert int((pre > 6).sum()) >= 2  # units that would all read 6 after the ReLU6
+    order = pre.argsort(descending=True, stable=True).tolist()
+    assert [u["unit"] for u in row["units"]] == [f"act3:{c}" for c in order]
+    assert [u["score"] for u in row["units"]] == pytest.approx(pre[order].tolist())
+
+
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize(
     ("scoring", "sign", "gain"),

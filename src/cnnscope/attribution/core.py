@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 
 from ..engine import INPUT, LOGITS, Engine, Forward, Unit, structure
+from ..engine.rules import warn_once
 from ..engine.units import split_call, unknown_layer
 from ..errors import CnnscopeError, ImageError, UnitSpecError
 from ..models import LoadedModel
@@ -1088,7 +1089,8 @@ def attribute(
     if spec.uses_layer:
         kwargs["layer"] = layer
     try:
-        out = spec.fn(ctx, **kwargs)
+        with warn_once():  # a rule's warning once per call, not once per forward
+            out = spec.fn(ctx, **kwargs)
     except torch.cuda.OutOfMemoryError:
         raise CnnscopeError(
             "out of GPU memory: pass a smaller batch_size (--batch-size) or max_memory"

@@ -1,7 +1,7 @@
 """The engine: one recorded forward per input, any number of rule-aware backwards.
 
 :class:`Engine` wraps a model. :meth:`Engine.forward` runs it once with a forward hook on
-every module, puts the rule hooks on the ReLU-family nodes of the graph it made
+every module, puts the rule hooks on the rectifier nodes of the graph it made
 (:func:`~cnnscope.engine.rules.attach_rules`), and returns a
 :class:`Forward`, which keeps the graph. :meth:`Forward.grad` seeds a gradient at any
 recorded layer (or the logits) and returns the gradient at any lower layer or the input,
@@ -18,7 +18,7 @@ import hashlib
 import logging
 import threading
 import weakref
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import CnnscopeError
 from .fingerprint import WeightSamples
 from .receptive import Field, ReceptiveFieldMode
-from .rules import RuleState, attach_rules, check_rule
+from .rules import RuleState, attach_rules, check_reach, check_rule, note
 from .units import INPUT, LOGITS, split_call, unknown_layer
 
 log = logging.getLogger(__name__)
@@ -121,19 +121,26 @@ class Forward:
         self._order = {name: i for i, name in enumerate(acts)}
         self._state = state
         self._lock = threading.Lock()
-        self._rules_attached = False
+        self._activations: Counter | None = None  # filled by the first rule's walk
+        self._warned: set[str] = set()
         self._freed = False
 
     def _use_rule(self, rule: str) -> None:
         """Put ``rule`` in force; hook the graph's activations the first time one is needed.
 
         The true gradient needs no hook, so a forward that is only ever differentiated
-        under ``gradient`` never pays for the walk of its graph.
+        under ``gradient`` never pays for the walk of its graph. A rule with no rectifier
+        to shape raises; one that meets activations outside the ReLU family warns, once
+        per rule and forward (once per :func:`~cnnscope.engine.rules.warn_once` block).
         """
         check_rule(rule)
-        if rule != "gradient" and not self._rules_attached:
-            attach_rules(self._acts.values(), self._state)
-            self._rules_attached = True
+        if rule != "gradient":
+            if self._activations is None:
+                self._activations = attach_rules(self._acts.values(), self._state)
+            warning = check_reach(rule, self._activations)
+            if warning is not None and rule not in self._warned:
+                self._warned.add(rule)
+                note(warning)
         self._state.rule = rule
 
     @property

@@ -32,10 +32,16 @@ switches are its only other link to the image) its pictures do not depend on the
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
+
+log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided", "guided_neg")
 
@@ -61,7 +67,13 @@ def check_rule(rule: str) -> str:
 
 
 def apply_rule(
-    rule: str, grad_in: torch.Tensor, grad_out: torch.Tensor, leak: float = 0.0
+    rule: str,
+    grad_in: torch.Tensor,
+    grad_out: torch.Tensor,
+    leak: float = 0.0,
+    *,
+    gain: float = 1.0,
+    monotone: bool = True,
 ) -> torch.Tensor:
     """The gradient an activation passes down under ``rule``.
 
@@ -74,7 +86,13 @@ def apply_rule(
     grad_out : torch.Tensor
         The incoming gradient ``g`` at the activation's output.
     leak : float
-        Slope below zero of a leaky unit (used by ``deconvnet``, which ignores ``x``).
+        Slope far below zero of the rectifier the unit is (used by ``deconvnet``, which
+        ignores ``x``).
+    gain : float
+        Slope far above zero (``deconvnet``): 1 but for SELU.
+    monotone : bool
+        Whether ``f' >= 0`` everywhere; False for SiLU, GELU, Mish, Hardswish, whose
+        ``f'`` is negative somewhere below zero (guided then masks on ``g`` too).
 
     Examples
     --------
@@ -82,74 +100,217 @@ def apply_rule(
     >>> true = torch.tensor([0.0, -1.0, 2.0])  # f'(x) = [0, 1, 1]
     >>> apply_rule("guided", true, g).tolist(), apply_rule("deconvnet", true, g).tolist()
     ([0.0, 0.0, 2.0], [1.0, 0.0, 2.0])
+    >>> apply_rule("guided", torch.tensor([-0.1]), torch.tensor([1.0]), monotone=False)
+    tensor([0.])
     """
     if rule == "gradient":
         return grad_in
-    if leak >= 0:  # f'(x) >= 0, so grad_in = g * f'(x) has g's sign (or is 0): one op each
-        if rule == "guided":
-            return grad_in.clamp(min=0)
-        if rule == "guided_neg":
-            return grad_in.clamp(max=0)
-        if leak == 0:
-            return grad_out.clamp(min=0)
+    if rule == "deconvnet":
+        up = grad_out.clamp(min=0) if gain == 1 else grad_out.clamp(min=0) * gain
+        return up if leak == 0 else torch.where(grad_out > 0, up, grad_out * leak)
+    # guided keeps g * f'(x) where g > 0 and f'(x) > 0: then (and only then) it is > 0
+    if monotone and leak >= 0:  # g * f'(x) has g's sign (or is 0): one op each
+        return grad_in.clamp(min=0) if rule == "guided" else grad_in.clamp(max=0)
     if rule == "guided":
-        return grad_in * (grad_out > 0)
-    if rule == "guided_neg":
-        return grad_in * (grad_out < 0)
-    return torch.where(grad_out > 0, grad_out, grad_out * leak)
+        return grad_in.clamp(min=0) * (grad_out > 0)
+    return grad_in.clamp(max=0) * (grad_out < 0)
 
 
-def _leak(node) -> float | None:
-    """The below-zero slope of a ReLU-family graph node, or None for any other node."""
-    name = type(node).__name__
-    if name in ("ReluBackward0", "ReluBackward1", "HardtanhBackward0", "HardtanhBackward1"):
-        return 0.0
-    if name.startswith("LeakyReluBackward"):
-        return float(node._saved_negative_slope)
-    if name in ("ClampBackward1", "ClampMinBackward0"):
+@dataclass(frozen=True)
+class Activation:
+    """How the rules see one kind of activation node of the autograd graph.
+
+    ``family`` is ``"relu"`` (the ReLU family: every rule is exact), ``"smooth"`` (a smooth
+    or piecewise rectifier: the rules' generalisation applies) or ``"other"`` (not a
+    rectifier: the true gradient passes and a warning says so). ``leak`` and ``gain`` are
+    the unit's slopes far below and far above zero, the rectifier it approximates (what
+    ``deconvnet`` passes); ``monotone`` says that ``f' >= 0`` everywhere.
+    """
+
+    name: str
+    family: str
+    leak: float = 0.0
+    gain: float = 1.0
+    monotone: bool = True
+
+
+_RELU = {"ReluBackward", "HardtanhBackward"}
+_SMOOTH = {  # f(x) = x * gate(x), the gate rising from 0 to 1: not monotone below 0
+    "SiluBackward": "SiLU",
+    "GeluBackward": "GELU",
+    "HardswishBackward": "Hardswish",
+    "MishBackward": "Mish",
+}
+_OTHER = {  # squashing functions and gates, or rectifiers whose slope is learnt or random
+    "SigmoidBackward": "Sigmoid",
+    "TanhBackward": "Tanh",
+    "HardsigmoidBackward": "Hardsigmoid",
+    "LogSigmoidBackward": "LogSigmoid",
+    "PreluKernelBackward": "PReLU",
+    "RreluWithNoiseBackward": "RReLU",
+}
+
+
+def activation(node) -> Activation | None:
+    """What kind of activation a graph node is, or None for any other node.
+
+    Examples
+    --------
+    >>> x = torch.randn(3, requires_grad=True)
+    >>> activation(torch.nn.functional.silu(x).grad_fn)
+    Activation(name='SiLU', family='smooth', leak=0.0, gain=1.0, monotone=False)
+    """
+    kind = type(node).__name__.rstrip("0123456789")
+    if kind in _RELU:
+        return Activation("ReLU", "relu")
+    if kind == "LeakyReluBackward":
+        slope = float(node._saved_negative_slope)
+        return Activation("LeakyReLU", "relu", leak=slope, monotone=slope >= 0)
+    if kind in ("ClampBackward", "ClampMinBackward"):
         low = node._saved_min
-        return 0.0 if low is not None and float(low) == 0.0 else None
-    if name == "ThresholdBackward0":
-        return 0.0 if float(node._saved_threshold) == 0.0 else None
+        return Activation("ReLU", "relu") if low is not None and float(low) == 0.0 else None
+    if kind == "ThresholdBackward":
+        return Activation("ReLU", "relu") if float(node._saved_threshold) == 0.0 else None
+    if kind in _SMOOTH:
+        return Activation(_SMOOTH[kind], "smooth", monotone=False)
+    if kind == "EluBackward":  # ELU and SELU (scale != 1): slope 0 far below, scale above
+        scale, alpha = float(node._saved_scale), float(node._saved_alpha)
+        name = "ELU" if scale == 1.0 else "SELU"
+        return Activation(name, "smooth", gain=scale, monotone=alpha * scale >= 0)
+    if kind == "CeluBackward":
+        return Activation("CELU", "smooth", monotone=float(node._saved_alpha) >= 0)
+    if kind == "SoftplusBackward":
+        return Activation("Softplus", "smooth")
+    if kind in _OTHER:
+        return Activation(_OTHER[kind], "other")
     return None
 
 
-def _rule_hook(state: RuleState, leak: float):
+def _rule_hook(state: RuleState, act: Activation):
     def hook(grad_inputs, grad_outputs):
         if state.rule == "gradient" or grad_inputs[0] is None or grad_outputs[0] is None:
             return None
-        return (apply_rule(state.rule, grad_inputs[0], grad_outputs[0], leak), *grad_inputs[1:])
+        shaped = apply_rule(
+            state.rule,
+            grad_inputs[0],
+            grad_outputs[0],
+            act.leak,
+            gain=act.gain,
+            monotone=act.monotone,
+        )
+        return (shaped, *grad_inputs[1:])
 
     return hook
 
 
-def attach_rules(tensors: Iterable[torch.Tensor], state: RuleState) -> int:
-    """Hook every ReLU-family node of the graph behind ``tensors``; return how many.
+def attach_rules(tensors: Iterable[torch.Tensor], state: RuleState) -> Counter:
+    """Hook every rectifying node of the graph behind ``tensors``; count the activations.
 
-    The hooks live on this graph only (made by one forward pass); the model is not
-    touched.
+    ReLU-family and smooth rectifiers (:func:`activation`) get a hook; the others are
+    only counted. The hooks live on this graph only (made by one forward pass); the model
+    is not touched.
+
+    Returns
+    -------
+    collections.Counter
+        ``{Activation: number of calls}`` over the whole graph.
 
     Examples
     --------
     >>> x = torch.tensor([-1.0, 2.0], requires_grad=True)
     >>> y = torch.relu(x) * 3
     >>> state = RuleState("guided")
-    >>> attach_rules([y], state)
+    >>> sum(attach_rules([y], state).values())
     1
     >>> torch.autograd.grad(y, x, torch.tensor([1.0, -1.0]))[0]
     tensor([0., 0.])
     """
     seen: dict[int, object] = {}  # keeps each node alive, so that ids stay unique
     stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
-    hooked = 0
+    found: Counter = Counter()
     while stack:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
         seen[id(node)] = node
-        leak = _leak(node)
-        if leak is not None:
-            node.register_hook(_rule_hook(state, leak))
-            hooked += 1
+        act = activation(node)
+        if act is not None:
+            found[act] += 1
+            if act.family != "other":
+                node.register_hook(_rule_hook(state, act))
         stack.extend(next_node for next_node, _ in node.next_functions)
-    return hooked
+    return found
+
+
+def _tally(found: Counter, family: str) -> str:
+    counts: Counter = Counter()
+    for act, n in found.items():
+        if act.family == family:
+            counts[act.name] += n
+    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items()))
+
+
+def check_reach(rule: str, found: Counter) -> str | None:
+    """Raise if ``rule`` shapes none of the activations ``found``; else the warning to give.
+
+    Returns None when every activation is ReLU-family (the rule is exact), else the
+    one-line warning that names what the rule generalised to and what it left alone.
+
+    Examples
+    --------
+    >>> x = torch.randn(3, requires_grad=True)
+    >>> found = attach_rules([torch.nn.functional.gelu(x)], RuleState())
+    >>> check_reach("guided", found)[:44]
+    "rule 'guided' met activations that are not "
+    """
+    if rule == "gradient":
+        return None
+    smooth, other = _tally(found, "smooth"), _tally(found, "other")
+    if not smooth and not _tally(found, "relu"):
+        from ..errors import CnnscopeError
+
+        why = f"its only activations ({other}) are not rectifiers" if other else "none at all"
+        raise CnnscopeError(
+            f"rule {rule!r} has no ReLU-family or rectifying activation to act on in this"
+            f" model ({why}): it would return the plain gradient"
+        )
+    if not smooth and not other:
+        return None
+    parts = [f"generalised to {smooth} calls"] if smooth else []
+    parts += [f"passed the true gradient through {other} calls (not rectifiers)"] if other else []
+    return (
+        f"rule {rule!r} met activations that are not ReLU-family: {'; '.join(parts)}"
+        " (see docs/methods.md, backward rules)"
+    )
+
+
+_NOTES: ContextVar[set[str] | None] = ContextVar("cnnscope_rule_notes", default=None)
+
+
+@contextmanager
+def warn_once() -> Iterator[None]:
+    """Within this block, each rule warning (:func:`note`) is logged once.
+
+    Wrap one user-level call (an attribution, a tree expansion) that may record many
+    forwards of one model, so that its warning comes once, not once per forward.
+
+    Examples
+    --------
+    >>> with warn_once():
+    ...     note("a"); note("a")  # logged once
+    """
+    token = _NOTES.set(set())
+    try:
+        yield
+    finally:
+        _NOTES.reset(token)
+
+
+def note(message: str) -> None:
+    """Log a rule warning, once per :func:`warn_once` block when one is open."""
+    said = _NOTES.get()
+    if said is not None:
+        if message in said:
+            return
+        said.add(message)
+    log.warning("%s", message)

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine import LOGITS, Engine, LayerInfo, Unit, strongest_units
+from ..engine import LOGITS, Engine, LayerInfo, Unit
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
@@ -459,17 +459,7 @@ class ExplorerService:
         self.store.get(image_id)
 
         def compute(lane: _Replica) -> list[dict]:
-            fwd = lane.explorer.forward(self._input(image_id))
-            return [
-                {
-                    "layer": str(layer),
-                    "units": [
-                        {"unit": str(u), "score": s}
-                        for u, s in strongest_units(fwd, layer, per_layer)
-                    ],
-                }
-                for layer in lane.explorer.chain
-            ]
+            return lane.explorer.overview(self._input(image_id), per_layer=per_layer)
 
         return await self._call(("overview", image_id, per_layer), compute)
 

@@ -207,7 +207,8 @@ async def overview(
     svc: ExplorerService = Depends(service),
     model: str = Depends(checked_model),
 ) -> OverviewOut:
-    """For each chain layer, the units with the largest spatial-max activation.
+    """For each chain layer, its strongest units (`cnnscope.engine.strength`: the maximum,
+    read before a ReLU-family activation so that units clipped at 6 do not tie).
 
     Each unit comes with the URL of its reconstruction; they are queued at once, in one
     batched backward per chunk.

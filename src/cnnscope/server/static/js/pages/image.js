@@ -52,7 +52,7 @@ export async function render(app, { image, params, model }) {
         h(
           "div",
           { class: "section-head" },
-          h("div", {}, h("h2", {}, "Overview"), h("p", { class: "muted" }, "The units with the largest activation in each layer of the chain, with their reconstructions (zoomed on the pixels they see). Click one to open its tree.")),
+          h("div", {}, h("h2", {}, "Overview"), h("p", { class: "muted" }, "The strongest units in each layer of the chain (by their maximum, read before a ReLU-family activation so that units clipped at 6 do not tie), with their reconstructions (zoomed on the pixels they see). Click one to open its tree.")),
           controlsRow(state, () => loadOverview()),
         ),
         overviewBox,
@@ -189,7 +189,7 @@ function overviewRow(layer, image, model, state) {
           {
             class: "unit-tile",
             href: treeUrl(image, model, u.unit.replace(/#/g, "~"), state.rule),
-            title: `${u.unit}${u.label ? " — " + u.label : ""} · max activation ${num(u.score)}`,
+            title: `${u.unit}${u.label ? " — " + u.label : ""} · strength ${num(u.score)} (max activation; pre-activation max for ReLU-family units)`,
             "data-unit": u.unit,
           },
           lazyImage(`${u.reconstruction}&crop=support`, { alt: `reconstruction of ${u.unit}`, cls: "tile-img" }),

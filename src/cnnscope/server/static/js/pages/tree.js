@@ -498,7 +498,7 @@ class TreeView {
         .catch(() => {});
     });
     const card = s("rect", { class: "card", width: NODE_W, height: NODE_H, rx: 12 });
-    g.append(
+    const parts = [
       s("clipPath", { id: clipId }, s("rect", { x: 8, y: 34, width: IMG, height: IMG, rx: 8 })),
       card,
       node.label
@@ -510,7 +510,8 @@ class TreeView {
       s("rect", { class: "img-hit", x: 8, y: 34, width: IMG, height: IMG, rx: 8 }),
       node.sign === "neg" ? s("g", { class: "neg-badge", transform: `translate(${NODE_W - 15},15)` }, s("title", {}, "inhibitory: it lowers its parent"), s("circle", { r: 8 }), s("path", { d: "M-3.5,0 H3.5" })) : null,
       node.pinned ? s("g", { class: "pin-badge", transform: `translate(${NODE_W - 15},15)` }, s("title", {}, `on the shared path, not among the top ${this.opts.k}`), s("circle", { r: 8 }), s("circle", { r: 2.5, class: "pin-dot" })) : null,
-    );
+    ];
+    g.append(...parts.filter(Boolean)); // (the DOM's own append writes a null as the text "null")
     const bar = s("g", { class: "weight", transform: `translate(10,${NODE_H - 15})` });
     g.append(bar);
     const buttons = s("g", { class: "node-buttons", transform: `translate(${NODE_W - 76},${NODE_H - 25})` });
