@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from cnnscope.attribution import METHODS, attribute, method_names  # noqa: E402
 from cnnscope.attribution.lrp import COMPOSITES  # noqa: E402
 from cnnscope.attribution.render import STYLES  # noqa: E402
+from cnnscope.engine.rules import RULES_TABLE  # noqa: E402
 from cnnscope.images import load_gallery_image  # noqa: E402
 from cnnscope.models import load_model  # noqa: E402
 
@@ -315,6 +316,7 @@ def write_page(sections, variant_sections) -> None:
         for name, opts, path, _ in done:
             o = ", ".join(f"{k}={v!r}" for k, v in opts.items())
             lines += [f"`{name}({o})`", "", f"![{name} {o}](img/methods/{path.name})", ""]
+    lines += [*RULES_TABLE.splitlines(), ""]
     (ROOT / "docs" / "methods.md").write_text("\n".join(lines))
     print("wrote docs/methods.md")
 

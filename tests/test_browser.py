@@ -199,6 +199,7 @@ def test_walk_gallery_image_overview_tree(page, server):
     # Switch the rule: the tree is recomputed under the new rule
     page.locator('#opt-rule button[data-value="gradient"]').click()
     page.wait_for_url("**rule=gradient**")
+    expect(page.locator("#rule-note")).to_have_text(re.compile(r"^Gradient: the true gradient"))
     wait_nodes_loaded(page, 6)
     href = page.locator("g.node").first.locator("image").get_attribute("href")
     assert "rule=gradient" in href
@@ -220,9 +221,12 @@ def test_walk_gallery_image_overview_tree(page, server):
     wait_nodes_loaded(page, 6)
     expect(page.locator("g.node.neg").first).to_be_visible()
     expect(page.locator("path.edge-neg").first).to_be_attached()
+    labels = page.locator("svg.tree-svg g.node").all_text_contents()
+    assert not [t for t in labels if "null" in t], labels
 
-    # Drill up from the selected node, and the unit page
+    # Drill up from the selected node: the answer (slow) outlives the panel's re-renders
     page.locator("#panel-drill").click()
+    page.locator(".path-chip.current").click()  # re-selecting the node re-renders the panel
     expect(page.locator(".parents-list a.parent-item").first).to_be_visible()
     page.locator(".panel-actions a", has_text="Unit page").click()
     page.wait_for_url("**/units/**")

@@ -19,6 +19,7 @@ from cnnscope.attribution import attribute
 from cnnscope.engine import Engine
 from cnnscope.engine.rules import RULES, RuleState, attach_rules
 from cnnscope.errors import CnnscopeError
+from tests.lookalike_models import lookalikes
 
 SELU_SCALE = 1.0507009873554805
 
@@ -141,12 +142,12 @@ def test_guided_is_no_longer_the_plain_gradient(name):
 
 def test_guided_passes_positive_gradients_only_on_a_gated_unit():
     # SiLU's f' < 0 below x = -1.28: g * f'(x) is negative there even where g > 0.
-    x = torch.tensor([[-3.0, -2.0, 1.0]], dtype=torch.float64)
-    net = nn.Sequential(nn.SiLU()).double()
+    x = torch.tensor([-3.0, -2.0, 1.0], dtype=torch.float64).view(1, 1, 1, 3)
+    net = nn.Sequential(nn.SiLU(), nn.Flatten()).double()
     seed = torch.tensor([[1.0, -1.0, 1.0]], dtype=torch.float64)
     guided = engine_grad(net, x, seed, "guided")
-    assert guided[0, :2].tolist() == [0.0, 0.0] and guided[0, 2] > 0
-    assert engine_grad(net, x, seed, "guided_neg")[0].tolist() == [0.0, 0.0, 0.0]
+    assert guided.flatten()[:2].tolist() == [0.0, 0.0] and guided.flatten()[2] > 0
+    assert engine_grad(net, x, seed, "guided_neg").flatten().tolist() == [0.0, 0.0, 0.0]
 
 
 def test_warns_once_per_attribution_call(caplog):
@@ -201,3 +202,30 @@ def test_builtin_model_has_relu_family_activations_only(caplog):
     assert not [r for r in caplog.records if r.name == "cnnscope.engine.rules"]
     found = attach_rules([fwd.output], RuleState())
     assert {act.family for act in found} == {"relu"}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_se", "mobilenetv3_se", "convnext"])
+@pytest.mark.parametrize(
+    "method", ["guided_backprop", "deconvnet", "guided_neg", "guided_grad_cam"]
+)
+def test_lookalikes_of_the_issue_are_shaped_by_the_rule(name, method, caplog):
+    # efficientnet_b0 (SiLU), mobilenetv3 (hardswish), convnext_tiny (GELU): the old engine
+    # returned their plain gradient (guided_grad_cam: times Grad-CAM) under these names.
+    net = lookalikes()[name]
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with caplog.at_level(logging.WARNING, logger="cnnscope.engine.rules"):
+        shaped = attribute(net, x, method, target=1).tensor
+    assert len([r for r in caplog.records if r.name == "cnnscope.engine.rules"]) == 1
+    if method != "guided_grad_cam":
+        assert not torch.allclose(shaped, attribute(net, x, "gradient", target=1).tensor)
+
+
+@pytest.mark.parametrize("name", ["silu", "mish", "selu"])
+def test_batched_seeds_vmapped_or_looped_agree(name):
+    fwd = Engine(make_net(ACTIVATIONS[name][0])).forward(X)
+    seeds = torch.randn(3, 2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for rule in ("guided", "deconvnet", "guided_neg"):
+        fwd.batch_strategy = "vmap"
+        vmapped = fwd.grad("logits", seeds, rule=rule, batched=True)
+        fwd.batch_strategy = "loop"
+        torch.testing.assert_close(vmapped, fwd.grad("logits", seeds, rule=rule, batched=True))

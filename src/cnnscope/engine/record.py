@@ -122,7 +122,7 @@ class Forward:
         self._state = state
         self._lock = threading.Lock()
         self._activations: Counter | None = None  # filled by the first rule's walk
-        self._warned: set[str] = set()
+        self._checked: set[str] = set()  # rules whose reach was checked (and warned)
         self._freed = False
 
     def _use_rule(self, rule: str) -> None:
@@ -137,10 +137,11 @@ class Forward:
         if rule != "gradient":
             if self._activations is None:
                 self._activations = attach_rules(self._acts.values(), self._state)
-            warning = check_reach(rule, self._activations)
-            if warning is not None and rule not in self._warned:
-                self._warned.add(rule)
-                note(warning)
+            if rule not in self._checked:
+                warning = check_reach(rule, self._activations)  # raises if nothing to shape
+                self._checked.add(rule)
+                if warning is not None:
+                    note(warning)
         self._state.rule = rule
 
     @property
@@ -221,7 +222,7 @@ class Forward:
             Lower layer(s) (or ``input``) where the gradient is read; a tensor of the
             graph (e.g. a parameter that requires grad) is also accepted.
         rule : {"gradient", "deconvnet", "guided", "guided_neg"}
-            Backward rule of every ReLU-family activation on the way.
+            Backward rule of every rectifier on the way (docs/methods.md, backward rules).
         batched : bool
             Treat the first dimension of ``seed`` as ``k`` seeds, run in one backward.
         keep_graph : bool
@@ -289,7 +290,7 @@ class Forward:
         to : str, tensor, or sequence of them
             Where the gradient is read, as in :meth:`grad`; below every seeded layer.
         rule : {"gradient", "deconvnet", "guided", "guided_neg"}
-            Backward rule of every ReLU-family activation on the way.
+            Backward rule of every rectifier on the way (docs/methods.md, backward rules).
 
         Examples
         --------

@@ -1,8 +1,9 @@
-"""Backward rules for every ReLU-family call, wherever it happened in the forward.
+"""Backward rules for every rectifier call, wherever it happened in the forward.
 
 After a recorded forward, :func:`attach_rules` walks the autograd graph once and puts a
-hook on every node that a ReLU-family op left behind: ``relu``, ``relu6``,
-``hardtanh``, ``leaky_relu``, ``threshold(0, 0)`` and ``clamp(min=0)``, whether it ran
+hook on every node that a rectifier left behind: ``relu``, ``relu6``, ``hardtanh``,
+``leaky_relu``, ``threshold(0, 0)``, ``clamp(min=0)`` and the smooth ones (SiLU, GELU,
+Hardswish, Mish, ELU, CELU, SELU, Softplus), whether it ran
 as a module, a functional call, a tensor method or an in-place variant, and however
 many times one module object was reused. The graph is the ground truth of what ran,
 so nothing is missed and the forward itself runs at full speed, untouched.
@@ -18,9 +19,12 @@ rule          gradient passed down                         polarity
 gradient      ``g * f'(x)``                                 both
 deconvnet     ``g * [g > 0]`` (plus ``slope * g`` where      +1
               ``g <= 0`` for leaky units)
-guided        ``g * f'(x) * [g > 0]``                       +1
-guided_neg    ``g * f'(x) * [g < 0]``                       -1
+guided        ``g * f'(x) * [g > 0] * [f'(x) > 0]``         +1
+guided_neg    ``g * f'(x) * [g < 0] * [f'(x) > 0]``         -1
 ============  ===========================================  ========
+
+Outside the ReLU family (SiLU, GELU, Hardswish, Mish, ELU, Softplus...) the rules are
+generalised, and squashing functions keep their true gradient (:data:`RULES_TABLE`).
 
 The *polarity* (:data:`POLARITY`) is the sign of what a rule lets through an activation:
 guided and deconvnet pass positive gradients only, guided_neg negative ones only, the
@@ -48,6 +52,45 @@ RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided", "guided_neg")
 #: Sign of the gradients each rule lets through an activation (+1 for the true gradient,
 #: which passes both: an increase counts as evidence).
 POLARITY: dict[str, int] = {"gradient": 1, "deconvnet": 1, "guided": 1, "guided_neg": -1}
+
+
+#: The rules table of docs/methods.md ("Backward rules"), written by
+#: scripts/make_methods_doc.py from here.
+RULES_TABLE = """\
+## Backward rules
+
+`deconvnet`, `guided_backprop` and `guided_neg` (and `guided_grad_cam`, `guided_x_input`,
+`smoothgrad` around them, the tree's `--rule`) are backprop with a rule at every activation
+call, module, functional or in-place. With `g` the gradient arriving at an activation's
+output and `f'(x)` its true derivative at its input:
+
+| activation | `gradient` | `deconvnet` | `guided` | `guided_neg` |
+|---|---|---|---|---|
+| ReLU, ReLU6, Hardtanh, `clamp(min=0)`, `threshold(0, 0)` | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
+| LeakyReLU (slope `a`) | `g f'(x)` | `g` where `g > 0`, else `a g` | `g f'(x) [g > 0] [f'(x) > 0]` | `g f'(x) [g < 0] [f'(x) > 0]` |
+| SiLU, GELU (both forms), Hardswish, Mish: `x gate(x)` | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0] [f'(x) > 0]` | `g f'(x) [g < 0] [f'(x) > 0]` |
+| ELU, CELU, Softplus (`f' > 0`) | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
+| SELU (scale `l`) | `g f'(x)` | `l max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
+| Sigmoid, Tanh, Hardsigmoid, LogSigmoid, PReLU, RReLU | `g f'(x)` | `g f'(x)`, warned | `g f'(x)`, warned | `g f'(x)`, warned |
+
+Springenberg et al. 2015 define guided backprop on ReLUs only: a gradient passes where the
+unit's input was positive and the gradient is positive. On a ReLU the first gate is
+`f'(x) > 0`, which is what the table keeps for every unit: guided passes the true local
+gradient where the unit rises with its input and the arriving gradient is positive, so it
+passes positive values only, as on ReLUs, and `guided_neg(g) = -guided(-g)` still holds.
+SiLU, GELU, Mish and Hardswish fall below x = -1.28, -0.75, -1.19 and -1.5 (`f' < 0`):
+there guided closes the unit. Deconvnet (Zeiler & Fergus 2014) sends `g` through the
+rectifier itself and ignores `x`; a smooth rectifier sends it through the piecewise-linear
+unit it tends to away from zero (slope 0 below, 1 above; SELU's scale above). A squashing
+function or a gate (the sigmoid of a squeeze-excitation block) has no meaning under these
+rules: its true gradient passes, and the engine logs one warning per call naming the rule
+and counting the calls it generalised to and left alone. A rule that finds no ReLU-family
+or smooth rectifier in the model raises `CnnscopeError` rather than return the plain
+gradient under its name. The `gradient` rule is the true gradient, bit for bit. Captum's
+`GuidedBackprop` and `Deconvolution` (0.9) override `nn.ReLU` modules only: every other
+activation, and every functional ReLU, keeps its plain gradient, with no warning, so on
+EfficientNet-B0 or ConvNeXt they return the gradient itself.
+"""
 
 
 @dataclass
@@ -260,8 +303,8 @@ def check_reach(rule: str, found: Counter) -> str | None:
     --------
     >>> x = torch.randn(3, requires_grad=True)
     >>> found = attach_rules([torch.nn.functional.gelu(x)], RuleState())
-    >>> check_reach("guided", found)[:44]
-    "rule 'guided' met activations that are not "
+    >>> check_reach("guided", found)
+    "rule 'guided' met activations that are not ReLU-family: generalised to 1 GELU calls (see docs/methods.md, backward rules)"
     """
     if rule == "gradient":
         return None
