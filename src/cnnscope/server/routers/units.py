@@ -149,7 +149,9 @@ def start_visualization(
 ) -> VisualizationOut:
     """Queue the rendering in the background (once; cached in the data directory).
 
-    It runs when the model is otherwise idle, then holds it for the optimisation's
-    duration (requests queued meanwhile wait). Poll the state, then fetch the PNG.
+    It runs on the background lane, with its own copy of the model, so requests are not
+    held meanwhile. At most 8 renderings wait (a new one drops the oldest), and one that
+    nobody polls for 20 s is dropped (``state: none``, with the reason in ``detail``).
+    Poll the state, then fetch the PNG.
     """
     return _vis_out(svc.start_visualization(unit))
