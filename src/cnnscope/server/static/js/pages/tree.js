@@ -131,6 +131,8 @@ class TreeView {
       this.popover,
     );
     const thumb = h("img", { src: this.info.thumbnail, alt: "", class: "toolbar-thumb" });
+    this.ruleNote = h("p", { id: "rule-note" });
+    this.showRuleNote();
     mount(
       app,
       h(
@@ -148,7 +150,7 @@ class TreeView {
           h("div", { class: "toolbar-spacer" }),
           copy,
         ),
-        h("p", { class: `rule-note rule-note-${o.rule}`, id: "rule-note" }, RULE_NOTES[o.rule]),
+        this.ruleNote,
         h("div", { class: "tree-body" }, this.canvas, this.panel),
       ),
     );
@@ -336,11 +338,17 @@ class TreeView {
 
   setOption(key, value) {
     this.opts[key] = value;
+    if (key === "rule") this.showRuleNote();
     const open = [];
     this.walk((n) => n.expanded && open.push(n.path));
     const selected = this.selected ? this.selected.path : this.root.path;
     this.clearNodes();
     this.build(selected, open, [...this.hidden]);
+  }
+
+  showRuleNote() {
+    this.ruleNote.className = `rule-note rule-note-${this.opts.rule}`;
+    this.ruleNote.textContent = RULE_NOTES[this.opts.rule];
   }
 
   walk(fn, node = this.root) {
