@@ -541,7 +541,8 @@ def test_default_gallery_index(mixed, tmp_path):
     assert ix.manifest["images"]["indexed"] == n and ix.source.kind == "gallery"
     engine = Engine.for_module(mixed.module)
     assert ix.layers == [engine.resolve(n, INPUT_SIZE) for n in default_layers(mixed)]
-    assert ix.layers[:2] == ["conv1", "branch_a"] and "fc" not in ix.layers
+    # the structural chain (engine.structure): the last module output at each resolution
+    assert ix.layers == ["shared#2", "act6", "pool"] and "fc" not in ix.layers
     ex = ix.examples(f"{ix.layers[0]}:0")
     assert len(ex) == 16 and ex[0].path is None and ex[0].augmentation in AUGMENTATIONS
     assert ix.load_image(ex[0]).size[0] > 0

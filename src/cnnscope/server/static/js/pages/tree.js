@@ -621,41 +621,54 @@ class TreeView {
   }
 
   // ---------------------------------------------------------------- drill up
+  // The answer is kept in this.drill, not only in the DOM: the panel is re-rendered while
+  // the (slow) request runs (a faithfulness label arriving, a rebuild ending).
   async drillUp(node) {
+    const { k, rule } = this.opts;
+    const drill = { path: node.path, k, rule, answer: null, error: null };
+    this.drill = drill;
     this.select(node);
-    const box = this.panel.querySelector(".parents-box");
-    if (!box) return;
-    mount(box, h("div", { class: "loading-block" }, spinner(), " Finding the units above…"));
     try {
-      const ans = await api(`/api/images/${enc(this.image)}/parents${query({ unit: node.unit.replace(/#/g, "~"), k: this.opts.k, rule: this.opts.rule, model: this.model.name })}`);
-      if (!ans.parents.length) {
-        const why = ans.layer ? `On this image it feeds no unit of ${ans.layer}: the path from it upward is silent here.` : `${node.layer} is the top of the chain: nothing above it.`;
-        mount(box, h("p", { class: "muted small" }, why));
-        return;
-      }
-      mount(
-        box,
-        h("p", { class: "muted small" }, `Units of ${ans.layer} that ${node.unit} feeds most. Open one as a new root:`),
-        h(
-          "div",
-          { class: "parents-list" },
-          ans.parents.map((p) =>
-            h(
-              "a",
-              {
-                class: `parent-item${p.sign === "neg" ? " neg" : ""}`,
-                href: pages.tree(this.image, { model: this.model.name, rule: this.opts.rule, path: p.path, open: p.path.split("/")[0] }),
-                title: `re-root the tree at ${p.unit}`,
-              },
-              lazyImage(p.reconstruction, { alt: p.unit, cls: "parent-img" }),
-              h("span", {}, h("code", {}, p.unit), p.label ? h("span", { class: "muted small" }, ` ${p.label.split(",")[0]}`) : null, h("span", { class: "muted small" }, ` · ${num(p.weight)}`)),
-            ),
+      drill.answer = await api(`/api/images/${enc(this.image)}/parents${query({ unit: node.unit.replace(/#/g, "~"), k, rule, model: this.model.name })}`);
+    } catch (err) {
+      drill.error = err instanceof ApiError ? err.detail : String(err);
+    }
+    const box = this.panel.querySelector(".parents-box");
+    if (box && this.drill === drill) mount(box, this.parentsContent(this.selected || this.root));
+  }
+
+  /** The drill-up box of the panel of ``n``: a prompt, a spinner, the parents or an error. */
+  parentsContent(n) {
+    const d = this.drill;
+    if (!d || d.path !== n.path || d.k !== this.opts.k || d.rule !== this.opts.rule) {
+      return h("p", { class: "muted small" }, "Which units of the layer above does this one feed most? Use ", h("strong", {}, "Drill up"), ".");
+    }
+    if (d.error) return h("p", { class: "status-error" }, d.error);
+    const ans = d.answer;
+    if (!ans) return h("div", { class: "loading-block" }, spinner(), " Finding the units above…");
+    if (!ans.parents.length) {
+      const why = ans.layer ? `On this image it feeds no unit of ${ans.layer}: the path from it upward is silent here.` : `${n.layer} is the top of the chain: nothing above it.`;
+      return h("p", { class: "muted small" }, why);
+    }
+    return [
+      h("p", { class: "muted small" }, `Units of ${ans.layer} that ${n.unit} feeds most. Open one as a new root:`),
+      h(
+        "div",
+        { class: "parents-list" },
+        ans.parents.map((p) =>
+          h(
+            "a",
+            {
+              class: `parent-item${p.sign === "neg" ? " neg" : ""}`,
+              href: pages.tree(this.image, { model: this.model.name, rule: d.rule, path: p.path, open: p.path.split("/")[0] }),
+              title: `re-root the tree at ${p.unit}`,
+            },
+            lazyImage(p.reconstruction, { alt: p.unit, cls: "parent-img" }),
+            h("span", {}, h("code", {}, p.unit), p.label ? h("span", { class: "muted small" }, ` ${p.label.split(",")[0]}`) : null, h("span", { class: "muted small" }, ` · ${num(p.weight)}`)),
           ),
         ),
-      );
-    } catch (err) {
-      mount(box, h("p", { class: "status-error" }, err instanceof ApiError ? err.detail : String(err)));
-    }
+      ),
+    ];
   }
 
   // ---------------------------------------------------------------- side panel
@@ -709,7 +722,7 @@ class TreeView {
         f ? [h("dt", {}, "Faithfulness"), h("dd", { id: "panel-faith" }, faithWords(f))] : null,
       ),
       h("div", { class: "path-chips", "aria-label": "path from the root" }, crumbsEls),
-      h("section", { class: "panel-section" }, h("h3", {}, "Drill up"), h("div", { class: "parents-box" }, h("p", { class: "muted small" }, "Which units of the layer above does this one feed most? Use ", h("strong", {}, "Drill up"), "."))),
+      h("section", { class: "panel-section" }, h("h3", {}, "Drill up"), h("div", { class: "parents-box" }, this.parentsContent(n))),
       h(
         "section",
         { class: "panel-section" },
