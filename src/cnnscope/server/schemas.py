@@ -175,7 +175,9 @@ class VisualizationOut(BaseModel):
     unit: str
     state: Literal["none", "queued", "running", "done", "failed"]
     progress: float = Field(description="fraction of the optimisation steps done")
-    detail: str | None = Field(None, description="why it failed, or why a waiting rendering was dropped")
+    detail: str | None = Field(
+        None, description="why it failed, or why a waiting rendering was dropped"
+    )
     image: str = Field(description="URL of the PNG (404 until done)")
 
 
