@@ -684,7 +684,8 @@ def test_save_result_writes_frames_gif_and_records(model, tmp_path):
     )
     assert [p.name for p in paths] == ["x_a.png", "x_b.png"]
     assert json.loads((tmp_path / "x_b.json").read_text())["index"] == 1
-    assert (tmp_path / "x_0_1_2.png").exists() and (tmp_path / "x_1.gif").exists()
+    # Frames and GIFs carry the picture's name too (x_a_1_2.png beside x_a.png).
+    assert (tmp_path / "x_a_1_2.png").exists() and (tmp_path / "x_b.gif").exists()
     assert (tmp_path / "x_pixels.png").exists()
 
 

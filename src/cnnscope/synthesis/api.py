@@ -177,6 +177,15 @@ def _config(defaults: dict, overrides: dict, steps: int, seed: int, **settings) 
     return SynthesisConfig(**{**defaults, **settings, **overrides})
 
 
+def _synthesize(model, cfg: SynthesisConfig, progress) -> SynthesisResult:
+    """Run ``cfg``, keeping a snapshot every ``output_iter`` steps when it is set (> 0).
+
+    The snapshots land in ``result.frames``; ``save_result(..., behaviors={"save"})``
+    writes them as ``STEM_SIZE_STEP.png``, as ``dream`` does.
+    """
+    return synthesize(model, cfg, progress=progress, keep_frames=cfg.output_iter > 0)
+
+
 def _size(size, default) -> tuple[int, int]:
     if size is None:
         return int(default[0]), int(default[1])
@@ -219,7 +228,10 @@ def visualize_units(
     progress : bool or callable
         tqdm bar, or ``progress(done, total)`` after each step.
     return_result : bool
-        Also return the :class:`SynthesisResult` (values, config).
+        Also return the :class:`SynthesisResult` (values, config; with
+        ``output_iter=N``, a snapshot every N steps in ``frames``).
+    **overrides
+        Any :class:`SynthesisConfig` option (see :data:`VISUALIZE_DEFAULTS`).
 
     Returns
     -------
@@ -235,7 +247,7 @@ def visualize_units(
     """
     model = as_loaded(model)
     cfg = visualize_config(model, units, steps, size, seed, **overrides)
-    result = synthesize(model, cfg, progress=progress)
+    result = _synthesize(model, cfg, progress)
     return (result.pictures, result) if return_result else result.pictures
 
 
@@ -367,6 +379,7 @@ def class_image(
         Optimisation steps, image size (model input by default), random seed.
     **overrides
         Any :class:`SynthesisConfig` option (see :data:`CLASS_DEFAULTS`).
+        ``output_iter=N`` keeps a snapshot every N steps in ``result.frames``.
 
     Examples
     --------
@@ -379,7 +392,7 @@ def class_image(
     cfg = _config(
         CLASS_DEFAULTS, overrides, steps, seed, objective=f"class({cls})", initial_size=f"{h}x{w}"
     )
-    return synthesize(model, cfg, progress=progress)
+    return _synthesize(model, cfg, progress)
 
 
 def invert(
@@ -409,6 +422,7 @@ def invert(
         Optimisation steps and random seed.
     **overrides
         Any :class:`SynthesisConfig` option (see :data:`INVERT_DEFAULTS`).
+        ``output_iter=N`` keeps a snapshot every N steps in ``result.frames``.
 
     Examples
     --------
@@ -424,7 +438,7 @@ def invert(
     cfg = _config(
         INVERT_DEFAULTS, overrides, steps, seed, objective=objective, initial_size=f"{h}x{w}"
     )
-    return synthesize(model, cfg, progress=progress)
+    return _synthesize(model, cfg, progress)
 
 
 def deepdream(

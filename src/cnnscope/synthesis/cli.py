@@ -398,6 +398,7 @@ def register(subparsers) -> None:
         default=0.0,
         help="add WEIGHT*diversity(layer) so the images of the batch differ (default 0)",
     )
+    _add_output_iter(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=visualize)
 
@@ -415,6 +416,7 @@ def register(subparsers) -> None:
     p.add_argument("--beta", type=float, help="TV exponent (default 2)")
     p.add_argument("--tv-reg", type=float, help="TV weight (default 2e-8)")
     p.add_argument("--lr", type=float, help="learning rate (default 12)")
+    _add_output_iter(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=invert_cmd)
 
@@ -430,8 +432,31 @@ def register(subparsers) -> None:
     p.add_argument("--l2-decay", type=float, help="L2 decay (default 3e-8)")
     p.add_argument("--clip-grad-norm", type=float, help="image gradient norm clip (default 1)")
     p.add_argument("--lr", type=float, help="learning rate (default 0.05, Adam on the spectrum)")
+    _add_output_iter(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=classimage_cmd)
+
+
+def _add_output_iter(p: argparse.ArgumentParser) -> None:
+    """``--output-iter N`` of visualize, invert and classimage: dream's ``--output-iter``
+    with ``--iter-behavior save``, a snapshot ``STEM_SIZE_STEP.png`` every N steps."""
+    p.add_argument(
+        *_flag("--output-iter"),
+        dest="output_iter",
+        type=_INT,
+        metavar="N",
+        help="also save a snapshot STEM_1_STEP.png every N steps, as dream (default: none)",
+    )
+
+
+def _snapshots(args: argparse.Namespace) -> tuple[dict, set[str]]:
+    """The config override and save behaviours that ``--output-iter`` asks for (checked)."""
+    from ..cli.common import check_at_least
+
+    check_at_least("--output-iter", args.output_iter, 1)
+    if args.output_iter is None:
+        return {}, set()
+    return {"output_iter": args.output_iter}, {"save"}
 
 
 # ------------------------------------------------------------------------------ dream
@@ -606,7 +631,7 @@ def _check_steps_and_size(args: argparse.Namespace) -> None:
 
 def visualize(args: argparse.Namespace) -> int:
     """Run ``cnnscope visualize``."""
-    from ..cli.common import check_output, model_from_args
+    from ..cli.common import check_output, model_from_args, staged
     from ..engine import Unit
     from ..render import grid
     from .api import _safe_name, visualize_config
@@ -615,10 +640,11 @@ def visualize(args: argparse.Namespace) -> int:
     from .render import synthesize
 
     _check_steps_and_size(args)
+    snapshot, behaviors = _snapshots(args)
     units = [Unit.parse(u) for u in args.units]
     check_output(args.out, "--out", folder=True)
     model = model_from_args(args)
-    overrides: dict = {"param": args.param}
+    overrides: dict = {"param": args.param, **snapshot}
     if args.lr is not None:
         overrides["learning_rate"] = args.lr
     elif args.param == "pixel":
@@ -631,27 +657,26 @@ def visualize(args: argparse.Namespace) -> int:
         )
         overrides["objective"] = objective
     cfg = visualize_config(model, units, args.steps, args.size, args.seed, **overrides)
-    result = synthesize(model, cfg, progress=not args.no_progress)
+    result = synthesize(model, cfg, progress=not args.no_progress, keep_frames="save" in behaviors)
     out = Path(args.out)
     names = [str(u) for u in units]
-    paths = (
-        save_result(result, model, out / "unit.png", names=names)
-        if len(units) > 1
-        else save_result(result, model, out / f"{_safe_name(names[0])}.png")
-    )
-    if len(units) > 1:
-        # Nicer names than unit_<label>.png: rename to <label>.png.
-        renamed = []
-        for path, name in zip(paths, names):
-            target = out / f"{_safe_name(name)}.png"
-            path.replace(target)
-            path.with_suffix(".json").replace(target.with_suffix(".json"))
-            renamed.append(target)
-        paths = renamed
-        write_png(grid(result.pictures), out / "grid.png")
-    for path in paths:
-        print(path)
+    first = out / ("grid.png" if len(units) > 1 else f"{_safe_name(names[0])}.png")
+    with staged(first, "--out") as tmp:
+        if len(units) > 1:
+            save_result(result, model, tmp.parent / "unit.png", names=names, behaviors=behaviors)
+            write_png(grid(result.pictures), tmp)
+            _drop_unit_prefix(tmp.parent)
+        else:
+            save_result(result, model, tmp, behaviors=behaviors)
+    for name in names:
+        print(out / f"{_safe_name(name)}.png")
     return 0
+
+
+def _drop_unit_prefix(folder: Path) -> None:
+    """Nicer names than ``unit_<label>...``: drop the ``unit_`` of every file written."""
+    for path in list(folder.glob("unit_*")):
+        path.replace(folder / path.name[len("unit_") :])
 
 
 # ------------------------------------------------------------------------------ invert / class
@@ -660,8 +685,8 @@ def _given(**options) -> dict:
     return {k: v for k, v in options.items() if v is not None}
 
 
-def _save_single(result, model, output: str) -> int:
-    for path in _save_staged(result, model, output, "--output"):
+def _save_single(result, model, output: str, behaviors: set[str]) -> int:
+    for path in _save_staged(result, model, output, "--output", behaviors=behaviors):
         print(path)
     return 0
 
@@ -673,6 +698,7 @@ def invert_cmd(args: argparse.Namespace) -> int:
     from .api import invert
 
     check_at_least("--steps", args.steps, 1)
+    snapshot, behaviors = _snapshots(args)
     resolve_image(args.image)  # one-line error for a bad image before loading the model
     _checked_output(args.output, "--output")
     model = model_from_args(args)
@@ -682,6 +708,7 @@ def invert_cmd(args: argparse.Namespace) -> int:
         beta=args.beta,
         tv_reg=args.tv_reg,
         learning_rate=args.lr,
+        **snapshot,
     )
     result = invert(
         model,
@@ -692,7 +719,7 @@ def invert_cmd(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         **overrides,
     )
-    return _save_single(result, model, args.output)
+    return _save_single(result, model, args.output, behaviors)
 
 
 def classimage_cmd(args: argparse.Namespace) -> int:
@@ -701,6 +728,7 @@ def classimage_cmd(args: argparse.Namespace) -> int:
     from .api import class_image
 
     _check_steps_and_size(args)
+    snapshot, behaviors = _snapshots(args)
     _checked_output(args.output, "--output")
     model = model_from_args(args)
     model.class_index(args.cls)
@@ -710,9 +738,10 @@ def classimage_cmd(args: argparse.Namespace) -> int:
         l2_decay=args.l2_decay,
         clip_grad_norm=args.clip_grad_norm,
         learning_rate=args.lr,
+        **snapshot,
     )
     cls = model.class_index(args.cls)
     result = class_image(
         model, cls, args.steps, args.size, args.seed, progress=not args.no_progress, **overrides
     )
-    return _save_single(result, model, args.output)
+    return _save_single(result, model, args.output, behaviors)

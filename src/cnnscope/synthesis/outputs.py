@@ -128,8 +128,9 @@ def save_result(
 
     With one picture it goes to ``output_file``; with several, to
     ``STEM_NAME.SUFFIX`` (``names`` default to the index). ``behaviors``: ``save``
-    writes each frame as ``STEM_SIZE_STEP.SUFFIX`` (as cnn-vis), ``gif`` writes
-    ``STEM.gif``, ``plot_pix`` writes ``STEM_pixels.png``.
+    writes each frame (snapshot) as ``STEM_SIZE_STEP.SUFFIX`` (as cnn-vis;
+    ``STEM_NAME_SIZE_STEP.SUFFIX`` with several pictures), ``gif`` writes ``STEM.gif``
+    (``STEM_NAME.gif``), ``plot_pix`` writes ``STEM_pixels.png``.
 
     Returns
     -------
@@ -151,14 +152,13 @@ def save_result(
         record = run_record(result, model, i, extra)
         path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
         written.append(path)
+    tags = [f"_{_safe(names[i] if names else str(i))}" if n > 1 else "" for i in range(n)]
     if "save" in behaviors:
         for si, step, batch in result.frames:
             for i, pic in enumerate(batch):
-                tag = f"_{i}" if n > 1 else ""
-                write_png(pic, stem.parent / f"{stem.name}{tag}_{si + 1}_{step}{suffix}")
+                write_png(pic, stem.parent / f"{stem.name}{tags[i]}_{si + 1}_{step}{suffix}")
     if "gif" in behaviors and result.frames:
-        for i in range(n):
-            tag = f"_{i}" if n > 1 else ""
+        for i, tag in enumerate(tags):
             save_gif(
                 [b[i] for _, _, b in result.frames] + [result.pictures[i]],
                 stem.parent / f"{stem.name}{tag}.gif",
