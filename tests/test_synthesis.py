@@ -50,21 +50,7 @@ from cnnscope.synthesis.schedule import parse_size, size_sequence
 from cnnscope.synthesis.tiling import best_ranges, check_ranges, ranges, tiling
 from cnnscope.synthesis.transforms import jitter, pad, rotate, scale
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed machine this is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    from cnnscope.models import load_model
-
-    return load_model()
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; model too
 
 
 def _image(seed=0, shape=(2, 3, 9, 11)):

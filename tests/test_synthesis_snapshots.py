@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from cnnscope.cli import main as cli_main
 from cnnscope.synthesis import class_image, invert, visualize_units
 from cnnscope.synthesis.outputs import save_result
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared, oversubscribed machine this is several times faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def model():
-    from cnnscope.models import load_model
-
-    return load_model()
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; model too
 
 
 def _pixels(path):
