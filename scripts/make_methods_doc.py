@@ -295,6 +295,8 @@ def write_page(sections, variant_sections) -> None:
         "",
         "After: every figure within 1e-4 of 1 (the tests require 1e-3). A fused-BN net and its unfused twin give maps with r = 0.84 before, r > 0.99999 after. zennit (0.5.1) could not be compared: it imports torchvision at import time, which cannot be installed here.",
         "",
+        "Every entry point on each look-alike (with a TorchScript and a bare-module row), agreement with Captum per architecture, conservation per architecture and composite, and time against one forward + backward: [architectures](architectures.md) (`python bench/architectures.py`).",
+        "",
         "With `legacy=True` seed 2's SmoothGrad uses a noise std of `(4 / (max - min))**2`, which is 4"
         " on this model's inputs in [-1, 1]: its pictures below are noise, as that formula gives here.",
         "",

@@ -242,7 +242,9 @@ def test_upload_by_picker_and_drop_and_errors_in_page(page, server, tmp_path):
     good = tmp_path / "blue square.png"
     Image.new("RGB", (80, 80), (20, 60, 220)).save(good)
     page.set_input_files("#file-input", str(good))
-    expect(page.locator(".upload-status")).to_contain_text("Added blue square.png")
+    page.wait_for_url(re.compile(r"/images/u-[0-9a-f]{16}\?model="))  # the upload opens
+    expect(page.locator(".page-image h1")).to_have_text("blue square.png")
+    page.goto(server + "/")
     expect(page.locator("a.image-card")).to_have_count(9)
 
     bad = tmp_path / "notes.png"
@@ -262,7 +264,9 @@ def test_upload_by_picker_and_drop_and_errors_in_page(page, server, tmp_path):
         list(data.getvalue()),
     )
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": handle})
-    expect(page.locator(".upload-status")).to_contain_text("Added dropped.png")
+    page.wait_for_url(re.compile(r"/images/u-[0-9a-f]{16}\?model="))
+    expect(page.locator(".page-image h1")).to_have_text("dropped.png")
+    page.goto(server + "/")
     expect(page.locator("a.image-card")).to_have_count(10)
 
     # readable messages for bad links
@@ -384,4 +388,172 @@ def test_unit_page_example_cards_open_their_tree(page, indexed_server):
     expect(page.locator("svg.tree-svg g.node").first).to_have_attribute("data-path", root)
     assert wait_nodes_loaded(page, 6) == 6
     assert_not_blank(page.locator("g.node").first.locator("image"), f"root {root}", 2)
+    assert page.errors == [], page.errors
+
+
+# -- layout (issue 14): nothing covers the tree, names stay readable, the view refits ------
+
+INSIDE_SVG = """() => {
+  const a = document.querySelector("#tree-svg").getBoundingClientRect();
+  return [...document.querySelectorAll("#tree-svg g.node .card")]
+    .map((c) => c.getBoundingClientRect())
+    .filter((b) => b.left < a.left - 1 || b.right > a.right + 1 || b.top < a.top - 1 || b.bottom > a.bottom + 1)
+    .length;
+}"""
+
+
+def overlaps(a: dict, b: dict) -> bool:
+    return not (
+        a["x"] + a["width"] <= b["x"]
+        or b["x"] + b["width"] <= a["x"]
+        or a["y"] + a["height"] <= b["y"]
+        or b["y"] + b["height"] <= a["y"]
+    )
+
+
+def test_tree_controls_cover_no_node_names_fit_and_options_refit(page, server):
+    page.goto(f"{server}/images/chelsea/tree?model=efficientnet_lite0&rule=guided")
+    wait_nodes_loaded(page, 6)
+    node_at(page, 1).locator("g.knob").click()
+    wait_nodes_loaded(page, 11)
+    node_at(page, 2).locator("g.knob").click()
+    wait_nodes_loaded(page, 16)
+
+    # the zoom buttons and the legend lie outside the drawing, so they cover no node
+    svg = page.locator("#tree-svg").bounding_box()
+    for what in (".zoom-btn", ".legend"):
+        for box in [el.bounding_box() for el in page.locator(what).all()]:
+            assert not overlaps(box, svg), f"{what} lies over the tree's drawing"
+
+    # every card names its whole layer (no "blocks.15.e…"), inside the card
+    for node in page.locator("svg.tree-svg g.node").all():
+        unit = node.get_attribute("data-unit")
+        layer = unit.rsplit(":", 1)[0]
+        text = node.locator(".node-layer").text_content()
+        assert text == (unit if layer == "logits" else layer), (unit, text)
+        card, name = (
+            node.locator(".card").bounding_box(),
+            node.locator(".node-layer").bounding_box(),
+        )
+        assert name["x"] + name["width"] <= card["x"] + card["width"], f"{unit}: name overflows"
+        assert unit in node.locator("title").first.text_content()
+
+    # a deep node's long names stay inside the side panel
+    node_at(page, 3).press("Space")
+    expect(page.locator("#tree-panel .facts")).to_contain_text("blocks.")
+    panel = page.locator("#tree-panel")
+    wide, room = panel.evaluate("(el) => [el.scrollWidth, el.clientWidth]")
+    assert wide <= room, f"the side panel overflows: {wide} px in {room}"
+
+    # an option change refits: every node of the wider tree is in view, none under the footer
+    page.locator('label.switch[for="opt-neg"]').click()
+    page.wait_for_url("**neg=1**")
+    n = wait_nodes_loaded(page, 17)
+    page.wait_for_timeout(300)
+    assert page.evaluate(INSIDE_SVG) == 0, f"nodes outside the view after an option change ({n})"
+    save(page, "tree_layout")
+    assert page.errors == [], page.errors
+
+
+def test_long_image_name_keeps_the_toolbar_on_one_line(page, server):
+    data = io.BytesIO()
+    Image.new("RGB", (96, 96), (30, 140, 90)).save(data, "PNG")
+    name = "a very long holiday photo name from the summer at the beach with everyone.png"
+    out = httpx.post(
+        f"{server}/api/images",
+        params={"name": name},
+        content=data.getvalue(),
+        headers={"Content-Type": "image/png"},
+        timeout=60,
+    ).json()
+    page.goto(f"{server}/images/{out['id']}/tree?model=efficientnet_lite0&path=logits:1")
+    toolbar = page.locator(".page-tree .toolbar")
+    expect(toolbar.locator(".toolbar-image")).to_have_attribute("title", name)
+    box = toolbar.bounding_box()
+    assert box["height"] < 70, f"the toolbar wrapped ({box['height']:.0f} px high)"
+    assert page.errors == [], page.errors
+
+
+def test_method_picker_shows_the_registry_titles(page, server):
+    from cnnscope.attribution import METHODS
+
+    page.goto(f"{server}/images/chelsea?model=efficientnet_lite0")
+    options = page.locator("#attr-method option")
+    expect(options.first).to_be_attached()
+    shown = {o.get_attribute("value"): o.text_content() for o in options.all()}
+    assert shown["guided_ig"].startswith("Guided Integrated Gradients"), shown["guided_ig"]
+    for method, text in shown.items():
+        assert text.removesuffix(" (slow)") == METHODS[method].title, (method, text)
+        assert "_" not in text
+
+
+def test_compare_figure_keeps_its_titles(tmp_path):
+    """Not a browser check, but a picture users look at: a title cut at the top edge."""
+    from cnnscope.cli import main
+
+    fig = tmp_path / "compare.png"
+    assert (
+        main(["compare", "chelsea", "--methods", "gradient,guided_backprop", "--out", str(fig)])
+        == 0
+    )
+    img = np.asarray(Image.open(fig).convert("L"), np.float32)
+    assert img[:3].min() > 250, "the figure's top rows are not blank: a title is cut off"
+
+
+# -- dataset examples: the popover fits, says what the index is, asks nothing of logits ----
+
+
+def test_examples_popover_fits_and_logits_ask_for_no_examples(browser, indexed_server):
+    context = browser.new_context(viewport={"width": 1280, "height": 640})
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    asked = []
+    page.on("request", lambda r: "examples" in r.url and asked.append(r.url))
+    page.on("pageerror", lambda exc: asked.append(f"error: {exc}"))
+    try:
+        # a logit-rooted tree: no request for examples of a layer the index lacks
+        page.goto(f"{indexed_server}/images/chelsea/tree?model=efficientnet_lite0")
+        wait_nodes_loaded(page, 6)
+        expect(page.locator("#tree-panel .examples-slot")).to_contain_text(
+            "No dataset examples for logits"
+        )
+        page.locator("svg.tree-svg g.node").first.locator(".img-hit").hover()
+        page.wait_for_timeout(1200)
+        expect(page.locator(".popover")).to_be_hidden()  # nothing to show: no popover
+        assert [u for u in asked if "logits" in u or "head_act" in u] == [], asked
+
+        # an indexed unit near the window's bottom: its popover stays in the window
+        page.goto(
+            f"{indexed_server}/images/chelsea/tree?model=efficientnet_lite0&path={EXAMPLES_UNIT}"
+        )
+        wait_nodes_loaded(page, 2)
+        svg = page.locator("#tree-svg").bounding_box()
+        page.mouse.move(svg["x"] + 20, svg["y"] + 20)
+        page.mouse.wheel(0, -(svg["height"] - 170))  # pan the root down to the bottom
+        root = page.locator("svg.tree-svg g.node").first
+        root.locator(".img-hit").hover()
+        pop = page.locator(".popover")
+        expect(pop.locator(".examples-slot img")).to_be_visible()
+        expect(pop).to_be_visible()
+        page.wait_for_timeout(300)
+        box = pop.bounding_box()
+        assert (
+            box["y"] >= svg["y"] - 1 and box["y"] + box["height"] <= svg["y"] + svg["height"] + 1
+        ), (box, svg)
+        assert box["x"] + box["width"] <= 1280
+        expect(pop.locator(".examples-about")).to_contain_text(
+            "Small index: 240 images from 8 built-in photos"
+        )
+        if shot_dir() is not None:
+            page.screenshot(path=str(shot_dir() / "examples_popover.png"))
+        assert [u for u in asked if u.startswith("error")] == [], asked
+    finally:
+        context.close()
+
+
+def test_unit_page_says_how_small_the_index_is(page, indexed_server):
+    page.goto(f"{indexed_server}/units/{EXAMPLES_UNIT}?model=efficientnet_lite0")
+    about = page.locator(".examples-card .examples-about")
+    expect(about).to_contain_text("240 images made from the 8 built-in gallery photos")
+    expect(about.locator("code")).to_have_text("cnnscope serve --examples-from DIR")
     assert page.errors == [], page.errors

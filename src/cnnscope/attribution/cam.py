@@ -109,6 +109,7 @@ def _gradient_cam(ctx: Context, layer, fusion: str, relu: bool, weigh) -> Method
 
 @register(
     "grad_cam",
+    title="Grad-CAM",
     family="cam",
     output="map",
     style="overlay",
@@ -129,6 +130,7 @@ def grad_cam(ctx: Context, layer=None, relu: bool = True, fusion: str = "mean") 
 
 @register(
     "grad_cam_pp",
+    title="Grad-CAM++",
     family="cam",
     output="map",
     style="overlay",
@@ -151,6 +153,7 @@ def grad_cam_pp(ctx: Context, layer=None, relu: bool = True, fusion: str = "mean
 
 @register(
     "xgrad_cam",
+    title="XGrad-CAM",
     family="cam",
     output="map",
     style="overlay",
@@ -170,6 +173,7 @@ def xgrad_cam(ctx: Context, layer=None, relu: bool = True, fusion: str = "mean")
 
 @register(
     "hires_cam",
+    title="HiResCAM",
     family="cam",
     output="map",
     style="overlay",
@@ -184,6 +188,7 @@ def hires_cam(ctx: Context, layer=None, relu: bool = True, fusion: str = "mean")
 
 @register(
     "layer_cam",
+    title="LayerCAM",
     family="cam",
     output="map",
     style="overlay",
@@ -200,6 +205,7 @@ def layer_cam(
 
 @register(
     "eigen_cam",
+    title="Eigen-CAM",
     family="cam",
     output="map",
     style="overlay",
@@ -242,6 +248,7 @@ def _channel_masks(a: torch.Tensor, ks: slice, size) -> tuple[torch.Tensor, torc
 
 @register(
     "score_cam",
+    title="Score-CAM",
     family="cam",
     output="map",
     style="overlay",
@@ -287,6 +294,7 @@ def score_cam(
 
 @register(
     "ablation_cam",
+    title="Ablation-CAM",
     family="cam",
     output="map",
     style="overlay",
@@ -336,6 +344,7 @@ def ablation_cam(ctx: Context, layer=None, relu: bool = True, fusion: str = "mea
 
 @register(
     "guided_grad_cam",
+    title="Guided Grad-CAM",
     family="cam",
     output="pixel",
     style="colored",

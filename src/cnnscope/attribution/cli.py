@@ -299,20 +299,22 @@ def compare_command(args: argparse.Namespace) -> int:
             panels.append((m, attr))
         rows.append((name, img, panels))
     cols = len(methods) + 1
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.4 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(
+        len(rows), cols, figsize=(2.2 * cols, 2.6 * len(rows)), squeeze=False, layout="constrained"
+    )
     for r, (name, _img, panels) in enumerate(rows):
         picture = panels[0][1].pictures[0]
         axes[r][0].imshow(picture)
         axes[r][0].set_title(f"{name}\n{panels[0][1].target}", fontsize=8)
         for c, (m, attr) in enumerate(panels, start=1):
             axes[r][c].imshow(attr.render())
-            axes[r][c].set_title(m.replace("_", " "), fontsize=8)
+            axes[r][c].set_title(METHODS[m].title, fontsize=8)
         for ax in axes[r]:
             ax.axis("off")
-    fig.tight_layout()
     try:
         with staged(out, "--out") as tmp:
-            fig.savefig(tmp, dpi=args.dpi)
+            # bbox_inches="tight": the saved area grows to every title (two-line ones were cut)
+            fig.savefig(tmp, dpi=args.dpi, bbox_inches="tight", pad_inches=0.08)
     finally:
         plt.close(fig)
     print(f"wrote {out} ({len(rows)} image(s) x {len(methods)} methods)")

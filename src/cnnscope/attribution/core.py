@@ -89,6 +89,9 @@ class Method:
         One line for ``--help`` and the docs.
     reference : str
         The paper.
+    title : str
+        The name people read (``Guided Integrated Gradients``): the explorer's picker and
+        ``cnnscope compare``'s panel titles. Defaults to the name with spaces.
     """
 
     name: str
@@ -102,6 +105,7 @@ class Method:
     reference: str = ""
     aliases: tuple[str, ...] = ()
     fixed: dict = field(default_factory=dict)
+    title: str = ""
 
     @property
     def options(self) -> dict[str, object]:
@@ -135,6 +139,7 @@ def register(
     aliases: Sequence[str] = (),
     fixed: dict | None = None,
     fn: Callable | None = None,
+    title: str = "",
 ):
     """Register an attribution method (decorator).
 
@@ -165,6 +170,7 @@ def register(
             reference=reference,
             aliases=tuple(aliases),
             fixed=dict(fixed or {}),
+            title=title or name.replace("_", " "),
         )
         METHODS[name] = method
         for alias in aliases:

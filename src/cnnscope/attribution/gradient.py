@@ -28,6 +28,7 @@ def _rule_gradient(ctx: Context, rule: str) -> torch.Tensor:
 
 @register(
     "gradient",
+    title="Gradient",
     family="gradient",
     style="grayscale",
     aliases=("vanilla", "vanilla_gradient", "vanilla_backprop", "saliency", "backprop"),
@@ -41,6 +42,7 @@ def gradient(ctx: Context) -> MethodOutput:
 
 @register(
     "gradient_x_input",
+    title="Gradient × Input",
     family="gradient",
     style="grayscale",
     signed=True,
@@ -55,6 +57,7 @@ def gradient_x_input(ctx: Context) -> MethodOutput:
 
 @register(
     "deconvnet",
+    title="Deconvnet",
     family="gradient",
     style="colored",
     aliases=("deconvolution", "deconv"),
@@ -68,6 +71,7 @@ def deconvnet(ctx: Context) -> MethodOutput:
 
 @register(
     "guided_backprop",
+    title="Guided Backprop",
     family="gradient",
     style="colored",
     aliases=("guided", "gbp", "guided_backpropagation"),
@@ -81,6 +85,7 @@ def guided_backprop(ctx: Context) -> MethodOutput:
 
 @register(
     "guided_neg",
+    title="Guided Backprop (negative)",
     family="gradient",
     style="colored",
     aliases=("guided_negative", "negative_guided_backprop"),
@@ -94,6 +99,7 @@ def guided_neg(ctx: Context) -> MethodOutput:
 
 @register(
     "guided_x_input",
+    title="Guided Backprop × Input",
     family="gradient",
     style="grayscale",
     signed=True,
@@ -249,6 +255,7 @@ def _ig(
 
 @register(
     "integrated_gradients",
+    title="Integrated Gradients",
     family="path",
     style="grayscale",
     signed=True,
@@ -398,6 +405,7 @@ smoothgrad = _register_noise(
     "smoothgrad",
     "mean",
     "SmoothGrad: mean of the base method over Gaussian-noised inputs.",
+    title="SmoothGrad",
     aliases=("smooth_grad", "smoothgrad_mean"),
     summary="the base method averaged over noisy copies of the input",
     reference="Smilkov et al. 2017, SmoothGrad: removing noise by adding noise",
@@ -406,6 +414,7 @@ smoothgrad_sq = _register_noise(
     "smoothgrad_sq",
     "square",
     "SmoothGrad squared: mean of the squared base maps.",
+    title="SmoothGrad²",
     aliases=("smoothgrad_squared", "smoothgrad2", "smoothgrad_square"),
     summary="the mean of the squared base maps over noisy inputs",
     reference="Hooker et al. 2019, A benchmark for interpretability methods",
@@ -414,6 +423,7 @@ vargrad = _register_noise(
     "vargrad",
     "var",
     "VarGrad: variance of the base maps.",
+    title="VarGrad",
     aliases=("var_grad",),
     summary="the variance of the base maps over noisy inputs",
     reference="Adebayo et al. 2018, Local explanation methods for deep neural networks lack sensitivity",
@@ -474,6 +484,7 @@ def _guided_path_step(x, inp, base, grad, alpha, max_dist, fraction, l1_total, s
 
 @register(
     "guided_ig",
+    title="Guided Integrated Gradients",
     family="path",
     style="grayscale",
     signed=True,

@@ -16,6 +16,7 @@ blocks of one type (a dense block before its transition, Mixed_5d before Mixed_6
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 
@@ -64,7 +65,7 @@ def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
     >>> cuts(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 3, 3)), ("3", (4, 3, 3))])
     ['1', '3']
     """
-    calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
+    calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     trunk = _Trunk(module, calls)
     steps = trunk.steps()
     kinds = [_kind(trunk.module_of(calls[i][0])) for i in steps]
@@ -106,7 +107,7 @@ def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = 
     >>> cam_layer_of(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 1, 1))])
     '1'
     """
-    calls = [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)]
+    calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     names = [n for n, _ in calls]
     stop = names.index(before) if before in names else len(names)
     spatial = {n for n, s in calls[:stop] if len(s) == 3 and s[1] * s[2] > 1}
@@ -176,6 +177,25 @@ class _Trunk:
             return False
         sizes = {_size(self.calls[i][1]) for i in self.steps(name)}
         return len(sizes) >= 3 or (isinstance(sub, nn.Sequential) and len(sizes) > 1)
+
+
+def _channels_first(module: nn.Module, calls: list[Call]) -> list[Call]:
+    """``calls`` with channels-last outputs (N x H x W x C) read as flat vectors: no maps.
+
+    A Linear, or a plain LayerNorm over one dimension, on a 4-d tensor works on its last
+    dimension (ConvNeXt's ``pwconv1``, ``norm``); so does each call right after one with
+    the same output shape (the activation between two such Linears).
+    """
+    modules, out, prev = dict(module.named_modules()), [], None
+    for name, shape in calls:
+        m = modules.get(split_call(name)[0])
+        width = getattr(m, "out_features", None) if isinstance(m, nn.Linear) else None
+        if type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
+            width = m.normalized_shape[0]
+        last = len(shape) == 3 and (shape[-1] == width or shape == prev)
+        prev = shape if last else None
+        out.append((name, (math.prod(shape),) if last else shape))
+    return out
 
 
 def _has_children(sub: nn.Module | None) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -26,8 +27,11 @@ def default_data_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cnnscope"
 
 
-def default_index_path(model, data_dir: str | os.PathLike | None = None) -> Path:
-    """Where the default (gallery) index of ``model`` lives: one per model and weights.
+def default_index_path(
+    model, data_dir: str | os.PathLike | None = None, source: str | os.PathLike | None = None
+) -> Path:
+    """Where the default index of ``model`` lives: one per model, weights and ``source``
+    (the built-in gallery when None, else that folder of images).
 
     Examples
     --------
@@ -37,7 +41,12 @@ def default_index_path(model, data_dir: str | os.PathLike | None = None) -> Path
     """
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     name = _SLUG.sub("_", model.name).strip("_") or "model"
-    return root / "indexes" / f"{name[:60]}-{model_fingerprint(model.module)[:12]}-gallery"
+    what = "gallery"
+    if source is not None:
+        folder = Path(source).expanduser().resolve()
+        digest = hashlib.sha256(str(folder).encode()).hexdigest()[:10]
+        what = f"{_SLUG.sub('_', folder.name)[:40] or 'folder'}-{digest}"
+    return root / "indexes" / f"{name[:60]}-{model_fingerprint(model.module)[:12]}-{what}"
 
 
 def ensure_default_index(
@@ -47,6 +56,7 @@ def ensure_default_index(
     *,
     layers: list[str] | None = None,
     top_k: int = DEFAULT_TOP_K,
+    source: str | os.PathLike | None = None,
     **options,
 ) -> Path:
     """Build the default index of ``model`` unless it exists; return its folder.
@@ -63,6 +73,9 @@ def ensure_default_index(
         The explorer's data folder (default :func:`default_data_dir`).
     progress : callable, optional
         Called as ``progress(done_images, total_images)`` after every batch.
+    source : path, optional
+        A folder of the user's own images to index instead of the gallery (as they are,
+        without augmentations); ``cnnscope serve --examples-from DIR``.
     layers, top_k, **options
         Passed to :func:`~cnnscope.index.build_index`.
 
@@ -76,16 +89,16 @@ def ensure_default_index(
     """
     from ..models import builtin_name
 
-    path = default_index_path(model, data_dir)
+    path = default_index_path(model, data_dir, source)
     options.setdefault("wait_lock", True)
     spec = {"model": model.name, "weights": None} if builtin_name(model.name) else None
     return run_build(
         model,
-        None,
+        None if source is None else str(source),
         layers or default_layers(model),
         top_k=top_k,
         out=path,
-        augment=True,
+        augment=source is None,
         progress=progress,
         model_spec=options.pop("model_spec", None) or spec,
         **options,

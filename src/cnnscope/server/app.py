@@ -96,11 +96,12 @@ def create_app(
     allowed_hosts: Iterable[str] = (),
     index: str | None = None,
     default_index: bool = False,
+    examples_from: str | os.PathLike | None = None,
     cache_mb: float = 1024,
     results_mb: float = 128,
     window_ms: float = 4.0,
-    synthesis_steps: int = 128,
-    synthesis_size: int = 160,
+    synthesis_steps: int = 48,
+    synthesis_size: int = 128,
     threads: int | None = None,
 ) -> FastAPI:
     """Build the explorer app.
@@ -131,6 +132,9 @@ def create_app(
         Without ``index``, build the gallery's default index in the background on the
         first start (kept beside ``data_dir``'s uploads when ``data_dir`` is given, else
         where ``cnnscope index`` puts it) and use it once ready. ``cnnscope serve`` does.
+    examples_from
+        Without ``index``, build that index from this folder of the user's images instead
+        of the gallery (``cnnscope serve --examples-from DIR``).
     cache_mb
         Memory bound of the per-image forward cache (the engine's LRU).
     results_mb
@@ -178,6 +182,7 @@ def create_app(
         index=index,
         default_index=default_index,
         index_dir=data_dir,
+        index_images=examples_from,
         synthesis_steps=synthesis_steps,
         synthesis_size=synthesis_size,
         threads=threads,

@@ -7,6 +7,7 @@ import logging
 import socket
 import threading
 import webbrowser
+from pathlib import Path
 
 from ..errors import CnnscopeError
 
@@ -61,6 +62,13 @@ def register(subparsers) -> None:
         "built in the background on the first start)",
     )
     p.add_argument(
+        "--examples-from",
+        metavar="DIR",
+        help="build the dataset examples' index from your own folder of images (recursive; "
+        "in the background on the first start, kept in the data dir) instead of the "
+        "built-in gallery's 8 photos",
+    )
+    p.add_argument(
         "--no-default-index",
         action="store_true",
         help="without --index, do not build or use the gallery's default index",
@@ -92,6 +100,16 @@ def _names(text: str) -> list[str]:
     return names
 
 
+def _folder(text: str | None, flag: str) -> str | None:
+    """A folder argument, checked here (one line, exit 2) rather than in the background."""
+    if text is None:
+        return None
+    path = Path(text).expanduser()
+    if not path.is_dir():
+        raise CnnscopeError(f"{flag} {text}: not a folder (give a folder of images)")
+    return str(path.resolve())
+
+
 def check_port(host: str, port: int) -> None:
     """Raise a one-line error if ``host:port`` cannot be bound."""
     try:
@@ -118,6 +136,7 @@ def serve(args: argparse.Namespace) -> int:
     from .threads import main_thread_single
 
     check_port(args.host, args.port)
+    examples = None if args.index else _folder(args.examples_from, "--examples-from")
     for flag in ("max_upload_mb", "max_data_mb", "cache_mb"):
         if not getattr(args, flag) > 0:
             name = flag.replace("_", "-")
@@ -135,6 +154,7 @@ def serve(args: argparse.Namespace) -> int:
         allowed_hosts=[args.host, *args.allow_host],
         index=args.index,
         default_index=not args.no_default_index,
+        examples_from=examples,
         cache_mb=args.cache_mb,
         threads=threads,
     )

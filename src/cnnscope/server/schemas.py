@@ -188,6 +188,14 @@ class IndexOut(BaseModel):
     detail: str | None = Field(
         None, description="the index folder when ready; why not, when failed or none"
     )
+    images: int | None = Field(
+        None, description="images indexed (augmented copies count), when ready"
+    )
+    photos: int | None = Field(None, description="distinct source photos among them, when ready")
+    source: str | None = Field(
+        None, description="'gallery' (the built-in photos) or the indexed folder, when ready"
+    )
+    layers: list[str] | None = Field(None, description="the layers the index covers, when ready")
 
 
 class ExampleOut(BaseModel):

@@ -47,7 +47,7 @@ from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel
 from ..render import colorize, gradient_image, normalize, overlay, png_bytes, resize_map
 from ..tree import Explorer, format_path, parse_path, render_gradient, zoom_picture
-from .background import BackgroundLane, Task, model_copy
+from .background import BackgroundLane, Task, channels_last, model_copy
 from .cache import LRUCache
 from .store import BadRequestError, ImageStore, NotFoundError
 from .threads import lane_thread, side_pool, use_threads
@@ -65,29 +65,29 @@ SIGNS = ("pos", "neg")
 #: Attribution methods computed here while the attribution package is absent.
 FALLBACK_METHODS = {"grad_cam": "Grad-CAM", "guided_backprop": "Guided backprop"}
 
-#: Display names of the attribution package's methods, in the picker's order.
-METHOD_NAMES = {
-    "grad_cam": "Grad-CAM",
-    "guided_backprop": "Guided backprop",
-    "guided_grad_cam": "Guided Grad-CAM",
-    "gradient": "Gradient",
-    "gradient_x_input": "Gradient × input",
-    "guided_x_input": "Guided backprop × input",
-    "deconvnet": "Deconvnet",
-    "guided_neg": "Guided neg",
-    "grad_cam_pp": "Grad-CAM++",
-    "xgrad_cam": "XGrad-CAM",
-    "hires_cam": "HiResCAM",
-    "layer_cam": "LayerCAM",
-    "eigen_cam": "Eigen-CAM",
-    "lrp": "LRP",
-    "integrated_gradients": "Integrated gradients",
-    "smoothgrad": "SmoothGrad",
-    "smoothgrad_sq": "SmoothGrad²",
-    "vargrad": "VarGrad",
-    "score_cam": "Score-CAM",
-    "ablation_cam": "Ablation-CAM",
-}
+#: The picker's order (first: the default); titles come from the registry (``Method.title``).
+METHOD_ORDER = (
+    "grad_cam",
+    "guided_backprop",
+    "guided_grad_cam",
+    "gradient",
+    "gradient_x_input",
+    "guided_x_input",
+    "deconvnet",
+    "guided_neg",
+    "grad_cam_pp",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "eigen_cam",
+    "lrp",
+    "integrated_gradients",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "score_cam",
+    "ablation_cam",
+)
 #: Methods that run many forward passes (seconds): they run on the slow lane.
 SLOW_METHODS = {
     "integrated_gradients",
@@ -121,9 +121,11 @@ class _Replica:
 
 
 try:  # feature synthesis: render visualizations in the background when it is there
-    from ..synthesis import unit_visualization as _unit_visualization
+    from ..synthesis.api import QUICK_VISUALIZATION, visualization_stem
+    from ..synthesis.api import unit_visualizations as _unit_visualizations
 except ImportError:  # pragma: no cover - depends on what is installed
-    _unit_visualization = None
+    _unit_visualizations, visualization_stem = None, None
+    QUICK_VISUALIZATION = {"steps": 48, "size": 128}
 
 try:  # the attribution package is written in parallel; use it when it is there
     from ..attribution import METHODS as _ATTRIBUTION_METHODS
@@ -161,16 +163,21 @@ class ExplorerService:
         kept in ``index_dir``) and use it when ready.
     index_dir
         Where the default index lives (default: the one ``cnnscope index`` builds).
+    index_images
+        A folder of the user's images: without ``index``, build the default index from it
+        instead of the gallery (``cnnscope serve --examples-from DIR``).
     threads
         Torch threads of the model's worker thread (default: the constructing thread's);
         every other thread of the service runs torch single-threaded (see
         :mod:`cnnscope.server.threads`).
     visualization_queue
         Most feature visualizations waiting in the background lane; asking for one more
-        drops the oldest waiting one (the newest request wins).
+        drops the oldest waiting one. The one asked for or polled last runs first (it
+        overtakes a running one that nobody polls now), with up to 3 waiting ones of its
+        layer in one batch (:class:`~cnnscope.server.background.BackgroundLane`).
     visualization_watch_s
         A feature visualization nobody polled for this many seconds is dropped (before it
-        starts, or at its next step); the page polls every 1.5 s while it shows the slot.
+        starts, or at its next step); the page polls every second while it shows the slot.
 
     Examples
     --------
@@ -194,9 +201,10 @@ class ExplorerService:
         index: str | None = None,
         default_index: bool = False,
         index_dir: str | os.PathLike | None = None,
+        index_images: str | os.PathLike | None = None,
         data_dir: str | os.PathLike | None = None,
-        synthesis_steps: int = 128,
-        synthesis_size: int = 160,
+        synthesis_steps: int = QUICK_VISUALIZATION["steps"],
+        synthesis_size: int = QUICK_VISUALIZATION["size"],
         threads: int | None = None,
         visualization_queue: int = 8,
         visualization_watch_s: float = 20.0,
@@ -226,9 +234,9 @@ class ExplorerService:
         self._slow = _Replica.copy_of(model, self.chain, self.engine.cache_bytes // 4)
         self._index = _open_index(index) if index else None
         self._index_task: Task | None = None
-        if index is None and default_index:
+        if index is None and (default_index or index_images):
             self._index_task = self.background.submit(
-                "default index", self._default_index(index_dir)
+                "default index", self._default_index(index_dir, index_images)
             )
         self.max_batch = int(max_batch)
         self.results = LRUCache(int(results_mb * (1 << 20)), sizeof=_sizeof)
@@ -270,10 +278,10 @@ class ExplorerService:
         """``{method id: display name}`` of the attribution picker (slow ones marked)."""
         if _ATTRIBUTION_METHODS is None:
             return dict(FALLBACK_METHODS)
-        names = [n for n in METHOD_NAMES if n in _ATTRIBUTION_METHODS]
+        names = [n for n in METHOD_ORDER if n in _ATTRIBUTION_METHODS]
         names += sorted(set(_ATTRIBUTION_METHODS) - set(names))
         return {
-            n: METHOD_NAMES.get(n, n.replace("_", " ")) + (" (slow)" if n in SLOW_METHODS else "")
+            n: _ATTRIBUTION_METHODS[n].title + (" (slow)" if n in SLOW_METHODS else "")
             for n in names
         }
 
@@ -298,7 +306,7 @@ class ExplorerService:
     @property
     def synthesis_available(self) -> bool:
         """Whether feature visualizations can be computed (the synthesis package)."""
-        return _unit_visualization is not None
+        return _unit_visualizations is not None
 
     def layer_info(self, name: str) -> LayerInfo:
         """The layer called ``name`` (canonical name, ``NAME#K``, or the logits layer)."""
@@ -708,13 +716,15 @@ class ExplorerService:
 
     # -- dataset examples (the index) and feature visualizations, built in the background --
 
-    def _default_index(self, index_dir: str | os.PathLike | None) -> Callable:
+    def _default_index(self, index_dir: str | os.PathLike | None, images=None) -> Callable:
         def build(model: LoadedModel, progress: Callable[[int, int], None]):
             from ..index import ensure_default_index
 
             # workers=0: no DataLoader processes forked from this threaded server (a fork
             # can inherit a held lock and hang); the gallery's pictures are made in memory
-            path = ensure_default_index(model, index_dir, progress=progress, workers=0)
+            path = ensure_default_index(
+                model, index_dir, progress=progress, workers=0, source=images
+            )
             self._index = _open_index(str(path))
             self.index_path = str(path)
             log.info("default dataset index ready: %s", path)
@@ -729,7 +739,13 @@ class ExplorerService:
         """
         task = self._index_task
         if self._index is not None:
-            return {"state": "ready", "done": 0, "total": 0, "detail": self.index_path}
+            return {
+                "state": "ready",
+                "done": 0,
+                "total": 0,
+                "detail": self.index_path,
+                **_index_summary(self._index),
+            }
         if task is None:
             hint = (
                 f"the index {self.index_path} could not be opened"
@@ -954,8 +970,14 @@ class ExplorerService:
         }
 
     def _vis_file(self, unit: Unit) -> Path | None:
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(unit))
-        found = sorted(self._vis_dir.glob(f"{safe}-*.png"), key=lambda p: p.stat().st_mtime)
+        """The unit's rendered PNG: its job's, else the newest of its name in the cache."""
+        task = self._vis_jobs.get(str(unit))
+        if task is not None and task.state == "done" and Path(task.result).exists():
+            return Path(task.result)
+        found = sorted(
+            self._vis_dir.glob(f"{visualization_stem(unit)}-{'?' * 16}.png"),
+            key=lambda p: p.stat().st_mtime,
+        )
         return found[-1] if found else None
 
     def visualization_state(self, unit: str) -> dict:
@@ -1017,8 +1039,11 @@ class ExplorerService:
             self._vis_jobs.pop(str(parsed), None)  # the newest job goes last
             self._vis_jobs[str(parsed)] = self.background.submit(
                 f"visualization of {parsed}",
-                self._render_visualization(parsed),
+                None,
                 watch_s=self.visualization_watch_s,
+                batch_key=("visualization", parsed.layer),
+                run_batch=self._render_visualizations,
+                data=parsed,
             )
         return self.visualization_state(unit)
 
@@ -1036,19 +1061,19 @@ class ExplorerService:
         for key in finished[: max(0, len(finished) - 256)]:  # keep the table bounded
             del self._vis_jobs[key]
 
-    def _render_visualization(self, parsed: Unit) -> Callable:
-
-        def render(model: LoadedModel, progress: Callable[[int, int], None]) -> Path:
-            return _unit_visualization(
+    def _render_visualizations(
+        self, model: LoadedModel, tasks: list[Task], progress: Callable[[int, int], None]
+    ) -> list[Path]:
+        """Render the units of ``tasks`` (one layer) in one batch, on the lane's model copy."""
+        with channels_last(model.module):
+            return _unit_visualizations(
                 model,
-                parsed,
+                [task.data for task in tasks],
                 self._vis_dir,
                 steps=self.synthesis_steps,
                 size=self.synthesis_size,
                 progress=progress,
             )
-
-        return render
 
     def stats(self) -> dict:
         """Cache and worker counters."""
@@ -1295,6 +1320,19 @@ def _matplotlib_writes_inside(folder: Path) -> None:
     """
     if "matplotlib" not in sys.modules and not os.environ.get("MPLCONFIGDIR"):
         os.environ["MPLCONFIGDIR"] = str(folder / "matplotlib")
+
+
+def _index_summary(index) -> dict:
+    """What an index covers, for the page to say plainly: images, photos, source, layers."""
+    skipped = {s.get("image") for s in index.skipped}
+    ids = [i for i in index.images if i not in skipped]
+    root = index.source.root
+    return {
+        "images": len(ids),
+        "photos": len({i.split("|")[0] for i in ids}),
+        "source": "gallery" if root is None else str(root),
+        "layers": list(index.layers),
+    }
 
 
 def _open_index(path: str):

@@ -30,7 +30,10 @@ __all__ = [
     "deepdream",
     "driven_unit",
     "invert",
+    "QUICK_VISUALIZATION",
     "unit_visualization",
+    "unit_visualizations",
+    "visualization_stem",
     "visualize_config",
     "visualize_units",
 ]
@@ -81,6 +84,7 @@ INVERT_DEFAULTS: dict = dict(
     beta=2.0,
     tv_reg=2e-8,
     tv_reg_scale=1.0,
+    raw_priors=True,  # weights set for this model's gradients, not cnn-vis's units
     learning_rate_decay_iter=80,
     learning_rate_decay_fraction=0.5,
     init_scale=10.0,
@@ -132,17 +136,21 @@ def visualize_config(
     """
     if not units:
         raise CnnscopeError("give at least one unit to visualize")
-    objs = [unit_objective(driven_unit(model, u)) for u in units]
-    h, w = _size(size, model.preprocess_config.input_size)
+    objs = [unit_objective(u) for u in _driven_units(model, units)]
     return _config(
         VISUALIZE_DEFAULTS,
         overrides,
         steps,
         seed,
         objective=" | ".join(o.spec for o in objs),
-        batch=len(objs),
-        initial_size=f"{h}x{w}",
+        **_visualize_settings(model, len(objs), size),
     )
+
+
+def _visualize_settings(model, batch: int, size) -> dict:
+    """The batch size and image size settings of a unit visualization."""
+    h, w = _size(size, model.preprocess_config.input_size)
+    return dict(batch=int(batch), initial_size=f"{h}x{w}")
 
 
 def driven_unit(model, unit: Unit | str) -> Unit:
@@ -160,14 +168,22 @@ def driven_unit(model, unit: Unit | str) -> Unit:
     >>> str(driven_unit(load_model(), "head_act:3")), str(driven_unit(load_model(), "blocks.5:3"))
     ('head_bn:3', 'blocks.5:3')
     """
-    u = unit if isinstance(unit, Unit) else Unit.parse(str(unit))
-    if u.layer in (INPUT, LOGITS):
-        return u
+    return _driven_units(model, [unit])[0]
+
+
+def _driven_units(model, units: Sequence[Unit | str]) -> list[Unit]:
+    """:func:`driven_unit` of each unit, from one forward pass."""
+    parsed = [u if isinstance(u, Unit) else Unit.parse(str(u)) for u in units]
+    if all(u.layer in (INPUT, LOGITS) for u in parsed):
+        return parsed
     param = next(model.module.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     grey = torch.zeros(1, 3, *model.preprocess_config.input_size, device=device)
     fwd = Engine.for_module(model.module).forward(grey, grad=False)
-    return Unit(strength_layer(fwd, u.layer), u.channel, u.pos)
+    return [
+        u if u.layer in (INPUT, LOGITS) else Unit(strength_layer(fwd, u.layer), u.channel, u.pos)
+        for u in parsed
+    ]
 
 
 def _config(defaults: dict, overrides: dict, steps: int, seed: int, **settings) -> SynthesisConfig:
@@ -251,15 +267,23 @@ def visualize_units(
     return (result.pictures, result) if return_result else result.pictures
 
 
+#: The explorer's quick picture of a unit (:func:`unit_visualization`): 48 Adam steps at
+#: twice the learning rate of :data:`VISUALIZE_DEFAULTS`, at 128 px. On EfficientNet-Lite0
+#: it shows the same motifs as 128 steps at 160 px (docs/benchmarks.md, "Feature
+#: visualizations in the explorer") in about a fifth of the time: a few seconds on one core.
+QUICK_VISUALIZATION: dict = dict(steps=48, size=128, learning_rate=0.1)
+
+
 def unit_visualization(
     model,
     unit: Unit | str,
     cache_dir: str | os.PathLike,
     *,
-    steps: int = 128,
-    size: int | tuple[int, int] | None = 160,
+    steps: int = QUICK_VISUALIZATION["steps"],
+    size: int | tuple[int, int] | None = QUICK_VISUALIZATION["size"],
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
+    **overrides,
 ) -> Path:
     """The cached PNG of a unit's feature visualization, rendering it if needed.
 
@@ -268,7 +292,8 @@ def unit_visualization(
     neuron at the centre of the synthesis grid (a convolution's neurons share weights, so
     all positions want the same picture, and the tree's positions refer to another size);
     without one, as the channel's mean. The PNG is written atomically (a reader never sees half a file) with
-    the run's JSON record beside it. Safe to call from a background job.
+    the run's JSON record beside it. Safe to call from a background job. Several units at
+    once, in one batch: :func:`unit_visualizations`.
 
     Parameters
     ----------
@@ -279,9 +304,12 @@ def unit_visualization(
     cache_dir : path
         Folder of the cache (created if missing).
     steps, size, seed
-        As in :func:`visualize_units`.
+        As in :func:`visualize_units` (defaults: :data:`QUICK_VISUALIZATION`).
     progress : callable, optional
         ``progress(done, total)`` after each step (e.g. to show progress in a page).
+    **overrides
+        Any :class:`SynthesisConfig` option; ``learning_rate`` is
+        :data:`QUICK_VISUALIZATION`'s unless given.
 
     Returns
     -------
@@ -296,42 +324,127 @@ def unit_visualization(
     >>> p.suffix, p.exists()
     ('.png', True)
     """
+    kw = dict(steps=steps, size=size, seed=seed, progress=progress)
+    return unit_visualizations(model, [unit], cache_dir, **kw, **overrides)[0]
+
+
+def unit_visualizations(
+    model,
+    units: Sequence[Unit | str],
+    cache_dir: str | os.PathLike,
+    *,
+    steps: int = QUICK_VISUALIZATION["steps"],
+    size: int | tuple[int, int] | None = QUICK_VISUALIZATION["size"],
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    **overrides,
+) -> list[Path]:
+    """The cached PNGs of several units' visualizations; the missing ones in ONE batch.
+
+    Each unit has the file :func:`unit_visualization` gives it (same name, so either finds
+    the other's pictures); the units not cached yet are rendered together by
+    :func:`visualize_units`, one image each, and written one file each with the batch's
+    record beside it (its ``config`` and ``index`` reproduce the picture).
+
+    A picture rendered in a batch is *not* bitwise the one rendered alone with the same
+    seed: the batch draws its starting noise for all images at once and shares each
+    step's random transform, so image *i* starts from other noise. It maximizes its unit
+    as well as the picture rendered alone does (``tests/test_server_visualization_queue.py``
+    checks both against the other units of the batch).
+
+    Parameters
+    ----------
+    units : list of Unit or str
+        ``LAYER:C`` or ``LAYER:C@Y,X``, best of one layer (the batch runs to its deepest).
+    cache_dir, steps, size, seed, progress, **overrides
+        As in :func:`unit_visualization`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        One PNG per unit, in order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from cnnscope.models import load_model
+    >>> folder = tempfile.mkdtemp()
+    >>> a, b = unit_visualizations(load_model(), ["blocks.3:1", "blocks.3:2"], folder, steps=2, size=48)
+    >>> a.name.split("-")[0], b.exists()
+    ('blocks.3_1', True)
+    """
+    model = as_loaded(model)
+    overrides.setdefault("learning_rate", QUICK_VISUALIZATION["learning_rate"])
+    parsed = [u if isinstance(u, Unit) else Unit.parse(str(u)) for u in units]
+    if not parsed:
+        raise CnnscopeError("give at least one unit to visualize")
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    plans = {}  # path -> (unit, objective); one rendering per file
+    paths = []
+    for u, driven in zip(parsed, _driven_units(model, parsed)):
+        objective = _cached_objective(u, driven)
+        cfg = _config(VISUALIZE_DEFAULTS, {**overrides, "objective": objective}, steps, seed,
+                      **_visualize_settings(model, 1, size))  # fmt: skip
+        path = folder / f"{visualization_stem(u)}-{_cache_digest(model, cfg)}.png"
+        paths.append(path)
+        if not path.exists():
+            plans.setdefault(path, (u, objective))
+    if plans:
+        objective = " | ".join(obj for _, obj in plans.values())
+        cfg = _config(VISUALIZE_DEFAULTS, {**overrides, "objective": objective}, steps, seed,
+                      **_visualize_settings(model, len(plans), size))  # fmt: skip
+        result = synthesize(model, cfg, progress=progress if progress is not None else False)
+        for i, (path, (u, _)) in enumerate(plans.items()):
+            record = run_record(result, model, i, {"unit": str(u), "batch": len(plans)})
+            _write_atomically(path, result.pictures[i], record)
+    return paths
+
+
+def visualization_stem(unit: Unit | str) -> str:
+    """The start of a unit's cached file name (before ``-DIGEST.png``).
+
+    Every position of a channel shares one picture (its centre neuron).
+
+    Examples
+    --------
+    >>> visualization_stem("blocks.4:7"), visualization_stem("blocks.4:7@2,3")
+    ('blocks.4_7', 'blocks.4_7_centre')
+    """
     u = unit if isinstance(unit, Unit) else Unit.parse(str(unit))
-    driven = driven_unit(model, u)
+    label = f"{u.layer}:{u.channel}@centre" if u.pos is not None else str(u)
+    return _safe_name(label)
+
+
+def _cached_objective(u: Unit, driven: Unit) -> str:
+    """The objective of ``u``'s cached picture (``driven`` is where it is read)."""
     if u.pos is not None:
         # Convolution shares a channel's weights across positions: every position's
         # neuron wants the same picture, drawn at the centre of the synthesis grid.
-        objective = Neuron(driven.layer, driven.channel).spec
-        label = f"{u.layer}:{u.channel}@centre"
-    else:
-        objective, label = unit_objective(driven).spec, str(u)
-    cfg = visualize_config(model, [u], steps, size, seed, objective=objective)
-    key = json.dumps(
-        {
-            "model": getattr(model, "name", "?"),
-            "params": _param_digest(model),
-            "config": cfg.to_dict(),
-        },
-        sort_keys=True,
-    )
-    digest = hashlib.sha1(key.encode()).hexdigest()[:16]
-    folder = Path(cache_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{_safe_name(label)}-{digest}.png"
-    if path.exists():
-        return path
-    result = synthesize(model, cfg, progress=progress if progress is not None else False)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
+        return Neuron(driven.layer, driven.channel).spec
+    return unit_objective(driven).spec
+
+
+def _cache_digest(model, cfg: SynthesisConfig) -> str:
+    key = {
+        "model": getattr(model, "name", "?"),
+        "params": _param_digest(model),
+        "config": cfg.to_dict(),
+    }
+    return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_atomically(path: Path, picture: np.ndarray, record: dict) -> None:
+    """``path`` (a PNG) and its JSON record; a reader never sees half a PNG."""
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
     os.close(fd)
     try:
-        write_png(result.pictures[0], tmp)
-        record = run_record(result, model, 0, {"unit": str(u)})
+        write_png(picture, tmp)
         path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def _safe_name(label: str) -> str:

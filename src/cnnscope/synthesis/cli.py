@@ -284,10 +284,18 @@ _BOOL_OPTIONS = [
         "clip pixels to 0..255 after each step",
     ),
     (
+        "other priors",
+        "raw_priors",
+        _flag("--raw-priors"),
+        "take --p-reg, --p-reg-aux, --tv-reg as they are instead of dividing them by the "
+        "model's input std (cnn-vis's numbers were set for Caffe models that read 0..255 pixels)",
+    ),
+    (
         "output",
         "quirks",
         ["--quirks"],
-        "reproduce cnn-vis's quirks: x1.2 contrast at each conversion, uint8 resizes, per-tile priors, channel blur",
+        "reproduce cnn-vis's quirks: raw prior weights, x1.2 contrast at each conversion, uint8 "
+        "resizes, per-tile priors, channel blur",
     ),
 ]
 

@@ -108,6 +108,9 @@ class SynthesisConfig:
     clip_grad_norm: float = 0.0
     grad_blur: float = 0.0
     clamp_pixels: bool = False
+    # p_reg, p_reg_aux, tv_reg (and tv_reg_step) as written, not divided by the model's
+    # input std (see docs/synthesis.md, "Units of the prior weights"); quirks implies it
+    raw_priors: bool = False
     # transforms
     pad: int = 0
     pad_mode: str = "constant"
@@ -170,6 +173,8 @@ class SynthesisConfig:
         data = record.get("config", record)
         if isinstance(data, dict):
             cls._check_names(data)
+            # A record made before the priors were scaled to the model used raw weights.
+            data = {"raw_priors": True, **data}
             for f in dataclasses.fields(cls):
                 if f.name in data and not _TYPES[f.type](data[f.name]):
                     raise CnnscopeError(
@@ -186,6 +191,17 @@ class SynthesisConfig:
         ):
             raise CnnscopeError(f"config {p}: model must be an object with a name")
         return cfg, record
+
+    @property
+    def priors_scaled(self) -> bool:
+        """Whether p_reg, p_reg_aux and tv_reg are divided by the model's input std.
+
+        Examples
+        --------
+        >>> SynthesisConfig().priors_scaled, SynthesisConfig(quirks=True).priors_scaled
+        (True, False)
+        """
+        return not (self.raw_priors or self.quirks)
 
     def replace(self, **changes) -> SynthesisConfig:
         """A copy with some options changed (unknown names are an error)."""

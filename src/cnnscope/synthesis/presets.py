@@ -20,11 +20,12 @@ inception_4d/pool           blocks.9.depthwise_act  a spatial op in the same blo
 inception_4e/output         blocks.10             last 14x14 block
 ==========================  ====================  =========================================
 
-The regularizer weights are re-tuned for EfficientNet-Lite0 (its pixel gradients are
-~100x smaller than Caffe GoogLeNet's, whose input is not divided by a std), and the
-presets add a random jitter, which EfficientNet's stride-2 "SAME" convolutions need
-to avoid a fine grid pattern. cnn-vis's photos (scream, lake, sky, starry night,
-bliss) are replaced by gallery photos; the Places205 model of examples 5 and 6 by the
+The prior weights are in cnn-vis's units (a run divides them by the model's input std,
+128 here: see ``render.prior_gain``) and re-tuned for EfficientNet-Lite0; in those units
+the TV and photo p-norm weights lie within 0.08x-2.6x of the examples' own numbers (as
+raw weights they were 50x-1700x smaller). The presets add a random jitter, which
+EfficientNet's stride-2 "SAME" convolutions need to avoid a fine grid pattern. cnn-vis's
+photos (scream, lake, sky, starry night, bliss) are replaced by gallery photos; the Places205 model of examples 5 and 6 by the
 ImageNet model. ``quick`` holds the smaller settings used for the documentation.
 """
 
@@ -70,9 +71,9 @@ _NOISE = dict(
     learning_rate=5.0,
     decay_rate=0.25,
     alpha=6.0,
-    p_reg=1e-10,
+    p_reg=1.28e-08,
     beta=2.5,
-    tv_reg=0.001,
+    tv_reg=0.128,
     jitter=16,
     grad_blur=1.5,
     output_iter=25,
@@ -87,9 +88,9 @@ _PHOTO = dict(
     learning_rate=2.0,
     decay_rate=0.9,
     alpha=2.0,
-    p_reg=0.002,
+    p_reg=0.256,
     beta=2.5,
-    tv_reg=0.001,
+    tv_reg=0.128,
     jitter=16,
     grad_blur=1.0,
     output_iter=10,
@@ -98,7 +99,7 @@ _PHOTO_QUICK = dict(num_steps=20)
 
 # cnn-vis's aux p-norm (alpha 8, 5e-11, scale 1) held |x| well below ~50; this one only
 # pushes back pixels near the ends of the 0..255 range.
-_AUX = dict(alpha_aux=8.0, p_scale_aux=128.0, p_reg_aux=50.0, use_pixel_learning_rates=True)
+_AUX = dict(alpha_aux=8.0, p_scale_aux=128.0, p_reg_aux=6400.0, use_pixel_learning_rates=True)
 
 
 def _amp(layer: str) -> str:
@@ -107,7 +108,7 @@ def _amp(layer: str) -> str:
 
 # ex7 and ex8 (cnn-vis's ex8 is "as ex7"): the astronaut at x0.5 -> x0.8 in 2 sizes.
 _ASTRONAUT = {
-    "p_reg": 0.001,
+    "p_reg": 0.128,
     "initial_image": "astronaut",
     "initial_size": "x0.5",
     "final_size": "x0.8",
@@ -124,7 +125,7 @@ _LONG = {
     "num_steps": 100,
     "learning_rate": 5.0,
     "decay_rate": 0.85,
-    "p_reg": 0.002,
+    "p_reg": 0.256,
 }
 
 
@@ -165,8 +166,8 @@ PRESETS: dict[str, Preset] = {
                 **_NOISE,
                 "objective": _amp("blocks.9.expand_act"),
                 "num_steps": 200,
-                "p_reg": 1e-11,
-                "tv_reg": 0.0002,
+                "p_reg": 1.28e-09,
+                "tv_reg": 0.0256,
             },
             {**_NOISE_QUICK, "num_steps": 40},
         ),
@@ -183,9 +184,9 @@ PRESETS: dict[str, Preset] = {
                 "learning_rate": 5.0,
                 "decay_rate": 0.95,
                 "alpha": 4.0,
-                "p_reg": 1e-9,
+                "p_reg": 1.28e-07,
                 "beta": 2.0,
-                "tv_reg": 0.001,
+                "tv_reg": 0.128,
             },
             {**_NOISE_QUICK, "num_steps": 40},
         ),
@@ -204,8 +205,8 @@ PRESETS: dict[str, Preset] = {
                 "learning_rate": 2.0,
                 "decay_rate": 0.9,
                 "alpha": 4.0,
-                "p_reg": 1e-9,
-                "tv_reg": 0.001,
+                "p_reg": 1.28e-07,
+                "tv_reg": 0.128,
                 "output_iter": 50,
             },
             {**_NOISE_QUICK, "num_steps": 40},
@@ -255,8 +256,8 @@ PRESETS: dict[str, Preset] = {
                 "initial_size": "x0.4",
                 "final_size": "x1.0",
                 "num_sizes": 4,
-                "p_reg": 0.004,
-                "tv_reg": 0.002,
+                "p_reg": 0.512,
+                "tv_reg": 0.256,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.3", "final_size": "x0.6", "num_sizes": 2},
         ),
@@ -275,8 +276,8 @@ PRESETS: dict[str, Preset] = {
                 "final_size": "x1.0",
                 "num_sizes": 5,
                 "decay_rate": 0.85,
-                "p_reg": 0.006,
-                "tv_reg": 0.004,
+                "p_reg": 0.768,
+                "tv_reg": 0.512,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.3", "final_size": "x0.6", "num_sizes": 2},
         ),
@@ -292,7 +293,7 @@ PRESETS: dict[str, Preset] = {
                 "objective": _amp("blocks.8"),
                 "initial_image": "coffee",
                 **_LONG,
-                "tv_reg": 0.01,
+                "tv_reg": 1.28,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.5", "final_size": "x0.7", "num_sizes": 2},
         ),
@@ -308,7 +309,7 @@ PRESETS: dict[str, Preset] = {
                 "objective": _amp("blocks.6.depthwise_act"),
                 "initial_image": "flower",
                 **_LONG,
-                "tv_reg": 0.001,
+                "tv_reg": 0.128,
             },
             {**_PHOTO_QUICK, "initial_size": "x0.5", "final_size": "x0.7", "num_sizes": 2},
         ),

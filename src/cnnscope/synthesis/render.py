@@ -9,8 +9,9 @@ One step at one size (cnn-vis's iteration, generalised):
 2. The objective's gradient at those layers (the seeds) goes back to the input through
    the engine (``Forward.grad_many``, rule ``gradient``), then through the input
    conversion, the transforms and the parameterization by autograd.
-3. The descent direction is ``-dObjective/dx + p_reg dP + p_reg_aux dPaux + tv_reg dTV +
-   l1_decay sign(x) + l2_decay x``, optionally clipped in norm, and each region takes a
+3. The descent direction is ``-dObjective/dx + (p_reg dP + p_reg_aux dPaux + tv_reg dTV) / std
+   + l1_decay sign(x) + l2_decay x`` (``std`` the model's input std per channel, 1 with
+   ``raw_priors`` or ``quirks``: :func:`prior_gain`), optionally clipped in norm, and each region takes a
    step of its own optimizer state (scaled per pixel by ``1/coverage`` if asked).
 4. After both sets: ``tv_reg += tv_reg_step`` every ``tv_reg_step_iter`` steps,
    ``lr *= learning_rate_decay_fraction`` every ``learning_rate_decay_iter`` steps, a
@@ -45,7 +46,7 @@ from .schedule import parse_size, size_sequence
 from .tiling import Region, Tiling, tiling
 from .transforms import standard_transforms
 
-__all__ = ["SynthesisResult", "prepare_image", "synthesize"]
+__all__ = ["SynthesisResult", "prepare_image", "prior_gain", "synthesize"]
 
 log = logging.getLogger(__name__)
 
@@ -240,31 +241,56 @@ class _Run:
     def reg_grad(
         self, x: torch.Tensor, target: torch.Tensor | None, tv_reg: float, stats: dict | None
     ) -> torch.Tensor:
-        """Sum of the weighted regularizer gradients at ``x`` (N x 3 x h x w)."""
+        """Sum of the weighted regularizer gradients at ``x`` (N x 3 x h x w).
+
+        cnn-vis's three priors (p-norm, aux p-norm, TV) are divided by the model's input
+        std per channel unless the config keeps the raw numbers (:func:`prior_gain`).
+        """
         cfg = self.cfg
-        total = torch.zeros_like(x)
+        gain = prior_gain(self.space, x) if cfg.priors_scaled else None
+        terms = []
         if cfg.p_reg:
             loss, g = pnorm(x, cfg.alpha, cfg.p_scale, target)
-            total += cfg.p_reg * g
+            terms.append(("p_grad", cfg.p_reg * g))
             if stats is not None:
                 stats["p_loss"] = float(loss)
-                stats["p_grad"] = float((cfg.p_reg * g).abs().mean())
         if cfg.p_reg_aux:
-            loss, g = pnorm(x, cfg.alpha_aux, cfg.p_scale_aux)
-            total += cfg.p_reg_aux * g
-            if stats is not None:
-                stats["p_aux_grad"] = float((cfg.p_reg_aux * g).abs().mean())
+            g = pnorm(x, cfg.alpha_aux, cfg.p_scale_aux)[1]
+            terms.append(("p_aux_grad", cfg.p_reg_aux * g))
         if tv_reg:
             loss, g = tv(x, cfg.beta, cfg.tv_grad_operator, cfg.tv_reg_scale)
-            total += tv_reg * g
+            terms.append(("tv_grad", tv_reg * g))
             if stats is not None:
                 stats["tv_loss"] = float(loss)
-                stats["tv_grad"] = float((tv_reg * g).abs().mean())
+        total = torch.zeros_like(x)
+        for name, g in terms:
+            g = g if gain is None else g * gain
+            total += g
+            if stats is not None:
+                stats[name] = float(g.abs().mean())
         if cfg.l1_decay:
             total += cfg.l1_decay * l1_decay(x)[1]
         if cfg.l2_decay:
             total += cfg.l2_decay * l2_decay(x)[1]
         return total
+
+
+def prior_gain(space: ImageSpace, like: torch.Tensor) -> torch.Tensor:
+    """The factor on cnn-vis's prior gradients that puts them on this model's scale: ``1/std``.
+
+    cnn-vis's Caffe networks read the image in pixel units (0..255 minus the mean), so
+    its weights were set against a network gradient in those units. A model that reads
+    ``x / std`` has a pixel gradient ``1/std`` times its input gradient; dividing the
+    prior gradients by the same ``std`` (per channel) keeps the descent direction of
+    cnn-vis's numbers, up to one factor per channel that RMSProp and Adam cancel.
+
+    Examples
+    --------
+    >>> space = ImageSpace((127.0,) * 3, (128.0,) * 3)
+    >>> prior_gain(space, torch.zeros(1, 3, 2, 2)).flatten().tolist()
+    [0.0078125, 0.0078125, 0.0078125]
+    """
+    return 1.0 / space._vec(space.std, like)
 
 
 def _region_sets(size, window, tile: bool) -> tuple[Tiling | None, list[list[Region]]]:

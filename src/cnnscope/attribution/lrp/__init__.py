@@ -248,6 +248,7 @@ def _bounds(ctx: Context, bounds):
 
 @register(
     "lrp",
+    title="LRP",
     family="lrp",
     style="seismic",
     signed=True,
@@ -353,21 +354,24 @@ def _warn_on_leaks(conservation: torch.Tensor, rules: dict[str, str]) -> None:
         )
 
 
-for _name, _composite, _summary in (
-    ("lrp_epsilon", "epsilon", "LRP-epsilon on every layer (BatchNorm folded)"),
+for _name, _title, _composite, _summary in (
+    ("lrp_epsilon", "LRP-ε", "epsilon", "LRP-epsilon on every layer (BatchNorm folded)"),
     (
         "lrp_zplus",
+        "LRP-z⁺",
         "epsilon_plus_box",
         "LRP: z+ on convolutions, epsilon on dense layers, z^B first",
     ),
     (
         "lrp_alpha_beta",
+        "LRP-αβ (α=2, β=1)",
         "epsilon_alpha2_beta1_box",
         "LRP: alpha=2 beta=1 on convolutions, z^B first",
     ),
 ):
     register(
         _name,
+        title=_title,
         family="lrp",
         style="seismic",
         signed=True,

@@ -57,6 +57,14 @@ export function getModel() {
 
 export const enc = encodeURIComponent;
 
+/** The engine's backward rules (/api/models `rules`) and the names the pages show. */
+export const RULES = [
+  ["guided", "Guided"],
+  ["gradient", "Gradient"],
+  ["deconvnet", "Deconvnet"],
+  ["guided_neg", "Guided neg"],
+];
+
 /** URL of a page. */
 export const pages = {
   gallery: () => "/",

@@ -1,11 +1,13 @@
 // The feature-visualization slot: asks the server to render the unit's picture in the
 // background (once; it is cached), shows its progress, then the picture. The page never
 // waits on it: the rendering runs on the server's background lane, not its request worker.
+// Polling is what tells the server that the picture is still wanted: the unit polled last
+// is rendered first, and a slot that left the page stops polling, so its job is dropped.
 
 import { api, enc } from "./api.js";
 import { h, lazyImage, mount } from "./dom.js";
 
-const POLL_MS = 1500;
+const POLL_MS = 1000; // the server overtakes a job nobody polled for 3 s (BackgroundLane.recent_s)
 
 /** A slot element for the feature visualization of `unit` (rendering starts at once). */
 export function visualizationSlot(unit, model) {
@@ -45,7 +47,7 @@ export function visualizationSlot(unit, model) {
       return;
     }
     const pct = Math.round(state.progress * 100);
-    const text = state.state === "queued" ? `Queued: an image that excites ${unit} is rendered after the jobs before it.` : `Rendering an image that excites ${unit}… ${pct}%`;
+    const text = state.state === "queued" ? `Queued: an image that excites ${unit} is rendered as soon as the job before it steps aside or ends.` : `Rendering an image that excites ${unit}… ${pct}%`;
     mount(box, h("div", { class: "slot" }, h("div", { class: "progress" }, h("span", { style: `width:${Math.max(3, pct)}%` })), text));
     setTimeout(poll, POLL_MS);
   };

@@ -39,7 +39,10 @@ export async function render(app, { model }) {
     ),
   );
 
+  // One file uploaded: open it (its page is what the user came for). Several: stay here,
+  // each one listed in the gallery, the last one linked.
   const upload = async (files) => {
+    let opened = null;
     for (const file of files) {
       status.replaceChildren(spinner("spinner-sm"), ` Uploading ${file.name}…`);
       try {
@@ -48,15 +51,17 @@ export async function render(app, { model }) {
           body: file,
           headers: { "Content-Type": file.type || "application/octet-stream", Accept: "application/json" },
         });
-        status.replaceChildren(`Added ${out.name}. `, h("a", { href: out.page }, "Open it →"));
+        status.replaceChildren(`Added ${out.name}. `, h("a", { href: out.page, id: "open-upload" }, "Open it →"));
         toast(out.created ? `Uploaded ${out.name}` : `${out.name} was already in the gallery`);
-        await fill(grid, model);
+        opened = files.length === 1 ? out.page : null;
+        if (!opened) await fill(grid, model);
       } catch (err) {
         const detail = err instanceof ApiError ? err.detail : String(err);
         status.replaceChildren(h("span", { class: "status-error", role: "alert" }, `Upload refused: ${detail}`));
         toast(`Upload refused: ${detail}`, "error");
       }
     }
+    if (opened) window.location.assign(opened);
   };
   input.addEventListener("change", () => upload([...input.files]).finally(() => (input.value = "")));
   const over = (on) => (e) => {

@@ -1,10 +1,10 @@
 // Image page: the model's view, top-5, an attribution map, and the overview of top units.
 
-import { api, enc, pages, query, splitUnit } from "../api.js";
+import { RULES as RULE_NAMES, api, enc, pages, query, splitUnit } from "../api.js";
 import { crumbs, errorCard, h, lazyImage, mount, num, pct, spinner } from "../dom.js";
 
 const PER_LAYER = [4, 6, 8, 12, 16];
-const RULES = ["guided", "gradient", "deconvnet", "guided_neg"];
+const RULES = RULE_NAMES.map(([rule]) => rule);
 
 export async function render(app, { image, params, model }) {
   const info = await api(`/api/images/${enc(image)}`);
@@ -166,7 +166,7 @@ function controlsRow(state, reload) {
     state.perLayer = Number(per.value);
     reload();
   });
-  const rule = h("select", { class: "select", "aria-label": "backward rule", id: "overview-rule" }, RULES.map((r) => h("option", { value: r, selected: r === state.rule }, r)));
+  const rule = h("select", { class: "select", "aria-label": "backward rule", id: "overview-rule" }, RULE_NAMES.map(([r, name]) => h("option", { value: r, selected: r === state.rule }, name)));
   rule.addEventListener("change", () => {
     state.rule = rule.value;
     reload();

@@ -2,19 +2,13 @@
 // (or its knob) to expand its children in the next chain layer; the URL keeps the
 // model, image, options, the selected path and the expanded nodes.
 
-import { ApiError, api, enc, pages, query, splitUnit } from "../api.js";
+import { ApiError, RULES, api, enc, pages, query, splitUnit } from "../api.js";
 import { crumbs, errorCard, h, lazyImage, mount, num, pct, s, spinner, toast } from "../dom.js";
 import { GAP_Y, NODE_H, NODE_W, edgePath, layout } from "../tree/layout.js";
 import { examplesSlot } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 import { segmented } from "./image.js";
 
-const RULES = [
-  ["guided", "Guided"],
-  ["gradient", "Gradient"],
-  ["deconvnet", "Deconvnet"],
-  ["guided_neg", "Guided neg"],
-];
 const SCORINGS = [
   ["path", "Path"],
   ["local", "Local"],
@@ -122,12 +116,17 @@ class TreeView {
       b.addEventListener("click", fn);
       return b;
     };
+    // The zoom buttons and the legend sit in a strip below the drawing, never over a node.
     this.canvas = h(
       "div",
       { class: "tree-canvas", id: "tree-canvas" },
       this.svg,
-      h("div", { class: "zoom-controls" }, zoomBtn("+", "zoom in", () => this.zoomBy(1.2)), zoomBtn("−", "zoom out", () => this.zoomBy(1 / 1.2)), zoomBtn("⤢", "fit the tree", () => this.fit())),
-      h("div", { class: "legend" }, h("span", { class: "lg lg-pos" }, "excites"), h("span", { class: "lg lg-neg" }, "inhibits"), h("span", { class: "lg lg-faith" }, "the node's value → with its shown children zeroed · with as many random ones")),
+      h(
+        "div",
+        { class: "tree-footer" },
+        h("div", { class: "zoom-controls" }, zoomBtn("+", "zoom in", () => this.zoomBy(1.2)), zoomBtn("−", "zoom out", () => this.zoomBy(1 / 1.2)), zoomBtn("⤢", "fit the tree", () => this.fit())),
+        h("div", { class: "legend" }, h("span", { class: "lg lg-pos" }, "excites"), h("span", { class: "lg lg-neg" }, "inhibits"), h("span", { class: "lg lg-faith" }, "the node's value → with its shown children zeroed · with as many random ones")),
+      ),
       this.popover,
     );
     const thumb = h("img", { src: this.info.thumbnail, alt: "", class: "toolbar-thumb" });
@@ -141,7 +140,7 @@ class TreeView {
         h(
           "div",
           { class: "toolbar" },
-          h("a", { class: "toolbar-image", href: pages.image(this.image, this.model.name) }, thumb, h("span", {}, this.info.name)),
+          h("a", { class: "toolbar-image", href: pages.image(this.image, this.model.name), title: this.info.name }, thumb, h("span", { class: "toolbar-name" }, this.info.name)),
           h("div", { class: "toolbar-group" }, h("span", { class: "toolbar-label" }, "Rule"), ruleSeg),
           h("div", { class: "toolbar-group" }, h("span", { class: "toolbar-label" }, "Scores"), scoringSeg),
           h("div", { class: "toolbar-group" }, kSel),
@@ -198,7 +197,9 @@ class TreeView {
     return node.children.filter((c) => !this.hidden.has(c.path));
   }
 
-  async build(selectedPath, open, hide) {
+  /** Draw the tree of `selectedPath`, opening `open`; `refit`: fit the whole tree in view
+   *  when done (after an option change) instead of the first view's readable zoom. */
+  async build(selectedPath, open, hide, refit = false) {
     const gen = ++this.generation;
     this.hidden = new Set(hide);
     const rootPath = selectedPath.split("/")[0];
@@ -226,7 +227,7 @@ class TreeView {
     if (gen !== this.generation) return;
     this.selected = this.find(selectedPath) || this.root;
     this.draw(false);
-    this.fit(true);
+    this.fit(!refit);
     this.renderPanel();
     this.syncUrl();
   }
@@ -343,7 +344,7 @@ class TreeView {
     this.walk((n) => n.expanded && open.push(n.path));
     const selected = this.selected ? this.selected.path : this.root.path;
     this.clearNodes();
-    this.build(selected, open, [...this.hidden]);
+    this.build(selected, open, [...this.hidden], true);
   }
 
   showRuleNote() {
@@ -388,6 +389,7 @@ class TreeView {
 
   // ---------------------------------------------------------------- drawing
   clearNodes() {
+    this.hoverEnd();
     for (const el of this.els.values()) el.remove();
     this.els.clear();
   }
@@ -409,6 +411,7 @@ class TreeView {
     }
     for (const [path, el] of this.els) {
       if (!live.has(path)) {
+        if (this.hoverNode === el) this.hoverEnd();
         el.remove();
         this.els.delete(path);
       }
@@ -489,8 +492,9 @@ class TreeView {
   nodeElement(node) {
     const g = s("g", { class: "node", tabindex: "0", role: "treeitem", "data-path": node.path, "data-unit": node.unit });
     g.__node = node;
-    const title = node.label ? node.label.split(",")[0] : node.unit;
-    const sub = node.label ? node.unit : !node.parent ? "root" : node.share === null ? "on the path" : `${node.sign === "neg" ? "inhibits" : "carries"} ${pct(node.share, node.share < 0.1 ? 1 : 0)}`;
+    const badge = node.sign === "neg" || node.pinned;
+    const share = !node.parent ? "root" : node.share === null ? "on the path" : pct(node.share, node.share < 0.1 ? 1 : 0);
+    const shareTip = !node.parent ? "the root of the tree" : shareWords(node) + (node.share === null ? "" : ` ${node.parent.unit}`);
     const clipId = `clip-${Math.random().toString(36).slice(2)}`;
     const img = s("image", { class: "node-img", href: this.nodeImage(node), x: 8, y: 34, width: IMG, height: IMG, preserveAspectRatio: "xMidYMid slice", "clip-path": `url(#${clipId})` });
     const ph = s("rect", { class: "img-ph", x: 8, y: 34, width: IMG, height: IMG, rx: 8 });
@@ -509,10 +513,12 @@ class TreeView {
     const parts = [
       s("clipPath", { id: clipId }, s("rect", { x: 8, y: 34, width: IMG, height: IMG, rx: 8 })),
       card,
+      s("title", {}, node.label ? `${node.label} (${node.unit})` : node.unit),
       node.label
-        ? s("text", { class: "node-title", x: 9, y: 17 }, clip(title, node.sign === "neg" || node.pinned ? 13 : 16))
-        : s("text", { class: "node-title", x: 9, y: 17 }, s("tspan", {}, `#${node.channel}`), s("tspan", { class: "node-layer", dx: 5 }, clip(node.layer, node.sign === "neg" || node.pinned ? 9 : 12))),
-      s("text", { class: "node-sub", x: 9, y: 29 }, clip(sub, 22)),
+        ? s("text", { class: "node-title", x: 9, y: 17 }, clip(node.label.split(",")[0], badge ? 13 : 16))
+        : s("text", { class: "node-title", x: 9, y: 17 }, `#${node.channel}`),
+      node.label ? null : s("text", { class: "node-share", x: NODE_W - (badge ? 27 : 9), y: 17, "text-anchor": "end" }, s("title", {}, shareTip), share),
+      s("text", { class: "node-layer", x: 9, y: 29 }, middleClip(node.label ? node.unit : node.layer, 21)),
       ph,
       img,
       s("rect", { class: "img-hit", x: 8, y: 34, width: IMG, height: IMG, rx: 8 }),
@@ -601,23 +607,52 @@ class TreeView {
   }
 
   // ---------------------------------------------------------------- hover: dataset examples
+  // The popover opens only once it has something to show (never empty), and is placed
+  // beside the node inside the drawing area (never cut off by the window's edge).
   hoverStart(node, g) {
     clearTimeout(this.hoverTimer);
     this.hoverTimer = setTimeout(() => {
-      const box = g.getBoundingClientRect();
-      const host = this.canvas.getBoundingClientRect();
-      const body = examplesSlot(node.unit, { cls: "examples-img" });
+      this.hoverEnd();
+      this.hoverNode = g;
+      const mine = () => this.hoverNode === g && g.isConnected;
+      const body = examplesSlot(node.unit, {
+        cls: "examples-img",
+        about: "short",
+        onShow: () => mine() && this.placePopover(g),
+        onHide: () => mine() && this.hoverEnd(),
+      });
       mount(this.popover, h("div", { class: "popover-title" }, "Dataset examples · ", h("code", {}, node.unit)), body);
-      const left = Math.min(box.right - host.left + 10, host.width - 300);
-      this.popover.style.left = `${Math.max(8, left)}px`;
-      this.popover.style.top = `${Math.max(8, box.top - host.top)}px`;
-      this.popover.hidden = false;
     }, 450);
   }
 
   hoverEnd() {
     clearTimeout(this.hoverTimer);
+    this.hoverNode = null;
     this.popover.hidden = true;
+    this.popover.replaceChildren();
+  }
+
+  placePopover(g) {
+    const pop = this.popover;
+    const area = this.svg.getBoundingClientRect();
+    const origin = this.canvas.getBoundingClientRect();
+    const card = g.querySelector(".card").getBoundingClientRect();
+    const margin = 8;
+    pop.style.visibility = "hidden"; // measured before it is seen
+    pop.hidden = false;
+    const img = pop.querySelector(".examples-img img");
+    if (img) img.style.maxHeight = "";
+    const room = area.height - 2 * margin;
+    if (img && pop.offsetHeight > room) img.style.maxHeight = `${Math.max(60, img.offsetHeight - (pop.offsetHeight - room))}px`;
+    const w = pop.offsetWidth;
+    const hgt = pop.offsetHeight;
+    let left = card.right + 10;
+    if (left + w > area.right - margin) left = card.left - 10 - w; // no room on the right: the left side
+    left = Math.min(Math.max(left, area.left + margin), area.right - margin - w);
+    const top = Math.min(Math.max(card.top, area.top + margin), area.bottom - margin - hgt);
+    pop.style.left = `${left - origin.left}px`;
+    pop.style.top = `${Math.max(area.top + margin, top) - origin.top}px`;
+    pop.style.visibility = "";
   }
 
   // ---------------------------------------------------------------- drill up
@@ -716,7 +751,7 @@ class TreeView {
         n.parent
           ? [
               h("dt", {}, "Weight"),
-              h("dd", {}, n.share === null ? "on the path (not in the top k)" : [`${shareWords(n)} `, h("code", { class: "nowrap" }, n.parent.unit), h("span", { class: "muted small" }, ` (mean A·G = ${num(n.weight)})`)]),
+              h("dd", {}, n.share === null ? "on the path (not in the top k)" : [`${shareWords(n)} `, h("code", {}, n.parent.unit), h("span", { class: "muted small" }, ` (mean A·G = ${num(n.weight)})`)]),
             ]
           : null,
         f ? [h("dt", {}, "Faithfulness"), h("dd", { id: "panel-faith" }, faithWords(f))] : null,
@@ -875,7 +910,10 @@ function shareWords(node) {
 function faithWords(f) {
   const n = f.children.length;
   const more = f.children.length > 3 ? ", …" : "";
-  return `Zeroing its ${n} shown children (${f.children.slice(0, 3).join(", ")}${more}) takes ${f.measure} from ${num(f.value)} to ${num(f.zeroed)} (${change(f.drop, 1)}). Zeroing ${n} random channels of the same layer instead takes it to ${num(f.random_zeroed)} on average (${change(f.random_drop, 1)} ± ${pct(f.random_std)}).`;
+  const layers = [...new Set(f.children.map((c) => splitUnit(c).layer))];
+  const names = f.children.slice(0, 3).map((c) => (layers.length === 1 ? `#${splitUnit(c).channel}` : c));
+  const of = layers.length === 1 ? ` of ${layers[0]}` : "";
+  return `Zeroing its ${n} shown children (${names.join(", ")}${more}${of}) takes ${f.measure} from ${num(f.value)} to ${num(f.zeroed)} (${change(f.drop, 1)}). Zeroing ${n} random channels of the same layer instead takes it to ${num(f.random_zeroed)} on average (${change(f.random_drop, 1)} ± ${pct(f.random_std)}).`;
 }
 
 /** The change of an activation when channels are zeroed: drop 0.19 -> "−19%". */
@@ -887,6 +925,13 @@ function change(drop, digits = null) {
 
 function clip(text, n) {
   return text.length > n ? `${text.slice(0, n - 1)}…` : text;
+}
+
+/** Shorten in the middle, keeping both ends readable: "blocks.11.…nd_act". */
+function middleClip(text, n) {
+  if (text.length <= n) return text;
+  const tail = Math.floor((n - 1) / 2);
+  return `${text.slice(0, n - 1 - tail)}…${text.slice(-tail)}`;
 }
 
 function defs() {

@@ -4,7 +4,7 @@
 
 import { ApiError, api, enc, pages, query } from "../api.js";
 import { crumbs, errorCard, h, lazyImage, mount, num, spinner, toast } from "../dom.js";
-import { examplesSlot, watch } from "../examples.js";
+import { covers, examplesSlot, watch } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 
 export async function render(app, { unit, params, model }) {
@@ -136,7 +136,7 @@ function exampleCards(unit, spatial) {
   watch(
     (state) => {
       started = true;
-      if (state.state !== "ready" || fetched) return;
+      if (state.state !== "ready" || fetched || !covers(state, unit)) return; // (no 404 to log)
       fetched = true;
       loadExampleCards(box, unit, spatial);
     },
