@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import platform
 import statistics
 import sys
@@ -157,6 +158,8 @@ def captured():
     """Collect cnnscope's log warnings and Python warnings raised inside the block."""
     handler = _Collect()
     logger = logging.getLogger("cnnscope")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -164,6 +167,7 @@ def captured():
             yield handler.messages
         finally:
             logger.removeHandler(handler)
+            logger.setLevel(level)
             handler.messages += [
                 str(w.message)
                 for w in caught
@@ -358,7 +362,11 @@ class Matrix:
                     f"child `{kid.unit}` (weight {kid.weight:+.3g}) of logits:{top} has a flat "
                     "guided reconstruction"
                 )
-        skip = f"; {', '.join(f'`{n}`' for n in around)} inside a skip connection" if around else ""
+        skip = (
+            f"; {', '.join(f'`{n}`' for n in around)} bypassed by a skip or dense connection"
+            if around
+            else ""
+        )
         return f"{len(ex.chain)} levels: {chain}{skip}"
 
     def overview(self):
@@ -607,6 +615,11 @@ def timings(arch: Arch, x: torch.Tensor, repeats: int) -> dict[str, float | str]
 # The document
 
 
+def _range(times: dict, methods) -> tuple[float, float]:
+    values = [t[m] for t in times.values() for m in methods if not isinstance(t[m], str)]
+    return min(values), max(values)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(r) + " |" for r in rows]
@@ -729,6 +742,15 @@ def write_doc(path: Path, arches, matrix, matrix_notes, agree, cons, cons_notes,
     )
     lines += [
         "",
+        "The input share is far from 1 on most rows, with no warning: the code checks",
+        "conservation, and these are random weights with randomised BatchNorm statistics, whose",
+        "folded shifts give every layer large biases, so under epsilon and gamma most of the",
+        "logit goes to biases (with either sign: hence shares below 0 or above 1). z+ and",
+        "alpha-beta leave biases out; their share is near 1 unless a layer has no input",
+        "contribution of the rule's sign for the target (`resnet`: its top class owes nothing",
+        "positive to its last features, its logit is its bias). The input share is",
+        "`meta['input_share']`, the rest `meta['absorbed']`.",
+        "",
         "The TorchScript row is left out: LRP refuses it (`LRP rewrites a copy of the model:",
         "TorchScript models are not supported`); the bare-module row is the `resnet` row's module.",
         "",
@@ -759,7 +781,18 @@ def write_doc(path: Path, arches, matrix, matrix_notes, agree, cons, cons_notes,
         cells += [v if isinstance(v, str) else f"{v:.1f}x" for v in (t[m] for m in TIMED)]
         rows.append(cells)
     lines += _table(header, rows)
-    lines += ["", "`n/a`: the method refuses the model (see the matrix).", ""]
+    span = lambda ms: "{:.1f}x-{:.1f}x".format(*_range(times, ms))  # noqa: E731
+    lines += [
+        "",
+        "`n/a`: the method refuses the model (see the matrix). When other jobs share the",
+        "cores (load average in the header), calls of a few milliseconds spread by about 30%",
+        f"between runs. Here: single-pass methods {span(TIMED[:3])} of one forward + backward,",
+        f"IG and SmoothGrad with 16 samples {span(TIMED[3:5])} (64 rows, in chunks, against 4),",
+        f"LRP {span(LRP_METHODS)}: each rule layer runs its layer again with modified weights",
+        "(up to four extra convolutions for z+ and alpha-beta) and a probe for its absorbed",
+        "relevance, a fixed cost per layer that dominates on these tiny layers.",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -774,7 +807,7 @@ def main(argv=None) -> int:
     repeats = args.repeats or (2 if args.quick else 5)
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
-    start = time.perf_counter()
+    start, load = time.perf_counter(), os.getloadavg()[0]
     matrix, matrix_notes, agree, cons, cons_notes, times = {}, {}, {}, {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -808,7 +841,8 @@ def main(argv=None) -> int:
     meta = {
         "quick": args.quick,
         "seconds": time.perf_counter() - start,
-        "machine": f"{platform.machine()}, {torch.get_num_interop_threads()} interop threads",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average "
+        f"{load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end",
         "threads": args.threads,
         "repeats": repeats,
     }

@@ -12,19 +12,35 @@
    units (per-step times extrapolated to the default 128 steps).
 3. DeepDream of a 1920x1080 image with 4 octaves (10 steps each): wall time, tiled with
    224x224 windows as cnn-vis, and untiled (the whole image per pass).
+4. ``--select``: what a click on a node costs in the explorer, through the real server
+   (``cnnscope serve`` in a subprocess, a fresh data dir: no cached picture). From the
+   POST of a unit's visualization to its PNG served, polling as the page does, median
+   over several units: on an idle server; right after 5 other units were asked for (and
+   left, as a user clicking through nodes leaves them); and on a first start, while the
+   default index is being built. Beside it, in process and interleaved: one picture with
+   the explorer's old settings (128 steps, 160 px, contiguous) and its new ones
+   (:data:`~cnnscope.synthesis.api.QUICK_VISUALIZATION`, channels-last weights), on one
+   thread as the server's background lane runs it. Target: at most 20 s.
 
-Run ``python bench/synthesis.py [--device cpu|cuda] [--quick] [--md PATH]``.
+Run ``python bench/synthesis.py [--device cpu|cuda] [--quick] [--md PATH]``, or
+``python bench/synthesis.py --select [--quick]`` for section 4 alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+import httpx
 import torch
 
 from cnnscope.models import load_model
@@ -166,6 +182,176 @@ def bench_dream(model, device, steps: int, size=(1080, 1920), octaves: int = 4, 
     return dict(seconds=time.perf_counter() - t, sizes=r.sizes, tile=tile, steps=steps)
 
 
+# ---------------------------------------------------------------- 4. selecting a node
+
+#: Units whose pictures the page asks for, a few per depth (one click each).
+VISIBLE = [
+    "blocks.8.expand_act:5",
+    "blocks.15:3",
+    "head_act:7",
+    "blocks.4:2",
+    "blocks.11:9",
+    "blocks.13:30",
+]
+POLL_S = 1.0  # the page's polling interval (static/js/vis.js)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(data_dir: str, default_index: bool = False):
+    """``cnnscope serve`` in a subprocess on a free port; yields an ``httpx.Client``."""
+    port = _free_port()
+    cmd = [sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--port", str(port),
+           "--data-dir", data_dir]  # fmt: skip
+    if not default_index:
+        cmd.append("--no-default-index")
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if client.get("/api/models").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.3)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _vis_url(unit: str) -> str:
+    return f"/api/units/{unit}/visualization"
+
+
+def time_to_picture(client: httpx.Client, unit: str, timeout: float = 300) -> float:
+    """Seconds from the POST of ``unit``'s visualization to its PNG, polling as the page."""
+    t = time.perf_counter()
+    state = client.post(_vis_url(unit)).json()
+    while state["state"] != "done":
+        if state["state"] == "failed" or time.perf_counter() - t > timeout:
+            raise RuntimeError(f"{unit}: {state}")
+        time.sleep(POLL_S)
+        state = client.get(_vis_url(unit)).json()
+        if state["state"] == "none":  # dropped, or the old server's lost file: ask again
+            state = client.post(_vis_url(unit)).json()
+    png = client.get(state["image"])
+    assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+    return time.perf_counter() - t
+
+
+def wait_idle(client: httpx.Client, timeout: float = 120) -> None:
+    """Until the background lane has nothing queued or running (a server without the
+    running count: until nothing is queued, then the longest a job may still run)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = client.get("/api/stats").json()
+        if stats.get("background_queued", 0) == 0:
+            if "background_running" not in stats:
+                time.sleep(25)  # an unpolled job is stopped within 20 s
+                return
+            if stats["background_running"] == 0:
+                return
+        time.sleep(0.5)
+
+
+def _others(round_: int) -> list[str]:
+    """5 units of the tree's layers nobody asked for before (a user's earlier clicks)."""
+    layers = ["blocks.6", "blocks.9", "blocks.10", "blocks.12", "blocks.14"]
+    return [f"{layer}:{40 + 7 * round_ + i}" for i, layer in enumerate(layers)]
+
+
+def bench_select(units: list[str]) -> dict:
+    """Median seconds to the picture: idle, after 5 other asks, during the index build."""
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as data, served(data) as client:
+        time_to_picture(client, "blocks.2:1")  # the first job also warms the lane
+        wait_idle(client)
+        out["idle"] = []
+        for unit in units:
+            out["idle"].append(time_to_picture(client, unit))
+            print(f"  idle {unit}: {out['idle'][-1]:.1f} s", flush=True)
+        out["busy"] = []
+        for i, unit in enumerate(units):
+            wait_idle(client)
+            for other in _others(i):  # asked for, then the page moved on
+                client.post(_vis_url(other))
+            out["busy"].append(time_to_picture(client, unit.replace(":", ":1")))
+            print(f"  after 5 others {unit}: {out['busy'][-1]:.1f} s", flush=True)
+    with tempfile.TemporaryDirectory() as data, served(data, default_index=True) as client:
+        out["index"] = []
+        for unit in units[:3]:
+            building = client.get("/api/index").json()["state"] == "building"
+            out["index"].append(time_to_picture(client, unit) if building else float("nan"))
+            print(f"  while the index builds {unit}: {out['index'][-1]:.1f} s", flush=True)
+    return out
+
+
+def bench_settings(repeats: int) -> dict:
+    """One picture, old explorer settings vs new, one thread, interleaved (in process)."""
+    from cnnscope.server.background import channels_last
+    from cnnscope.synthesis.api import QUICK_VISUALIZATION, visualize_units
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = load_model()
+    quick = dict(QUICK_VISUALIZATION)
+
+    def old():
+        visualize_units(model, ["blocks.15:3"], steps=128, size=160)
+
+    def new():
+        with channels_last(model.module):
+            visualize_units(model, ["blocks.15:3"], **quick)
+
+    try:
+        t_old, t_new = medians([old, new], repeats, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    return dict(old=t_old, new=t_new, quick=quick)
+
+
+def select_report(quick: bool, repeats: int) -> list[str]:
+    load = os.getloadavg()[0]
+    units = VISIBLE[:3] if quick else VISIBLE
+    s = bench_settings(1 if quick else repeats)
+    r = bench_select(units)
+    load = max(load, os.getloadavg()[0])
+    med = {k: statistics.median(v) for k, v in r.items()}
+    q = s["quick"]
+    return [
+        "## Selecting a node: POST of a unit's visualization to its PNG, through the server",
+        "",
+        f"`cnnscope serve` in a subprocess, fresh data dir, page-like polling every {POLL_S:g} s; "
+        f"units {', '.join(units)}; load average up to {load:.1f} during the run.",
+        "",
+        "| case | median (s) | max (s) | target |",
+        "|---|---|---|---|",
+        f"| idle server | {med['idle']:.1f} | {max(r['idle']):.1f} | <= 20 |",
+        f"| right after 5 other units were asked for | {med['busy']:.1f} | {max(r['busy']):.1f} | <= 20 |",
+        f"| first start, while the default index builds | {med['index']:.1f} | {max(r['index']):.1f} | <= 20 |",
+        "",
+        f"One picture in process, one thread (the lane's), blocks.15:3, medians of "
+        f"{1 if quick else repeats}: old settings (128 steps, 160 px, lr 0.05) {s['old']:.1f} s, "
+        f"new ({q['steps']} steps, {q['size']} px, lr {q['learning_rate']:g}, channels-last) "
+        f"{s['new']:.1f} s: {s['old'] / s['new']:.1f}x faster.",
+    ]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -174,7 +360,14 @@ def main(argv=None) -> int:
     ap.add_argument("--no-dream", action="store_true", help="skip the 1920x1080 DeepDream")
     ap.add_argument("--md", help="also write the Markdown report here")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--select", action="store_true", help="only section 4: selecting a node")
     args = ap.parse_args(argv)
+    if args.select:
+        text = "\n".join(select_report(args.quick, 3 if args.quick else args.repeats)) + "\n"
+        if args.md:
+            Path(args.md).write_text(text, "utf-8")
+        print(text)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -20,6 +20,13 @@ over every pair of siblings' pictures, per level, over the gallery. Three render
 the whole reconstruction, the old zoom (``crop=support``: the box where the picture
 differs from grey) and the node's focus (``crop=focus``, :meth:`Explorer.focus`, the
 default now). Run: ``python bench/tree.py --siblings [--out docs/benchmarks/tree_siblings.md]``
+
+``--classes`` measures how alike the image page's pictures of the top six classes are:
+the mean Pearson correlation over the 15 pairs, over the gallery, for the picture the
+overview showed before (the class logit's guided reconstruction) and the one it shows
+now (the class's plain gradient drawn ``masked``: the image weighted by the smoothed
+|gradient|), with the true gradient's and guided Grad-CAM's for reference.
+Run: ``python bench/tree.py --classes``
 """
 
 from __future__ import annotations
@@ -125,14 +132,75 @@ def siblings_main(args) -> None:
             fh.write(text + "\n")
 
 
+#: Top-class pictures: (label, how it is drawn) for --classes.
+CLASS_PICTURES = (
+    ("guided reconstruction (before)", None),
+    ("gradient, masked: image x |gradient| (now)", ("gradient", "masked")),
+    ("gradient, colored (as the tree draws it)", ("gradient", "colored")),
+    ("guided Grad-CAM, colored", ("guided_grad_cam", "colored")),
+)
+
+
+def class_correlations(ex: Explorer, names: list[str], k: int = 6) -> dict[str, list[float]]:
+    """``{picture: [mean pairwise correlation of the top-k class pictures, per image]}``."""
+    from cnnscope.attribution import attribute
+    from cnnscope.render import gradient_image
+
+    out: dict[str, list[float]] = {label: [] for label, _ in CLASS_PICTURES}
+    for name in names:
+        image = load_gallery_image(name)
+        x = ex.input(image)
+        classes = [p["index"] for p in ex.predictions(x, k)]
+        for label, how in CLASS_PICTURES:
+            if how is None:
+                pics = ex.reconstructions(x, [ex.check_path(f"logits:{c}") for c in classes])
+            else:
+                method, style = how
+                attrs = [attribute(ex.model, image, method, target=c) for c in classes]
+                pics = [
+                    gradient_image(a.tensor) if style == "colored" else a.render(style)
+                    for a in attrs
+                ]
+            out[label].append(mean_correlation(pics))
+    return out
+
+
+def classes_main(args) -> None:
+    ex = Explorer(load_model())
+    names = (
+        [g.name for g in gallery_images()] if args.images == "gallery" else args.images.split(",")
+    )
+    result = class_correlations(ex, names)
+    lines = [
+        f"Mean pairwise correlation of the top-6 class pictures of the image page, over "
+        f"{len(names)} gallery images; lower is more distinct.",
+        "",
+        "| picture | mean | " + " | ".join(names) + " |",
+        "|---|---:|" + "---:|" * len(names),
+    ]
+    for label, values in result.items():
+        cells = " | ".join(f"{v:.2f}" for v in values)
+        lines.append(f"| {label} | {np.mean(values):.2f} | {cells} |")
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--images", default=None, help="comma-separated, or 'gallery'")
     parser.add_argument("--siblings", action="store_true", help="sibling-picture correlations")
+    parser.add_argument("--classes", action="store_true", help="top-class picture correlations")
     parser.add_argument("--out", default=None, help="write a Markdown table here")
     args = parser.parse_args()
+    if args.classes:
+        args.images = args.images or "gallery"
+        classes_main(args)
+        return
     if args.siblings:
         args.images = args.images or "gallery"
         siblings_main(args)

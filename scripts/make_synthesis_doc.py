@@ -296,7 +296,8 @@ carries it through the input normalisation, the transforms and the parameterizat
 
 The image lives in *working units*: pixel values on the 0..255 scale minus the model's mean
 colour (0 is the mean colour, as in cnn-vis); the model input is that divided by the
-model's std. All priors and learning rates are in these units.
+model's std. All priors and learning rates are in these units (the weights of cnn-vis's
+p-norm, aux p-norm and TV are in cnn-vis's units: see "Units of the prior weights").
 
 - **pixel**: the image itself. **fft** (Lucid): a real 2-D spectrum per channel, each
   frequency scaled by `1/max(f, 1/max(H,W))^decay`, channels mixed by the square root of
@@ -361,18 +362,64 @@ underscores (`--tv-reg` = `--tv_reg`); `--config FILE.json` reruns a saved recor
 | `--num_steps` | same (`--steps`) | per size |
 | `--use_pixel_learning_rates` | same | |
 | `--amplify_l1_weight`, `--amplify_l2_weight`, `--amplify_grad_clip` (README: `--l1_weight`, `--l2_weight`, `--grad_clip`) | all six spellings | the amplify objective's `l1`, `l2`, `clip` |
-| `--alpha`, `--p_scale`, `--p_reg` | same | |
-| `--alpha_aux`, `--p_scale_aux`, `--p_reg_aux` | same | |
-| `--beta`, `--tv_reg`, `--tv_reg_scale`, `--tv_reg_step`, `--tv_reg_step_iter`, `--tv_grad_operator` | same | |
+| `--alpha`, `--p_scale`, `--p_reg` | same | `p_reg` in cnn-vis's units (below) |
+| `--alpha_aux`, `--p_scale_aux`, `--p_reg_aux` | same | `p_reg_aux` in cnn-vis's units |
+| `--beta`, `--tv_reg`, `--tv_reg_scale`, `--tv_reg_step`, `--tv_reg_step_iter`, `--tv_grad_operator` | same | `tv_reg`, `tv_reg_step` in cnn-vis's units |
+| | `--raw-priors` | the three weights as written, not divided by the model's std (new) |
 | `--output_file` | same (`-o`) | a JSON record is written beside it |
 | `--output_iter`, `--iter_behavior` (`show`, `save`, `print`, `plot_pix`) | same, plus `gif` | `plot_pix` writes `NAME_pixels.png` (pixels (100,100), (200,200), (100,200), (200,100)) |
 | `--show_width`, `--show_height` | same | |
 | `--rescale_image` | same | |
 | | `--param`, `--no-decorrelate`, `--fft-decay`, `--optimizer`, `--betas`, `--momentum`, `--pad`, `--pad-mode`, `--jitter`, `--scales`, `--angles`, `--jitter2`, `--l1-decay`, `--l2-decay`, `--blur-every`, `--blur-sigma`, `--clip-grad-norm`, `--grad-blur`, `--clamp-pixels`, `--tile-size`, `--no-tile`, `--keep-detail`, `--batch`, `--seed`, `--preset`, `--quick`, `--config`, `--gif`, `--quirks` | new |
 
+### Units of the prior weights
+
+cnn-vis's weights (`--p_reg`, `--p_reg_aux`, `--tv_reg`, `--tv_reg_step`) were set for Caffe
+networks that read the image in pixel units (0..255 minus the mean, not divided by a std).
+EfficientNet-Lite0 reads `x / 128`, so its gradient with respect to the pixels is 128 times
+smaller than its gradient at its own input, and cnn-vis's numbers taken as they are make the
+priors outweigh the network. On ex1's command line (`--learning_rate 10 --decay_rate 0.25
+--alpha 6 --p_reg 1e-10 --beta 2.5 --tv_reg 0.5`, one 112x112 image, 40 steps) the TV
+gradient starts at 20x the network's (mean 9.3 vs 0.46) and ends at 360x (160 vs 0.44):
+RMSProp's steps of 10 become a 2-pixel checkerboard on a grey image.
+
+The rule: each of these priors' gradients is divided by the model's input std of its
+channel on the 0..255 scale (`std * 255`: 128 for EfficientNet-Lite0, 1 for a Caffe model
+fed 0..255 pixels). The descent direction is
+
+    -dObjective/dx + (p_reg dP + p_reg_aux dPaux + tv_reg dTV) / std + l1_decay sign(x) + l2_decay x
+
+With `u = x / std` the model's input, `dObjective/dx = dObjective/du / std`, so this is
+cnn-vis's direction with the network's gradient at its own input in place of GoogLeNet's at
+its pixels, times one positive factor per channel, which RMSProp and Adam cancel (they
+normalise each element). A ported command line therefore strikes the trade-off it struck in
+cnn-vis, to the extent that the two networks are about as sensitive to their own inputs.
+The L1/L2 decay (seed 2's, set on this model), the blur and the clipping are not scaled.
+
+| ex1's numbers, 112x112, 40 steps | pixel std | std after a sigma-2 blur | amplification |
+|---|---|---|---|
+| scaled (default) | 8.8 | 4.7 | 4.5e4 |
+| `--raw-priors` | 5.2 | 1.3 | 1.8e4 |
+| `--quirks` | 6.3 | 1.5 | 1.8e4 |
+| the flat grey image | 0 | 0 | 1.1e4 |
+
+Scaled, the picture shows the layer's swirls and eyes in muted colours; raw, it is a flat
+grey with a faint checkerboard. What the rule does not change is the size of the objective's
+own gradient: a single neuron's sum (`--image_type amplify_neuron`) has a far smaller
+gradient than a whole layer's amplification, as it had in cnn-vis, so ex1's layer numbers
+still outweigh it: with them the neuron `blocks.9:5` rises from 111 on grey to 339 (51 raw),
+but its picture stays faint; give it a smaller `--tv_reg`.
+
+`--raw-priors` (`raw_priors=True`) takes the numbers as written (weights tuned on this
+model's own gradients, as `invert`'s defaults are); `--quirks` implies it. A record written
+before this rule has no `raw_priors` and is read as raw, so it still reproduces its picture;
+the presets' weights are in cnn-vis's units and give the same pictures bit for bit (the
+division by 128 is exact). Tests: `tests/test_synthesis_prior_units.py`.
+
 cnn-vis's quirks (seed-features.md §3.11) are fixed by default; `--quirks` restores the ones
-that change pictures: the x1.2 contrast at every conversion to uint8, uint8 quantisation at
-each resize, noise blurred across channels, and priors computed per tile. Not reproduced:
+that change pictures: the raw prior weights, the x1.2 contrast at every conversion to uint8,
+uint8 quantisation at each resize, noise blurred across channels, and priors computed per
+tile. Not reproduced:
 Python 2 / Caffe, the lexicographic size assertion (any size works), stale batch slots, the
 skipped ReLU of the target (the seed is injected at the named layer's output), `print` being
 always on.
@@ -394,9 +441,10 @@ Rendered on the CPU with {log.get("threads", "?")} torch thread(s) (`--threads`;
 The quick versions (smaller sizes, fewer steps: `cnnscope dream --preset NAME --quick`).
 The full presets keep cnn-vis's schedules (e.g. 270x480 to 1080x1920 in 5 sizes, 100 steps
 each). Layers are mapped by depth and resolution (see `cnnscope.synthesis.presets`);
-regularizer weights are rescaled because EfficientNet-Lite0's pixel gradients are about
-100x smaller than Caffe GoogLeNet's (whose input is not divided by a std); the presets add a
-16 px jitter and `grad_blur`.
+prior weights are in cnn-vis's units (see "Units of the prior weights") and re-tuned for
+EfficientNet-Lite0: the TV and photo p-norm weights lie within 0.08x-2.6x of the examples'
+own numbers (as raw weights they were 50x-1700x smaller); the presets add a 16 px jitter and
+`grad_blur`.
 
 {_preset_rows(log)}
 

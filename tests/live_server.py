@@ -35,3 +35,34 @@ def serving(app) -> Iterator[str]:
     finally:
         srv.should_exit = True
         thread.join(10)
+
+
+def is_flat(png: bytes, min_std: float = 0.5) -> bool:
+    """Whether a picture (PNG or JPEG bytes) is one grey level: its luminance barely varies."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
+    return bool(pixels.std() < min_std)
+
+
+@contextlib.contextmanager
+def chromium_page(executable: str, timeout_ms: float, args: tuple[str, ...] = ()) -> Iterator:
+    """A Playwright page of headless Chromium (1440 x 900); ``page.problems`` collects its
+    console errors (Chromium's SEVERE log entries) and uncaught exceptions."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        launch = ["--headless", "--no-sandbox", *args]
+        browser = p.chromium.launch(executable_path=executable, args=launch)
+        page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
+        page.set_default_timeout(timeout_ms)
+        page.problems = []
+        page.on("console", lambda m: m.type == "error" and page.problems.append(m.text))
+        page.on("pageerror", lambda exc: page.problems.append(str(exc)))
+        try:
+            yield page
+        finally:
+            browser.close()

@@ -8,17 +8,14 @@ rule keeps every open node open.
 
 from __future__ import annotations
 
-import io
 import time
 from urllib.parse import parse_qs, urlparse
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
-from tests.live_server import serving
-from tests.test_browser import CHROMIUM, SLOW, expect, sync_api
+from tests.live_server import chromium_page, is_flat, serving
+from tests.test_browser import CHROMIUM, SLOW, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -36,32 +33,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox"])
-        pg = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
-        pg.set_default_timeout(SLOW)
-        pg.problems = []
-        pg.on("console", lambda m: m.type == "error" and pg.problems.append(m.text))
-        pg.on("pageerror", lambda exc: pg.problems.append(str(exc)))
+    with chromium_page(CHROMIUM, SLOW) as pg:
         yield pg
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def active():
-    """Units of chelsea with a nonzero activation (their pictures may not be flat)."""
-    from cnnscope.images import load_gallery_image
-    from cnnscope.models import load_model
-    from cnnscope.tree import Explorer
-
-    ex = Explorer(load_model())
-    fwd = ex.forward(ex.input(load_gallery_image("chelsea")))
-
-    def is_active(unit: str) -> bool:
-        layer, channel = unit.replace("~", "#").rsplit(":", 1)
-        return bool(fwd.activation(layer)[0, int(channel)].abs().max() > 0)
-
-    return is_active
 
 
 def settle(page, at_least: int) -> int:
@@ -87,9 +60,8 @@ def flat_tiles(page, server: str, active) -> list[str]:
     for node in page.locator(NODES).all():
         href = node.locator("image").get_attribute("href")
         png = httpx.get(server + href, timeout=SLOW / 1000).content
-        pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), np.float32)
         unit = node.get_attribute("data-unit")
-        if pixels.std() < 0.5 and active(unit):
+        if is_flat(png) and active(unit):
             flat.append(node.get_attribute("data-path"))
     return flat
 

@@ -14,6 +14,8 @@ mask       the map in [0, 1] as grey (CAMs: min-max; pixel maps: grayscale)
 heatmap    the mask through a colormap (``jet`` by default)
 overlay    the heatmap blended over the picture the model saw (``alpha``)
 seismic    ``sum_c a`` on a symmetric blue-white-red scale, ``0`` is white
+masked     the picture the model saw weighted by the mask, the mask first smoothed by
+           a Gaussian of 1.5 pixels: the image content the map points at, on black
 =========  ===================================================================
 
 ``p`` is the ``percentile`` argument (99 by default): gradients have a few extreme
@@ -29,7 +31,7 @@ from ..errors import CnnscopeError
 from ..render import colorize, normalize
 from ..render import overlay as blend
 
-__all__ = ["STYLES", "heat", "render_map"]
+__all__ = ["STYLES", "heat", "masked", "render_map"]
 
 STYLES: tuple[str, ...] = (
     "colored",
@@ -40,7 +42,12 @@ STYLES: tuple[str, ...] = (
     "heatmap",
     "overlay",
     "seismic",
+    "masked",
 )
+
+#: Gaussian sigma (pixels) of the mask of the ``masked`` style: a raw gradient's mask is
+#: speckle that hides the image it should show.
+MASK_SIGMA = 1.5
 
 
 def _gray_rgb(values01: np.ndarray) -> np.ndarray:
@@ -80,6 +87,28 @@ def heat(maps: np.ndarray, percentile: float = 99.0) -> np.ndarray:
     if maps.shape[0] == 1:
         return normalize(maps[0], "minmax")
     return grayscale(maps, percentile)
+
+
+def masked(picture: np.ndarray, maps: np.ndarray, percentile: float = 99.0) -> np.ndarray:
+    """``picture`` (H x W x 3 uint8) weighted by the smoothed :func:`heat` of ``maps``.
+
+    Examples
+    --------
+    >>> pic = np.full((8, 8, 3), 200, np.uint8)
+    >>> m = np.zeros((3, 8, 8), np.float32); m[:, 4, 4] = 1.0
+    >>> out = masked(pic, m)
+    >>> int(out[4, 4, 0]), int(out[0, 0, 0])  # bright where the map is, black elsewhere
+    (200, 0)
+    """
+    import torch
+
+    from .gradient import _gaussian_blur
+
+    mask = torch.from_numpy(np.ascontiguousarray(heat(maps, 100.0), np.float32))[None, None]
+    mask = _gaussian_blur(mask, MASK_SIGMA)[0, 0].numpy()
+    top = float(np.percentile(mask, percentile))
+    mask = np.clip(mask / top, 0, 1) if top > 0 else mask
+    return (picture.astype(np.float32) * mask[..., None]).round().clip(0, 255).astype(np.uint8)
 
 
 def render_map(
@@ -133,6 +162,10 @@ def render_map(
     if style == "seismic":
         s = maps.sum(0)
         return colorize(normalize(s, "symmetric", percentile), cmap or "seismic")
+    if style == "masked":
+        if picture is None:
+            raise CnnscopeError("the masked style needs the picture the model saw")
+        return masked(picture, maps, percentile)
     h = heat(maps, percentile)
     if style == "mask":
         return _gray_rgb(h)

@@ -83,13 +83,21 @@ class OverviewUnit(BaseModel):
     channel: int
     score: float = Field(description="spatial max of the activation")
     label: str | None = Field(None, description="class name for logit units")
-    reconstruction: str = Field(description="URL of its reconstruction (PNG)")
+    reconstruction: str = Field(
+        description="URL of its picture (PNG): its reconstruction; for class units, the "
+        "class's gradient x image (the layer's picture field says which)"
+    )
 
 
 class OverviewLayer(BaseModel):
     layer: str
     shape: list[int]
     units: list[OverviewUnit]
+    picture: str = Field(
+        "reconstruction",
+        description="what the units' pictures show: the method that drew them",
+        examples=["reconstruction (guided)", "gradient × image (masked saliency)"],
+    )
 
 
 class OverviewOut(BaseModel):

@@ -637,11 +637,17 @@ class ExplorerService:
         return default_cam_layer(self.engine, self.input_size)
 
     async def attribution(
-        self, image_id: str, method: str, target: int | None = None, layer: str | None = None
+        self,
+        image_id: str,
+        method: str,
+        target: int | None = None,
+        layer: str | None = None,
+        style: str | None = None,
     ) -> tuple[bytes, int]:
         """An attribution map over the model's view of the image; PNG and the target class.
 
-        Methods of many passes (:data:`SLOW_METHODS`) run on the slow lane.
+        ``style`` is a rendering of :data:`cnnscope.attribution.STYLES` (default: the
+        method's own). Methods of many passes (:data:`SLOW_METHODS`) run on the slow lane.
         """
         self.store.get(image_id)
         method = self.attribution_method(method)
@@ -656,13 +662,15 @@ class ExplorerService:
                 cls = int(lane.explorer.predictions(x, k=1)[0]["index"])
             if _attribute is not None:
                 result = _attribute(lane.model, x[0], method=method, target=cls, layer=layer)
+                if style is not None:
+                    return png_bytes(result.render(style)), cls
                 if result.kind == "pixel" and _ATTRIBUTION_METHODS[method].style == "colored":
                     # min-max "colored" washes out; draw it like the tree's reconstructions
                     return png_bytes(gradient_image(result.tensor)), cls
                 return png_bytes(result.render()), cls
             return png_bytes(self._fallback_attribution(lane, x, method, cls, layer)), cls
 
-        key = ("attr", image_id, method, target, layer)
+        key = ("attr", image_id, method, target, layer, style)
         return await self._call(key, compute, slow=method in SLOW_METHODS)
 
     def _fallback_attribution(
@@ -1095,6 +1103,7 @@ class ExplorerService:
             "slow_cache_bytes": self._slow.engine.cached_bytes(),
             "slow_cache_limit": self._slow.engine.cache_bytes,
             "background_queued": len(self.background.queued),
+            "background_running": len(self.background.running),
         }
 
     # -- layer views: activation mosaics, channel orderings, 3D volumes ------------------

@@ -179,7 +179,7 @@ function overviewRow(layer, image, model, state) {
   return h(
     "div",
     { class: "ov-layer", "data-layer": layer.layer },
-    h("div", { class: "ov-layer-head" }, h("code", { class: "layer-name" }, layer.layer), h("span", { class: "muted small" }, shape)),
+    h("div", { class: "ov-layer-head" }, h("code", { class: "layer-name" }, layer.layer), h("span", { class: "muted small" }, shape), layer.picture ? h("span", { class: "muted small ov-picture" }, layer.picture) : null),
     h(
       "div",
       { class: "ov-units", style: `grid-template-columns: repeat(${Math.min(layer.units.length, 8)}, minmax(0, 1fr))` },
@@ -192,7 +192,7 @@ function overviewRow(layer, image, model, state) {
             title: `${u.unit}${u.label ? " — " + u.label : ""} · strength ${num(u.score)} (max activation; pre-activation max for ReLU-family units)`,
             "data-unit": u.unit,
           },
-          lazyImage(`${u.reconstruction}&crop=support`, { alt: `reconstruction of ${u.unit}`, cls: "tile-img" }),
+          lazyImage(`${u.reconstruction}&crop=support`, { alt: `${layer.picture || "reconstruction"} of ${u.unit}`, cls: "tile-img" }),
           h("span", { class: "tile-caption" }, u.label ? h("span", { class: "tile-label" }, u.label.split(",")[0]) : h("code", {}, splitUnit(u.unit).channel), h("span", { class: "muted" }, num(u.score))),
         ),
       ),
