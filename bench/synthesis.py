@@ -275,8 +275,8 @@ def _others(round_: int) -> list[str]:
     return [f"{layer}:{40 + 7 * round_ + i}" for i, layer in enumerate(layers)]
 
 
-def bench_select(units: list[str]) -> dict:
-    """Median seconds to the picture: idle, after 5 other asks, during the index build."""
+def bench_select(units: list[str], index_case: bool = True) -> dict:
+    """Seconds to the picture: idle, after 5 other asks, during the index build."""
     out: dict = {}
     with tempfile.TemporaryDirectory() as data, served(data) as client:
         time_to_picture(client, "blocks.2:1")  # the first job also warms the lane
@@ -292,8 +292,10 @@ def bench_select(units: list[str]) -> dict:
                 client.post(_vis_url(other))
             out["busy"].append(time_to_picture(client, unit.replace(":", ":1")))
             print(f"  after 5 others {unit}: {out['busy'][-1]:.1f} s", flush=True)
+    out["index"] = []
+    if not index_case:
+        return out
     with tempfile.TemporaryDirectory() as data, served(data, default_index=True) as client:
-        out["index"] = []
         for unit in units[:3]:
             building = client.get("/api/index").json()["state"] == "building"
             out["index"].append(time_to_picture(client, unit) if building else float("nan"))

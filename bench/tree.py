@@ -135,7 +135,7 @@ def siblings_main(args) -> None:
 #: Top-class pictures: (label, how it is drawn) for --classes.
 CLASS_PICTURES = (
     ("guided reconstruction (before)", None),
-    ("gradient, masked: image x |gradient| (now)", ("gradient", "masked")),
+    ("gradient, masked: image x smoothed abs(gradient) (now)", ("gradient", "masked")),
     ("gradient, colored (as the tree draws it)", ("gradient", "colored")),
     ("guided Grad-CAM, colored", ("guided_grad_cam", "colored")),
 )

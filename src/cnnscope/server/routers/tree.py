@@ -63,6 +63,8 @@ def node_out(
     url = recon_url(image_id, recon, rule, gain, model)
     if scoring == "seed" and not alone:  # seed scoring's nodes have seeds of their own
         url += "&scoring=seed"
+    if alone:  # a drill-up list's small picture: a low unit's few pixels, zoomed
+        url += "&crop=support"
     return NodeOut(**node, label=label, reconstruction=url)
 
 

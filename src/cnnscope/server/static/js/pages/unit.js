@@ -81,7 +81,7 @@ export async function render(app, { unit, params, model }) {
               h(
                 "div",
                 { class: "panel-images" },
-                h("figure", {}, lazyImage(`/api/images/${enc(image)}/reconstruction.png${query({ path: urlUnit, rule, model: model.name })}`, { alt: `reconstruction of ${info.unit}`, cls: "panel-img" }), h("figcaption", {}, `Reconstruction (${rule})`)),
+                h("figure", {}, lazyImage(`/api/images/${enc(image)}/reconstruction.png${query({ path: urlUnit, rule, model: model.name, crop: "support" })}`, { alt: `reconstruction of ${info.unit}`, cls: "panel-img" }), h("figcaption", {}, `Reconstruction (${rule})`)),
                 spatial ? h("figure", {}, lazyImage(`/api/images/${enc(image)}/activation.png${query({ unit: urlUnit, model: model.name })}`, { alt: `activation of ${info.unit}`, cls: "panel-img" }), h("figcaption", {}, "Where it fires")) : null,
               ),
             )
