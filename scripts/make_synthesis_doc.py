@@ -261,7 +261,7 @@ result = synthesize(model, SynthesisConfig(num_steps=64), objective=objective)
 ```
 
 `visualize_units` returns one `H x W x 3` uint8 array per unit, rendered as one batch.
-`unit_visualization(model, unit, cache_dir, steps=128, size=160, seed=0, progress=None)`
+`unit_visualization(model, unit, cache_dir, steps=48, size=128, seed=0, progress=None)`
 returns the path of a cached PNG (the file name hashes the model, the unit and the
 settings; written atomically; `progress(done, total)` is called after each step). A unit
 with a position (a tree node, `LAYER:C@Y,X`) is drawn as its channel's neuron at the centre of

@@ -9,6 +9,8 @@ under each ordering and scale, the 3D volume) on the built-in model. On every pa
   from the bytes the page's ``<img>`` URL serves) where its unit is active on the image;
 - no console error (Chromium's SEVERE log) and no uncaught exception;
 - no error toast and no picture that failed to load.
+
+The overview's top classes must have distinct pictures, labelled with their method.
 """
 
 from __future__ import annotations
@@ -103,7 +105,13 @@ def test_walk_every_page_for_flat_pictures_and_errors(page, server, active):
             "src", re.compile(f"method={method}&")
         )
         check_page(page, server, active, f"image page, {method}")
-    expect(page.locator(".ov-layer .ov-picture").first).to_be_visible()  # says the method
+    # the top classes' pictures: drawn by a method that tells them apart, and say which
+    classes = page.locator('.ov-layer[data-layer="logits"]')
+    expect(classes.locator(".ov-picture")).to_contain_text("gradient")
+    srcs = classes.locator("a.unit-tile img").evaluate_all("els => els.map(e => e.src)")
+    assert all("method=gradient" in s and "style=masked" in s for s in srcs), srcs
+    pictures = {httpx.get(s, timeout=SLOW / 1000).content for s in srcs}
+    assert len(pictures) == len(srcs), "two top classes have the same picture"
     units = [
         page.locator(".ov-layer").nth(i).locator("a.unit-tile").nth(j).get_attribute("data-unit")
         for i in range(len(chain))

@@ -82,6 +82,7 @@ METHOD_ORDER = (
     "eigen_cam",
     "lrp",
     "integrated_gradients",
+    "guided_ig",
     "smoothgrad",
     "smoothgrad_sq",
     "vargrad",
