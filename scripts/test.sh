@@ -18,4 +18,5 @@ python3 -m pip install -q -e '.[test]'
 
 python3 -m ruff format --check src tests bench
 python3 -m ruff check src tests bench
+# tests/ and the docstring examples in src/cnnscope (pyproject: testpaths, --doctest-modules).
 python3 -m pytest -q "$@"

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cnnscope.attribution import attribute
-from cnnscope.attribution.core import get_method
+from cnnscope.attribution import attribute, get_method
 
 from .mixed_net import INPUT_SIZE, MixedNet, reference_grad
 

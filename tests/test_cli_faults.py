@@ -22,7 +22,6 @@ from cnnscope.cli import main
 from cnnscope.cli.common import json_safe, print_json
 from cnnscope.errors import CnnscopeError
 from cnnscope.images import load_gallery_image
-from cnnscope.models import load_model
 
 from .bad_images import encode, sample
 
@@ -214,11 +213,6 @@ def test_lrp_explains_linear_layers_on_tokens():
 
 
 # --- evaluate: the sanity score of a map that randomisation makes constant -------------------
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 def test_grad_cam_sanity_is_defined_when_the_randomised_map_is_constant(model):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cnnscope import attribute, load_model
-from cnnscope.attribution.core import Context
+from cnnscope.attribution import Context
 from cnnscope.engine import Engine
 from cnnscope.engine.structure import cam_layer_of, default_cam_layer
 from cnnscope.models.user import probe_of

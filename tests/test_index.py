@@ -170,11 +170,6 @@ def mixed():
 
 
 @pytest.fixture(scope="module")
-def lite0():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     write_images(root, range(12))
@@ -217,18 +212,18 @@ def test_more_slots_than_images_and_workers(mixed, folder, tmp_path):
     assert index_as_lists(ix)["conv2"] == brute_force(mixed, folder, ["conv2"], 20, 5)["conv2"]
 
 
-def test_builtin_model_top_k_equals_brute_force(lite0, tmp_path):
+def test_builtin_model_top_k_equals_brute_force(model, tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in PHOTOS[:4]:
         load_gallery_image(name).resize((256, 200)).save(folder / f"{name}.jpg")
     layers = ["blocks.4", "head_act", "classifier"]
-    out = build_index(lite0, folder, layers, top_k=2, out=tmp_path / "ix", batch_size=4, workers=0)
+    out = build_index(model, folder, layers, top_k=2, out=tmp_path / "ix", batch_size=4, workers=0)
     ix = open_index(out)
-    assert index_as_lists(ix) == brute_force(lite0, folder, layers, 2, 4)
+    assert index_as_lists(ix) == brute_force(model, folder, layers, 2, 4)
     assert ix.examples("classifier:285")[0].position == (0, 0)
     # the patches of a conv unit: field crop, support inside the field, activation recomputed
-    patches = ix.patches("blocks.4:7", lite0)
+    patches = ix.patches("blocks.4:7", model)
     for p, e in zip(patches, ix.examples("blocks.4:7")):
         assert p.activation == pytest.approx(e.activation, rel=1e-4, abs=1e-4)
         t, left, b, r = p.field_box
@@ -424,14 +419,14 @@ def test_bad_input_exits_2_with_one_line(argv, message, built, folder, tmp_path,
     assert err.count("\n") == 1 and message in err, err
 
 
-def test_api_errors(built, mixed, lite0):
+def test_api_errors(built, mixed, model):
     ix = open_index(built)
     with pytest.raises(UnknownLayerError):
         ix.examples("conv2#2:0")
     with pytest.raises(UnitSpecError):
         ix.examples("fc:5")
     with pytest.raises(CnnscopeError, match="another model"):
-        ix.grid("conv2:0", lite0)
+        ix.grid("conv2:0", model)
     assert ix.examples("conv2:1@3,4") == ix.examples("conv2:1")  # examples are per channel
 
 

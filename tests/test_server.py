@@ -11,8 +11,6 @@ import asyncio
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,25 +25,10 @@ from PIL import Image
 from cnnscope.engine import Engine
 from cnnscope.errors import CnnscopeError
 from cnnscope.images import load_gallery_image
-from cnnscope.models import load_model
 from cnnscope.server import create_app
 from cnnscope.server.worker import BatchWorker, Job
-from cnnscope.tree import Explorer, format_path, parse_path
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def explorer(model):
-    return Explorer(model)
-
-
-@pytest.fixture(scope="module")
-def x(explorer):
-    return explorer.input(load_gallery_image("chelsea"))
+from cnnscope.tree import format_path, parse_path
+from tests.live_server import cnnscope_serve, free_port, sandbox_env
 
 
 @pytest.fixture(scope="module")
@@ -683,29 +666,9 @@ def test_serve_errors_are_one_line_and_exit_2(model, tmp_path, capsys, extra, wo
     assert words in err and err.count("\n") == 1
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_serve_subprocess_gives_the_whole_flow(tmp_path):
-    port = free_port()
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(1200):
-            try:
-                if httpx.get(base + "/api/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+    with cnnscope_serve(env=sandbox_env(tmp_path)) as served:
+        base = served.base
         assert httpx.get(base + "/").status_code == 200
         kids = httpx.get(
             base + "/api/images/coffee/children?path=logits:967&k=2", timeout=600
@@ -723,10 +686,7 @@ def test_serve_subprocess_gives_the_whole_flow(tmp_path):
         assert (
             tmp_path / "cache" / "cnnscope" / "explorer" / "uploads" / f"{up.json()['id']}.png"
         ).is_file()
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0].decode()
-    assert f"http://localhost:{port}/" in out
+    assert f"http://localhost:{served.port}/" in served.output
 
 
 def test_dataset_examples_from_an_index(model, sandbox, tmp_path):

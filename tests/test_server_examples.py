@@ -25,16 +25,10 @@ from cnnscope.engine import Engine
 from cnnscope.images import load_gallery_image
 from cnnscope.index import Source, build_index, open_index
 from cnnscope.index.sources import apply_recipe
-from cnnscope.models import load_model
 from cnnscope.server import create_app
 
 FINE = "blocks.3.expand_act"  # receptive field 19 px: patches scaled up by whole pixels
 COARSE = "blocks.8.expand_act"  # 147 px: patches scaled down
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from schemathesis import checks  # noqa: E402
 from cnnscope.engine import Unit  # noqa: E402
 from cnnscope.images import load_gallery_image  # noqa: E402
 from cnnscope.index import build_index  # noqa: E402
-from cnnscope.models import load_model  # noqa: E402
 from cnnscope.server import create_app  # noqa: E402
 from cnnscope.server.routers.deps import LAYER_PATTERN, PATH_PATTERN, UNIT_PATTERN  # noqa: E402
 from cnnscope.server.store import ID_PATTERN, check_id  # noqa: E402
@@ -46,8 +45,7 @@ CASES: collections.Counter = collections.Counter()
 
 
 @pytest.fixture(scope="module")
-def api_schema(tmp_path_factory):
-    model = load_model()
+def api_schema(tmp_path_factory, model):
     photos = tmp_path_factory.mktemp("fuzz-photos")
     for name in ("chelsea", "coffee"):
         load_gallery_image(name).resize((160, 120)).save(photos / f"{name}.png")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import io
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,18 +19,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnscope.models import load_model
 from cnnscope.server import create_app
 from cnnscope.server.store import ImageStore
-from tests.live_server import free_port, serving
+from tests.live_server import cnnscope_serve, free_port, sandbox_env, serving
 
 EVIL = "http://evil.example.com"
 UNIT = "blocks.15:3"
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 @pytest.fixture(scope="module")
@@ -317,29 +309,12 @@ def test_partial_files_of_a_killed_server_are_removed_at_start(tmp_path):
 
 
 def test_serve_answers_its_host_and_allowed_names_only(tmp_path):
-    port = free_port()
-    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache"), "HOME": str(tmp_path)}
-    command = ["serve", "--no-browser", "--port", str(port), "--no-default-index"]
-    command += ["--allow-host", "box.example.lan", "--max-data-mb", "64"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cnnscope", *command],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(1200):
-            try:
-                if httpx.get(base + "/api/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
+    command = ["--no-default-index", "--allow-host", "box.example.lan", "--max-data-mb", "64"]
+    with cnnscope_serve(*command, env=sandbox_env(tmp_path)) as served:
         for host, status in (("localhost", 200), ("box.example.lan", 200), ("evil.test", 400)):
-            assert httpx.get(base + "/api/models", headers={"Host": host}).status_code == status
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+            assert (
+                httpx.get(served.base + "/api/models", headers={"Host": host}).status_code == status
+            )
 
 
 def test_serve_refuses_a_non_positive_data_limit(tmp_path, capsys):

@@ -30,16 +30,6 @@ MIXED = "tests.mixed_net:MixedNet"
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def x(model):
-    return Explorer(model).input(load_gallery_image("chelsea"))
-
-
-@pytest.fixture(scope="module")
 def client(model, tmp_path_factory):
     app = create_app(model, data_dir=tmp_path_factory.mktemp("layers-data"))
     with TestClient(app, raise_server_exceptions=True) as c:

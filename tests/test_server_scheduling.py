@@ -15,8 +15,6 @@ import io
 import itertools
 import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,18 +27,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cnnscope.images import load_gallery_image
-from cnnscope.models import load_model
 from cnnscope.server import create_app
 from cnnscope.server.service import ExplorerService
 from cnnscope.server.store import ImageStore
 from cnnscope.server.worker import Job
-from tests.live_server import free_port, serving
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
+from tests.live_server import cnnscope_serve, serving
 
 # ------------------------------------------------------------------ long jobs, short requests
 
@@ -214,38 +205,26 @@ def test_the_server_writes_only_inside_its_data_dir(model, tmp_path):
         XDG_DATA_HOME=str(outside["share"]),
         XDG_STATE_HOME=str(outside["state"]),
     )
-    port = free_port()
-    cmd = [sys.executable, "-m", "cnnscope", "serve", "--no-browser", "--port", str(port)]
-    cmd += ["--data-dir", str(data), "--index", str(index)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(1200):
-            try:
-                if httpx.get(base + "/api/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.25)
-        with httpx.Client(base_url=base, timeout=600) as client:
-            grid = client.get("/api/units/blocks.4:7/examples.png")
-            for url in (
-                "/api/units/blocks.4:7/examples.png",
-                "/api/units/blocks.4:7/examples/1.png",
-                "/api/images/coffee/activation.png?unit=blocks.4:7",
-                "/api/images/coffee/attribution.png?method=grad_cam",
-            ):
-                r = client.get(url)
-                assert r.status_code == 200 and r.headers["content-type"] == "image/png", url
-            up = client.post(
-                "/api/images",
-                content=(photos / "0.png").read_bytes(),
-                headers={"Content-Type": "application/octet-stream"},
-            )
-            assert up.status_code in (200, 201), up.text
-    finally:
-        proc.terminate()
-        out = proc.communicate(timeout=30)[0].decode()
-    assert {name: listing(folder) for name, folder in outside.items()} == before, out
+    with (
+        cnnscope_serve("--data-dir", str(data), "--index", str(index), env=env) as served,
+        httpx.Client(base_url=served.base, timeout=600) as client,
+    ):
+        grid = client.get("/api/units/blocks.4:7/examples.png")
+        for url in (
+            "/api/units/blocks.4:7/examples.png",
+            "/api/units/blocks.4:7/examples/1.png",
+            "/api/images/coffee/activation.png?unit=blocks.4:7",
+            "/api/images/coffee/attribution.png?method=grad_cam",
+        ):
+            r = client.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/png", url
+        up = client.post(
+            "/api/images",
+            content=(photos / "0.png").read_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert up.status_code in (200, 201), up.text
+    assert {name: listing(folder) for name, folder in outside.items()} == before, served.output
     assert (data / "matplotlib").is_dir()  # matplotlib's folder is inside the data dir
     # the grid rendered in memory is the index's own grid
     want = open_index(index).grid("blocks.4:7", model)

@@ -26,17 +26,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cnnscope.engine import Engine
-from cnnscope.models import load_model
 from cnnscope.server import create_app
 from cnnscope.synthesis.api import driven_unit, unit_visualization, unit_visualizations
 from cnnscope.synthesis.params import ImageSpace
 
 STEPS, SIZE = 8, 48
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
 
 
 @pytest.fixture

@@ -7,19 +7,11 @@ import pytest
 import torch
 
 from cnnscope.engine import Unit
-from cnnscope.images import load_gallery_image
-from cnnscope.models import load_model
-from cnnscope.tree import Explorer
 
 
 @pytest.fixture(scope="module")
-def ex():
-    return Explorer(load_model())
-
-
-@pytest.fixture(scope="module")
-def x(ex):
-    return ex.input(load_gallery_image("chelsea"))
+def ex(explorer):
+    return explorer  # conftest's Explorer of the built-in model, under this module's short name
 
 
 def test_default_chain_is_cut_of_expanded_activations(ex):

@@ -263,3 +263,117 @@ def test_guided_neg_passes_negative_evidence(ex, x):
         torch.testing.assert_close(grad, -mirror)
     deeper = ex.children(x, kids[0].path, k=3, rule="guided_neg")
     assert deeper and all(n.weight < 0 and n.sign == "pos" for n in deeper)  # they drive it
+
+
+# ---------------------------------------------------------------- SiLU: negative outputs
+def _silu_back(rule: str, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Each rule at a SiLU whose input is ``z``, by hand (engine.rules' table)."""
+    s = torch.sigmoid(z)
+    slope = s * (1 + z * (1 - s))
+    if rule == "gradient":
+        return g * slope
+    if rule == "deconvnet":
+        return g.clamp(min=0)
+    passed = (g > 0) if rule == "guided" else (g < 0)
+    return g * slope * passed * (slope > 0)
+
+
+class SiluNet(nn.Module):
+    """conv-SiLU [chain] - conv-SiLU - average pool [chain] - fc. Pooled channel 0 is
+    negative (its SiLU input is near -1) and the fc weighs it by -3: an excitatory child
+    (``A < 0``, ``G < 0``) of logit 1."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv1, self.act1 = nn.Conv2d(3, 4, 3, padding=1), nn.SiLU()
+        self.conv2, self.act2 = nn.Conv2d(4, 5, 3, padding=1), nn.SiLU()
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(5, 3)
+        with torch.no_grad():
+            self.conv2.weight[0].mul_(0.1)
+            self.conv2.bias[0] = -1.0
+            self.fc.weight[1, 0] = -3.0
+
+    def forward(self, x):
+        h = self.act2(self.conv2(self.act1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(h), 1))
+
+
+class SiluReference:
+    """SiluNet's tree by hand (float64): ``path`` scoring, kept channels oriented by
+    ``mean(|A_c| * G_c)``, which is what the rule passes where ``A_c`` can be negative."""
+
+    def __init__(self, net: SiluNet, x: torch.Tensor, rule: str):
+        self.rule = rule
+        self.c1, self.c2 = (m.double().requires_grad_(False) for m in _silu_copies(net))
+        self.fc = net.fc.weight.detach().double()
+        with torch.no_grad():
+            self.x = x.double()
+            self.z1 = self.c1(self.x)
+            self.h1 = nn.functional.silu(self.z1)
+            self.z2 = self.c2(self.h1)
+            self.h2 = nn.functional.silu(self.z2)
+            self.p = self.h2.mean((2, 3), keepdim=True)
+
+    def to_act1(self, seed_pool: torch.Tensor) -> torch.Tensor:
+        g = (seed_pool / self.z2[0, 0].numel()).expand_as(self.z2)
+        return _conv_back(self.c2, self.h1, _silu_back(self.rule, self.z2, g))
+
+    def to_input(self, seed_act1: torch.Tensor) -> torch.Tensor:
+        return _conv_back(self.c1, self.x, _silu_back(self.rule, self.z1, seed_act1))
+
+    def child(self, a: torch.Tensor, g: torch.Tensor, c: int) -> torch.Tensor:
+        kept = torch.zeros_like(g)
+        kept[:, c] = g[:, c] * float(g.abs().sum()) / float(g[:, c].abs().sum())
+        if float((a[:, c].abs() * g[:, c]).mean()) * POLARITY[self.rule] < 0:
+            kept = -kept
+        return kept
+
+
+def _silu_copies(net: SiluNet):
+    import copy
+
+    return copy.deepcopy(net.conv1), copy.deepcopy(net.conv2)
+
+
+@pytest.fixture(scope="module")
+def silu():
+    net = SiluNet().eval()
+    pre = Preprocessing(SIZE, (0.5,) * 3, (0.5,) * 3, resize="resize")
+    model = LoadedModel(net, pre, ["a", "b", "c"], "silu", ["logits", "pool", "act1"], "fc")
+    return net, Explorer(model)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_silu_children_with_negative_outputs_match_the_reference(silu, x, rule):
+    """The bug: ``pool:0`` (A < 0, G < 0, w > 0) was kept with G's sign, which guided
+    closes at the SiLU: a flat picture for an excitatory child."""
+    net, ex = silu
+    ref = SiluReference(net, x, rule)
+    g = ref.fc[1].reshape(1, -1, 1, 1).clone()
+    w = (ref.p * g).reshape(-1)
+    assert float(ref.p[0, 0]) < 0 < float(w[0])  # the case: excitatory, negative output
+    kids = ex.children(x, "logits:1", k=5, rule=rule, sign="abs")
+    assert Unit("pool", 0) in [n.unit for n in kids]
+    np.testing.assert_allclose(
+        [n.weight for n in kids], w[[n.unit.channel for n in kids]], rtol=1e-4, atol=1e-9
+    )
+    seeds = [ref.child(ref.p, g, n.unit.channel) for n in kids]
+    expected = torch.stack([ref.to_input(ref.to_act1(s))[0] for s in seeds])
+    got = ex.input_gradients(x, [n.path for n in kids], rule)
+    scale = float(expected.abs().max())
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6 * scale)
+    first = kids[[n.unit for n in kids].index(Unit("pool", 0))]
+    assert float(got[[n.unit for n in kids].index(first.unit)].abs().max()) > 0
+    # one level down, below pool:0: the act1 children and their pictures
+    g1 = ref.to_act1(seeds[kids.index(first)])
+    w1 = (ref.h1 * g1)[0].reshape(4, -1).mean(1)
+    deeper = ex.children(x, first.path, k=4, rule=rule, sign="abs")
+    np.testing.assert_allclose(
+        [n.weight for n in deeper], w1[[n.unit.channel for n in deeper]], rtol=1e-4, atol=1e-9
+    )
+    expected = torch.stack([ref.to_input(ref.child(ref.h1, g1, n.unit.channel))[0] for n in deeper])
+    got = ex.input_gradients(x, [n.path for n in deeper], rule)
+    scale = float(expected.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-6 * scale)

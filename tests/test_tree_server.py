@@ -9,22 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cnnscope.images import load_gallery_image
-from cnnscope.models import load_model
 from cnnscope.render import png_bytes
-from cnnscope.tree import Explorer, format_path, render_gradient, zoom_picture
+from cnnscope.tree import format_path, render_gradient, zoom_picture
 
 BASE = "/api/images/chelsea"
-
-
-@pytest.fixture(scope="module")
-def explorer():
-    return Explorer(load_model())
-
-
-@pytest.fixture(scope="module")
-def x(explorer):
-    return explorer.input(load_gallery_image("chelsea"))
 
 
 @pytest.fixture(scope="module")

@@ -202,8 +202,7 @@ def test_a_build_over_a_format_1_index_rebuilds_it(clip_index, clip_model, tmp_p
 
 
 @pytest.fixture(scope="module")
-def chelsea_forward():
-    model = load_model()
+def chelsea_forward(model):
     x = model.preprocess(load_gallery_image("chelsea"))
     return Engine.for_module(model.module).forward(x)
 

@@ -87,11 +87,6 @@ def test_frozen_weights_are_differentiated_on_a_copy():
     np.testing.assert_allclose(frozen, free, rtol=1e-12)
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
 def test_weight_gradient_matches_finite_differences_builtin_convs(model):
     # The built-in model's first layers (its SameConv2d convs, depthwise and strided), in
     # float64 with a small classifier on top, on a small input.

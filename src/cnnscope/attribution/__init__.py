@@ -4,6 +4,12 @@ One verb, :func:`attribute`, runs any method of the registry :data:`METHODS` on 
 loaded by :func:`cnnscope.load_model` (or a bare ``nn.Module``) and returns an
 :class:`Attribution`: the raw signed map at input resolution plus renderings.
 
+One module per job: :mod:`.registry` (methods, their titles and options),
+:mod:`.targets` (what is explained), :mod:`.inputs` (pictures, paths and tensors as
+model input), :mod:`.context` (what a method function gets), :mod:`.result` (the
+:class:`Attribution`) and :mod:`.api` (the verb). The methods themselves live in
+:mod:`.gradient`, :mod:`.cam` and :mod:`.lrp`; a new one is one decorated function there.
+
 Examples
 --------
 >>> from cnnscope.models import load_model
@@ -15,19 +21,10 @@ Examples
 ('Egyptian cat', (224, 224))
 """
 
-from . import cam, gradient, lrp  # noqa: F401  (register the methods)
-from .core import (
-    METHODS,
-    Attribution,
-    Context,
-    Method,
-    MethodOutput,
-    Target,
-    attribute,
-    get_method,
-    method_names,
-    register,
-)
+# The method modules register their methods in the registry as they are imported.
+from . import cam, gradient, lrp  # noqa: F401
+from .api import attribute
+from .context import Context
 from .evaluate import (
     completeness,
     conservation,
@@ -36,7 +33,10 @@ from .evaluate import (
     randomization_check,
 )
 from .lrp import COMPOSITES, Composite, Rule, fold_batchnorms
+from .registry import METHODS, Method, MethodOutput, get_method, method_names, register
 from .render import STYLES, render_map
+from .result import Attribution
+from .targets import Target
 
 __all__ = [
     "COMPOSITES",

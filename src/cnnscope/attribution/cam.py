@@ -29,7 +29,8 @@ import torch
 
 from ..engine import INPUT, LOGITS
 from ..errors import CnnscopeError
-from .core import Context, MethodOutput, check_positive, register, upsample
+from .context import Context, upsample
+from .registry import MethodOutput, check_positive, register
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,8 @@ from ..cli.common import (
     staged,
 )
 from ..errors import CnnscopeError
-from .core import METHODS, attribute, get_method, method_names
+from .api import attribute
+from .registry import METHODS, get_method, method_names
 from .render import STYLES
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,11 @@ from torch import nn
 
 from ..engine import Engine
 from ..errors import CnnscopeError
-from .core import Attribution, Context, attribute, check_positive, get_method, prepare_input
+from .api import attribute
+from .context import Context
+from .inputs import prepare_input
+from .registry import check_positive, get_method
+from .result import Attribution
 
 log = logging.getLogger(__name__)
 

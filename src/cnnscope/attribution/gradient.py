@@ -1,7 +1,7 @@
 """Gradient methods: plain and rule-modified backprop, Integrated Gradients, noise tunnels.
 
 Every gradient comes from the engine (:meth:`cnnscope.engine.Forward.grad`) under one of
-its backward rules, over chunks of rows built by :class:`~.core.Context`: images for
+its backward rules, over chunks of rows built by :class:`~.context.Context`: images for
 the single-pass methods, images x steps for IG, images x samples for SmoothGrad.
 """
 
@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CnnscopeError
-from .core import Context, MethodOutput, check_positive, get_method, register
+from .context import Context
+from .registry import MethodOutput, check_positive, get_method, register
 
 __all__ = ["BASELINES", "INTEGRATION", "path_points"]
 

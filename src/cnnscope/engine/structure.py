@@ -10,6 +10,13 @@ one step of the trunk, and its insides (branches) are never cuts.
 A *cut* is a trunk step with a ``C x H x W`` output that is the last one at its
 resolution, an explicit stage (an ``nn.Sequential`` step), or the last of a run of
 blocks of one type (a dense block before its transition, Mixed_5d before Mixed_6a).
+
+Given the input's shape, the trunk is first checked on the autograd graph of one forward
+(:class:`_Flow`): a step that the output also bypasses and that does not feed the step
+after it (or is not fed by the one before) is a parallel branch, such as the Inception
+branches a model's own ``forward`` concatenates. Branches are no steps: their
+concatenation is no module's output, so the cut is the nearest step that every path to
+the output crosses (the stem before the branches).
 :func:`default_chain_of` and :func:`default_cam_layer` are both read from the cuts.
 """
 
@@ -20,10 +27,11 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
+import torch
 from torch import nn
 
 from ..errors import CnnscopeError
-from .record import Engine
+from .record import Engine, _first_tensor, preserved
 from .units import INPUT, LOGITS, split_call
 
 log = logging.getLogger(__name__)
@@ -49,7 +57,9 @@ def call_names(modules: Sequence[str]) -> list[str]:
     return names
 
 
-def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
+def cuts(
+    module: nn.Module, calls: Sequence[Call], input_shape: Sequence[int] | None = None
+) -> list[str]:
     """The cuts of ``module`` (see the module docstring), shallowest first.
 
     Parameters
@@ -58,6 +68,9 @@ def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
         The network.
     calls
         Its recorded module calls, in output order (``input`` and ``logits`` are ignored).
+    input_shape
+        ``C x H x W`` of the input: parallel branches are then dropped from the trunk
+        (one forward with autograd); without it, or an ``input`` entry in ``calls``, not.
 
     Example
     -------
@@ -65,9 +78,12 @@ def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
     >>> cuts(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 3, 3)), ("3", (4, 3, 3))])
     ['1', '3']
     """
+    input_shape = input_shape or dict(calls).get(INPUT)
     calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     trunk = _Trunk(module, calls)
     steps = trunk.steps()
+    if input_shape is not None:
+        steps = _Flow(module, input_shape).trunk([calls[i][0] for i in steps], steps)
     kinds = [_kind(trunk.module_of(calls[i][0])) for i in steps]
     found = []
     for k, i in enumerate(steps):
@@ -82,8 +98,15 @@ def cuts(module: nn.Module, calls: Sequence[Call]) -> list[str]:
     return found
 
 
-def default_chain_of(module: nn.Module, calls: Sequence[Call], logits: str | None) -> list[str]:
+def default_chain_of(
+    module: nn.Module,
+    calls: Sequence[Call],
+    logits: str | None,
+    input_shape: Sequence[int] | None = None,
+) -> list[str]:
     """A tree chain: the ``logits`` layer, then the cuts, deepest first.
+
+    ``input_shape`` (``C x H x W``): drop parallel branches (:func:`cuts`).
 
     Example
     -------
@@ -92,14 +115,15 @@ def default_chain_of(module: nn.Module, calls: Sequence[Call], logits: str | Non
     ['2', '0']
     """
     chain = [logits] if logits else []
-    return chain + [c for c in reversed(cuts(module, calls)) if c not in chain]
+    return chain + [c for c in reversed(cuts(module, calls, input_shape)) if c not in chain]
 
 
 def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = None) -> str:
     """The last cut with a map larger than 1 x 1 (recorded before ``before``, if given).
 
     Without such a cut, the last leaf module's map larger than 1 x 1; ``CnnscopeError``
-    when there is none.
+    when there is none. With an ``input`` entry in ``calls`` (the engine's trace), the
+    cuts leave out parallel branches (:func:`cuts`): a branch is no CAM layer.
 
     Example
     -------
@@ -107,11 +131,12 @@ def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = 
     >>> cam_layer_of(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 1, 1))])
     '1'
     """
+    input_shape = dict(calls).get(INPUT)
     calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     names = [n for n, _ in calls]
     stop = names.index(before) if before in names else len(names)
     spatial = {n for n, s in calls[:stop] if len(s) == 3 and s[1] * s[2] > 1}
-    found = [c for c in cuts(module, calls) if c in spatial]
+    found = [c for c in cuts(module, calls, input_shape) if c in spatial]
     if not found:
         modules = dict(module.named_modules())
         leaves = [n for n in names[:stop] if not _has_children(modules.get(split_call(n)[0]))]
@@ -177,6 +202,98 @@ class _Trunk:
             return False
         sizes = {_size(self.calls[i][1]) for i in self.steps(name)}
         return len(sizes) >= 3 or (isinstance(sub, nn.Sequential) and len(sizes) > 1)
+
+
+class _Flow:
+    """The autograd graph of one forward of a zero input: which calls feed or bypass which.
+
+    Unknown answers (TorchScript, a call with no graph, a failed forward) keep a step.
+    """
+
+    def __init__(self, module: nn.Module, input_shape: Sequence[int]):
+        self.nodes: dict[str, object] = {}
+        self.output = self.input = None
+        try:
+            self._run(module, tuple(int(n) for n in input_shape))
+        except Exception as exc:  # the check is a refinement: never the reason a model fails
+            log.debug("no dataflow check of the trunk: %s", exc)
+            self.nodes, self.output = {}, None
+
+    def _run(self, module: nn.Module, shape: tuple[int, ...]) -> None:
+        if isinstance(module, torch.jit.ScriptModule):
+            return
+        records: list[tuple[str, object]] = []
+
+        def hook(name):
+            def record(_m, _i, out):
+                t = _first_tensor(out)
+                records.append((name, None if t is None else t.grad_fn))
+
+            return record
+
+        handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
+        param = next(iter([*module.parameters(), *module.buffers()]), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+        x = torch.zeros(1, *shape, device=device, dtype=dtype, requires_grad=True)
+        try:
+            with preserved(module), torch.enable_grad():
+                out = _first_tensor(module(x))
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.nodes = dict(zip(call_names([n for n, _ in records]), (g for _, g in records)))
+        self.output, self.input = (None if out is None else out.grad_fn), x
+
+    @staticmethod
+    def _reaches(start, target) -> bool:
+        """Whether graph node ``target`` is met going back from ``start``."""
+        seen, todo = set(), [start]
+        while todo:
+            node = todo.pop()
+            if node is None or id(node) in seen:
+                continue
+            if node is target:
+                return True
+            seen.add(id(node))
+            todo += [n for n, _ in node.next_functions]
+        return False
+
+    def bypassed(self, name: str) -> bool:
+        """Whether the output depends on the input other than through ``name``'s output."""
+        node = self.nodes.get(name)
+        if node is None or self.output is None:
+            return False
+        seen, todo = {id(node)}, [self.output]
+        while todo:
+            cur = todo.pop()
+            if cur is None or id(cur) in seen:
+                continue
+            seen.add(id(cur))
+            if getattr(cur, "variable", None) is self.input:
+                return True
+            todo += [n for n, _ in cur.next_functions]
+        return False
+
+    def feeds(self, lower: str, upper: str) -> bool:
+        """Whether ``upper``'s output depends on ``lower``'s (True when unknown)."""
+        low, up = self.nodes.get(lower), self.nodes.get(upper)
+        return low is None or up is None or self._reaches(up, low)
+
+    def trunk(self, names: list[str], steps: list[int]) -> list[int]:
+        """``steps`` (named ``names``) less the parallel branches (module docstring)."""
+        if self.output is None:
+            return steps
+        keep = []
+        for k, name in enumerate(names):
+            alone = (k and not self.feeds(names[k - 1], name)) or (
+                k + 1 < len(names) and not self.feeds(name, names[k + 1])
+            )
+            if alone and self.bypassed(name):
+                log.debug("trunk step %s is a parallel branch: no cut", name)
+                continue
+            keep.append(steps[k])
+        return keep
 
 
 def _channels_first(module: nn.Module, calls: list[Call]) -> list[Call]:

@@ -220,7 +220,7 @@ def wrap(
     n = probe.classes
     if isinstance(module, torch.jit.ScriptModule):
         log.warning("%s is TorchScript: %s", name, TORCHSCRIPT_LIMITS)
-    chain = default_chain_of(module, probe.calls, probe.logits_layer)
+    chain = default_chain_of(module, probe.calls, probe.logits_layer, (3, *pre.input_size))
     names = _class_names(n, labels, labels_of(metadata))
     if not n and labels is None:
         log.warning("model %s output has shape %s; class labels unknown", name, probe.shape)

@@ -45,9 +45,9 @@ class Optimizer:
     --------
     >>> opt = Optimizer("rmsprop", decay_rate=0.5)
     >>> x = torch.zeros(2)
-    >>> opt.step("tile", x, torch.tensor([1.0, -2.0]), lr=1.0)
-    >>> [round(v, 4) for v in x.tolist()]
-    [-1.4142, 1.4142]
+    >>> step = opt.step("tile", x, torch.tensor([1.0, -2.0]), lr=1.0)
+    >>> [round(v, 4) for v in x.tolist()], torch.equal(step, x)
+    ([-1.4142, 1.4142], True)
     """
 
     def __init__(

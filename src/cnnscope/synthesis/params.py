@@ -55,7 +55,7 @@ def colour_sqrt_covariance(images: Sequence) -> np.ndarray:
     --------
     >>> from PIL import Image
     >>> m = colour_sqrt_covariance([Image.new("RGB", (4, 4), (10, 200, 30))])
-    >>> float(np.abs(m).max())
+    >>> round(float(np.abs(m).max()), 12)  # one colour: no covariance (up to rounding)
     0.0
     """
     px = np.concatenate([np.asarray(im, dtype=np.float64).reshape(-1, 3) / 255.0 for im in images])

@@ -24,8 +24,10 @@ gradients), ``sign="neg"`` those that work against it (inhibitory under guided).
 
 Each non-root node's kept channel is *oriented* to the rule's polarity before it crosses
 its own activation: a child whose ``w`` goes against the rule is kept negated, so that
-the rule passes it. Under guided an inhibitory child is then drawn by what drives it
-rather than blanked; under guided_neg every node carries negative gradients down, as in
+the rule passes it (where a child is the output of an activation that can be negative,
+SiLU or hardswish, the sign is read from ``mean(|A_c| * G_c)``, the sign of its
+gradient where it is active). Under guided an inhibitory child is then drawn by what
+drives it rather than blanked; under guided_neg every node carries negative gradients down, as in
 the seed. An edge's displayed sign (:attr:`Node.sign`) is relative to its parent:
 ``pos`` when the child raises what its parent's seed measures.
 
@@ -72,7 +74,7 @@ from ..engine import (
     unit_position,
     unit_seed,
 )
-from ..engine.rules import POLARITY, check_rule
+from ..engine.rules import POLARITY, activation, check_rule
 from ..engine.units import split_call
 from ..errors import CnnscopeError, UnitSpecError
 from ..models import as_loaded
@@ -86,6 +88,21 @@ SCORINGS: tuple[str, ...] = ("path", "local", "seed")
 SIGNS: tuple[str, ...] = ("pos", "neg", "abs")
 
 #: Activation modules whose input is the place to read a chain layer's gradient.
+#: Graph nodes that pool or reshape: looked through to find the activation below a layer.
+_THROUGH = (
+    "Mean",
+    "AvgPool",
+    "AdaptiveAvgPool",
+    "MaxPool",
+    "AdaptiveMaxPool",
+    "View",
+    "Reshape",
+    "Flatten",
+    "Clone",
+    "Squeeze",
+    "Unsqueeze",
+    "Alias",
+)
 #: Floats per chunk of seeds in :meth:`Explorer.parents` (bounds its memory).
 _PARENT_CHUNK_FLOATS = 1 << 24
 
@@ -202,6 +219,7 @@ class Explorer:
         resolved.sort(key=lambda n: -self._order[n])
         self.chain: list[str] = resolved
         self._grad_at: dict[str, str] = {}
+        self._made_by: dict[str, bool] = {}
         self._seeds: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._lock = threading.RLock()
 
@@ -424,15 +442,42 @@ class Explorer:
         ``how`` is ``(rule, gain, scoring)``; ``w`` the child's contribution. ``seed``
         scoring: ``grad`` was already taken through the layer's own rule (all channels),
         as in cnn_treevis. Otherwise the kept channel is oriented to the rule's polarity
-        (negated if ``w`` goes against it) and crosses the node's activation.
+        and crosses the node's activation: negated if ``mean(|A_c| * G_c)`` goes against
+        it, so that the rule passes the gradient where the child carries its evidence.
+        That is ``w`` when ``A_c >= 0`` (ReLU family); where SiLU or hardswish outputs are
+        negative, ``w > 0`` comes with ``G_c < 0``, which guided would close.
         """
         rule, gain, scoring = how
         if scoring == "seed":
             return self.grad_layer(fwd, layer), self._keep(grad, channel, gain)
         kept = self._keep(grad, channel, gain)
-        if w * POLARITY[rule] < 0:
+        if self._lean(fwd, layer, grad, w, channel) * POLARITY[rule] < 0:
             kept = -kept
         return self._enter(fwd, layer, kept, rule)
+
+    def _lean(self, fwd: Forward, layer: str, grad: torch.Tensor, w: float, channel: int) -> float:
+        """The sign the rule must pass for a child: ``w``, or ``mean(|A_c| * G_c)`` where
+        ``A_c`` is an activation's output that can be negative (SiLU, hardswish...).
+
+        ``w = sum A * G`` is kept through linear layers down to the activation below a
+        linear child (a block's projection), so it tells the sign of the gradient there.
+        An activation's negative output with a negative gradient gives ``w > 0`` but a
+        gradient the rule closes: the sign of ``G`` weighted by ``|A|`` is the one it passes.
+        """
+        act = fwd.activation(layer)[:, channel]
+        if not bool((act < 0).any()) or not self._activated(fwd, layer):
+            return w
+        return float((act.abs() * grad[:, channel]).mean())
+
+    def _activated(self, fwd: Forward, layer: str) -> bool:
+        """Whether ``layer`` is an activation's output, seen through pools and reshapes."""
+        if layer not in self._made_by:
+            node = fwd.tensor(layer).grad_fn
+            while node is not None and activation(node) is None:
+                through = type(node).__name__.startswith(_THROUGH) and node.next_functions
+                node = node.next_functions[0][0] if through else None
+            self._made_by[layer] = node is not None
+        return self._made_by[layer]
 
     def _reading(
         self, fwd: Forward, lower: str, grad: torch.Tensor, rule: str, scoring: str

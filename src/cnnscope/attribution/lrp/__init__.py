@@ -62,7 +62,8 @@ from torch import nn
 
 from ...engine import INPUT, LOGITS, Engine
 from ...errors import CnnscopeError
-from ..core import Context, MethodOutput, register, upsample
+from ..context import Context, upsample
+from ..registry import MethodOutput, register
 from .canonizers import (
     _fold,
     _replace_all,
