@@ -56,6 +56,10 @@ def wait_for(url: str, done, what: str, seconds: float = 900) -> dict:
 
 def settle(page) -> None:
     expect(page.locator(".img-frame.loading")).to_have_count(0)
+    page.wait_for_function(
+        "[...document.images].every(i => i.getBoundingClientRect().top > innerHeight"
+        " || (i.complete && i.naturalWidth > 0))"
+    )
     page.wait_for_timeout(500)
 
 
@@ -68,7 +72,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     base = start_server(data_dir)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader"],
+        )
         page = browser.new_context(viewport={"width": 1440, "height": 900}).new_page()
         page.set_default_timeout(SLOW)
         expect.set_options(timeout=SLOW)
@@ -101,7 +108,8 @@ def main() -> None:
         wait_for(vis, lambda s: s["state"] in ("done", "failed"), "a feature visualization")
         page.locator('.zoom-btn[aria-label="fit the tree"]').click()
         settle(page)
-        page.locator(".vis-slot").scroll_into_view_if_needed()
+        expect(page.locator(".vis-slot img")).to_be_visible()
+        page.locator(".vis-slot img").scroll_into_view_if_needed()
         page.locator("svg.tree-svg g.node").nth(7).hover()
         expect(page.locator(".popover img")).to_be_visible()
         settle(page)
@@ -116,6 +124,12 @@ def main() -> None:
         expect(page.locator("img.mosaic-img")).to_have_js_property("complete", True)
         settle(page)
         page.screenshot(path=str(args.out / "layers_mosaic.png"))
+
+        page.goto(base + "/images/chelsea/layers?layer=blocks.5.expand_act")
+        page.locator('#opt-view button[data-value="volume"]').click()
+        expect(page.locator("#volume-plot.ready")).to_have_count(1)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(args.out / "layers_volume.png"))
         browser.close()
     print(f"wrote screenshots to {args.out}")
 

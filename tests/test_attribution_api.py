@@ -176,6 +176,22 @@ def test_bad_images_and_models(net):
         attribute("resnet", torch.zeros(1, 3, 4, 4), "gradient")
 
 
+def test_views_take_images_as_attribute_does():
+    from cnnscope.attribution.inputs import as_pil
+    from cnnscope.images import load_gallery_image
+    from cnnscope.models import load_model
+    from cnnscope.views._common import to_input
+
+    model = load_model()
+    img = load_gallery_image("chelsea")
+    array = np.asarray(img, dtype=np.float32) / 255.0  # float in [0, 1], as attribute takes
+    assert np.array_equal(np.asarray(as_pil(array)), np.asarray(img.convert("RGB")))
+    torch.testing.assert_close(to_input(model, array), model.preprocess(img), rtol=0, atol=0)
+    torch.testing.assert_close(to_input(model, "chelsea"), model.preprocess(img), rtol=0, atol=0)
+    with pytest.raises(CnnscopeError, match="H x W x 3"):
+        to_input(model, np.zeros((2, 2, 5)))
+
+
 def test_rendering_and_saving(net, x, tmp_path):
     attr = attribute(net, x[:1], "guided_backprop")
     one = attr[0]

@@ -32,10 +32,16 @@ _CPU_CAP, _CUDA_CAP = 16, 64
 class Context:
     """Everything a method needs for one call: engine, inputs, targets and chunking.
 
-    Do not build it directly: :func:`attribute` does. Methods read ``ctx.x``
+    :func:`~cnnscope.attribution.attribute` builds it. Methods read ``ctx.x``
     (N x 3 x H x W on the model's device), ``ctx.targets`` and the options, and call
     the helpers below, which batch the work over images and inner samples in chunks of
     at most :attr:`batch_size` rows.
+
+    Examples
+    --------
+    >>> ctx = Context(torch.nn.Conv2d(3, 2, 1), torch.ones(1, 3, 8, 8), 0)
+    >>> ctx.n, ctx.size, ctx.target_layer
+    (1, (8, 8), 'logits')
     """
 
     def __init__(

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import CnnscopeError
+from .dataflow import Dataflow
 from .fingerprint import WeightSamples
 from .receptive import Field, ReceptiveFieldMode
 from .rules import RuleState, attach_rules, check_reach, check_rule, note
@@ -419,6 +420,7 @@ class Engine:
         self._clone: set[tuple[str, int]] = set()
         self._cache: OrderedDict[tuple, Forward] = OrderedDict()
         self._layers: dict[tuple[int, int], list[LayerInfo]] = {}
+        self._flows: dict[tuple[int, int], Dataflow] = {}
 
     @classmethod
     def for_module(cls, module: nn.Module) -> Engine:
@@ -661,19 +663,34 @@ class Engine:
             self._layers[size] = self._trace_layers(size, channels)
         return self._layers[size]
 
+    def dataflow(self, input_size: tuple[int, int], channels: int = 3) -> Dataflow | None:
+        """Which layers feed or go around which (:class:`~.dataflow.Dataflow`), read in
+        the trace of :meth:`layers`; None where the trace could not run with autograd."""
+        self.layers(input_size, channels)
+        return self._flows.get((int(input_size[0]), int(input_size[1])))
+
     def _trace_layers(self, size, channels) -> list[LayerInfo]:
-        x = torch.zeros(1, channels, *size, device=self.device)
+        try:  # with autograd, for the dataflow; an in-place op on the input forbids it
+            acts, rf_mode = self._trace(size, channels, grad=True)
+            self._flows[size] = Dataflow(acts, acts[LOGITS], acts[INPUT])
+        except RuntimeError as exc:
+            log.debug("layer trace without autograd (no dataflow): %s", exc)
+            acts, rf_mode = self._trace(size, channels, grad=False)
         modules = dict(self.module.named_modules())
-        rf_mode = ReceptiveFieldMode(x)
-        recorder = _Recorder(set(), None)
-        with self._lock, torch.no_grad():
-            acts = recorder.named(x, recorder.run(self.module, x, rf_mode))
         infos = []
         for name, tensor in acts.items():
             base = split_call(name)[0]
             kind = type(modules[base]).__name__ if base in modules and base else name
             infos.append(LayerInfo(name, kind, tuple(tensor.shape[1:]), rf_mode.field(tensor)))
         return infos
+
+    def _trace(self, size, channels, grad: bool) -> tuple[dict, ReceptiveFieldMode]:
+        x = torch.zeros(1, channels, *size, device=self.device, requires_grad=grad)
+        rf_mode = ReceptiveFieldMode(x)
+        recorder = _Recorder(set(), None)
+        with self._lock, torch.set_grad_enabled(grad):
+            acts = recorder.named(x, recorder.run(self.module, x, rf_mode))
+        return acts, rf_mode
 
     def layer_names(self, input_size: tuple[int, int], channels: int = 3) -> list[str]:
         """Names of :meth:`layers`."""

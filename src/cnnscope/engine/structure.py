@@ -11,12 +11,12 @@ A *cut* is a trunk step with a ``C x H x W`` output that is the last one at its
 resolution, an explicit stage (an ``nn.Sequential`` step), or the last of a run of
 blocks of one type (a dense block before its transition, Mixed_5d before Mixed_6a).
 
-Given the input's shape, the trunk is first checked on the autograd graph of one forward
-(:class:`_Flow`): a step that the output also bypasses and that does not feed the step
-after it (or is not fed by the one before) is a parallel branch, such as the Inception
-branches a model's own ``forward`` concatenates. Branches are no steps: their
-concatenation is no module's output, so the cut is the nearest step that every path to
-the output crosses (the stem before the branches).
+Given the input's shape, the trunk is first checked on the engine's dataflow (the
+autograd graph of its layer trace, :class:`~.dataflow.Dataflow`): a step that the output
+also bypasses and that does not feed the step after it (or is not fed by the one before)
+is a parallel branch, such as the Inception branches a model's own ``forward``
+concatenates. Branches are no steps: their concatenation is no module's output, so the
+cut is the nearest step that every path to the output crosses (the stem before them).
 :func:`default_chain_of` and :func:`default_cam_layer` are both read from the cuts.
 """
 
@@ -27,11 +27,11 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 
-import torch
 from torch import nn
 
 from ..errors import CnnscopeError
-from .record import Engine, _first_tensor, preserved
+from .dataflow import Dataflow
+from .record import Engine
 from .units import INPUT, LOGITS, split_call
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,8 @@ def cuts(
     calls
         Its recorded module calls, in output order (``input`` and ``logits`` are ignored).
     input_shape
-        ``C x H x W`` of the input: parallel branches are then dropped from the trunk
-        (one forward with autograd); without it, or an ``input`` entry in ``calls``, not.
+        ``C x H x W`` of the input (or an ``input`` entry in ``calls``): parallel
+        branches are then dropped from the trunk (the engine's layer trace); else not.
 
     Example
     -------
@@ -82,8 +82,10 @@ def cuts(
     calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     trunk = _Trunk(module, calls)
     steps = trunk.steps()
-    if input_shape is not None:
-        steps = _Flow(module, input_shape).trunk([calls[i][0] for i in steps], steps)
+    flow = _dataflow(module, input_shape)
+    if flow is not None:
+        branches = _parallel(flow, [calls[i][0] for i in steps])
+        steps = [i for i in steps if calls[i][0] not in branches]
     kinds = [_kind(trunk.module_of(calls[i][0])) for i in steps]
     found = []
     for k, i in enumerate(steps):
@@ -204,96 +206,29 @@ class _Trunk:
         return len(sizes) >= 3 or (isinstance(sub, nn.Sequential) and len(sizes) > 1)
 
 
-class _Flow:
-    """The autograd graph of one forward of a zero input: which calls feed or bypass which.
+def _parallel(flow: Dataflow, names: list[str]) -> set[str]:
+    """The trunk steps ``names`` that are parallel branches (module docstring)."""
+    out = set()
+    for k, name in enumerate(names):
+        alone = (k > 0 and not flow.feeds(names[k - 1], name)) or (
+            k + 1 < len(names) and not flow.feeds(name, names[k + 1])
+        )
+        if alone and flow.bypassed(name):
+            log.debug("trunk step %s is a parallel branch: no cut", name)
+            out.add(name)
+    return out
 
-    Unknown answers (TorchScript, a call with no graph, a failed forward) keep a step.
-    """
 
-    def __init__(self, module: nn.Module, input_shape: Sequence[int]):
-        self.nodes: dict[str, object] = {}
-        self.output = self.input = None
-        try:
-            self._run(module, tuple(int(n) for n in input_shape))
-        except Exception as exc:  # the check is a refinement: never the reason a model fails
-            log.debug("no dataflow check of the trunk: %s", exc)
-            self.nodes, self.output = {}, None
-
-    def _run(self, module: nn.Module, shape: tuple[int, ...]) -> None:
-        if isinstance(module, torch.jit.ScriptModule):
-            return
-        records: list[tuple[str, object]] = []
-
-        def hook(name):
-            def record(_m, _i, out):
-                t = _first_tensor(out)
-                records.append((name, None if t is None else t.grad_fn))
-
-            return record
-
-        handles = [m.register_forward_hook(hook(n)) for n, m in module.named_modules() if n]
-        param = next(iter([*module.parameters(), *module.buffers()]), None)
-        device = param.device if param is not None else torch.device("cpu")
-        dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-        x = torch.zeros(1, *shape, device=device, dtype=dtype, requires_grad=True)
-        try:
-            with preserved(module), torch.enable_grad():
-                out = _first_tensor(module(x))
-        finally:
-            for handle in handles:
-                handle.remove()
-        self.nodes = dict(zip(call_names([n for n, _ in records]), (g for _, g in records)))
-        self.output, self.input = (None if out is None else out.grad_fn), x
-
-    @staticmethod
-    def _reaches(start, target) -> bool:
-        """Whether graph node ``target`` is met going back from ``start``."""
-        seen, todo = set(), [start]
-        while todo:
-            node = todo.pop()
-            if node is None or id(node) in seen:
-                continue
-            if node is target:
-                return True
-            seen.add(id(node))
-            todo += [n for n, _ in node.next_functions]
-        return False
-
-    def bypassed(self, name: str) -> bool:
-        """Whether the output depends on the input other than through ``name``'s output."""
-        node = self.nodes.get(name)
-        if node is None or self.output is None:
-            return False
-        seen, todo = {id(node)}, [self.output]
-        while todo:
-            cur = todo.pop()
-            if cur is None or id(cur) in seen:
-                continue
-            seen.add(id(cur))
-            if getattr(cur, "variable", None) is self.input:
-                return True
-            todo += [n for n, _ in cur.next_functions]
-        return False
-
-    def feeds(self, lower: str, upper: str) -> bool:
-        """Whether ``upper``'s output depends on ``lower``'s (True when unknown)."""
-        low, up = self.nodes.get(lower), self.nodes.get(upper)
-        return low is None or up is None or self._reaches(up, low)
-
-    def trunk(self, names: list[str], steps: list[int]) -> list[int]:
-        """``steps`` (named ``names``) less the parallel branches (module docstring)."""
-        if self.output is None:
-            return steps
-        keep = []
-        for k, name in enumerate(names):
-            alone = (k and not self.feeds(names[k - 1], name)) or (
-                k + 1 < len(names) and not self.feeds(name, names[k + 1])
-            )
-            if alone and self.bypassed(name):
-                log.debug("trunk step %s is a parallel branch: no cut", name)
-                continue
-            keep.append(steps[k])
-        return keep
+def _dataflow(module: nn.Module, input_shape: Sequence[int] | None) -> Dataflow | None:
+    """The engine's dataflow of ``module`` for inputs of ``input_shape`` (C x H x W)."""
+    if input_shape is None or len(input_shape) != 3:
+        return None
+    c, h, w = (int(n) for n in input_shape)
+    try:
+        return Engine.for_module(module).dataflow((h, w), c)
+    except Exception as exc:  # a refinement of the choice: never why a model fails to load
+        log.debug("no dataflow check of the trunk: %s", exc)
+        return None
 
 
 def _channels_first(module: nn.Module, calls: list[Call]) -> list[Call]:

@@ -614,6 +614,7 @@ class Explorer:
         path = self.check_path(path)
         lower = self.below(path[-1].layer)
         if lower is None:
+            log.info("%s", self._bottom_line(path))
             return []
         fwd = self.forward(x)
         at, seed = self.node_seed(fwd, path, rule, gain, scoring)
@@ -629,6 +630,8 @@ class Explorer:
         else:
             order = torch.argsort(along, stable=True)
             order = order[along[order] < 0]
+        if not len(order):
+            log.info("%s", self._empty_line(fwd, path, lower, along, rule, sign))
         edge = torch.where(contrib < 0, -1.0, 1.0).double() * self._orientation(fwd, path, seed)
         shares = _shares(contrib, edge)
         nodes = []
@@ -641,6 +644,59 @@ class Explorer:
             edge_sign = "pos" if edge[c] > 0 else "neg"
             nodes.append(Node(Unit(lower, c), w, child, edge_sign, float(shares[c])))
         return nodes
+
+    def no_children(self, x: torch.Tensor, path: Path | str, **options) -> str | None:
+        """Why :meth:`children` of ``path`` with ``options`` is empty (one line), or None.
+
+        Examples
+        --------
+        >>> from cnnscope.models import load_model
+        >>> from cnnscope.images import load_gallery_image
+        >>> ex = Explorer(load_model())
+        >>> x = ex.input(load_gallery_image("chelsea"))
+        >>> ex.no_children(x, "logits:285") is None
+        True
+        """
+        path = self.check_path(path)
+        if self.children(x, path, k=1, **options):
+            return None
+        lower = self.below(path[-1].layer)
+        if lower is None:
+            return self._bottom_line(path)
+        rule, scoring = options.get("rule", "guided"), options.get("scoring", "path")
+        fwd = self.forward(x)
+        at, seed = self.node_seed(fwd, path, rule, options.get("gain", "auto"), scoring)
+        grad = self._reading(fwd, lower, fwd.grad(at, seed, to=lower, rule=rule), rule, scoring)
+        along = self._contributions(fwd, lower, grad) * POLARITY[rule]
+        return self._empty_line(fwd, path, lower, along, rule, options.get("sign", "pos"))
+
+    @staticmethod
+    def _bottom_line(path: Path) -> str:
+        return f"{path[-1]} is in the bottom layer of the chain: it has no children"
+
+    def _empty_line(
+        self, fwd: Forward, path: Path, lower: str, along: torch.Tensor, rule: str, sign: str
+    ) -> str:
+        """The one-line reason for no children of ``sign`` in ``lower`` (``along``: the
+        contributions times the rule's polarity)."""
+        node = path[-1]
+        kind = "excitatory" if sign == "pos" else "inhibitory"
+        other = int((along < 0).sum() if sign == "pos" else (along > 0).sum())
+        n = along.numel()
+        spread = f"all {n}" if other == n else f"{other} of {n} (the rest are 0)"
+        line = (
+            f"no unit of {lower} carries {kind} evidence for {node} under {rule}: "
+            f"{spread} contributions go the other way"
+        )
+        if other:
+            line += f" (try sign={'neg' if sign == 'pos' else 'pos'})"
+        fc = self._modules.get(self.model.logits_layer or "")
+        bias = getattr(fc, "bias", None)
+        if len(path) == 1 and node.layer == LOGITS and isinstance(bias, torch.Tensor):
+            value = float(fwd.activation(LOGITS).reshape(-1)[node.channel])
+            b = float(bias.detach().reshape(-1)[node.channel])
+            line += f"; the logit {value:+.3g} has a bias of {b:+.3g}"
+        return line
 
     def input_gradients(
         self,

@@ -6,10 +6,12 @@ import copy
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from ..attribution.inputs import as_pil
 from ..engine import Engine, strongest_units
 from ..engine.units import suggest
 from ..errors import CnnscopeError, UnknownLayerError
@@ -28,12 +30,9 @@ def module_of(model) -> nn.Module:
 
 
 def to_input(model, image) -> torch.Tensor:
-    """A ``1 x C x H x W`` input from a PIL image, file path, gallery name or tensor."""
-    if isinstance(image, (str, Path)):
-        from ..images import resolve_image
-
-        image = resolve_image(str(image))[1]
-    if isinstance(image, Image.Image):
+    """A ``1 x C x H x W`` input from a PIL image, file path, gallery name, array or tensor."""
+    if isinstance(image, (str, Path, Image.Image, np.ndarray)):
+        image = as_pil(image)
         if not hasattr(model, "preprocess"):
             raise CnnscopeError("a bare module needs a preprocessed input tensor, not an image")
         return model.preprocess(image)
