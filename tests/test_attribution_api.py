@@ -345,3 +345,19 @@ def test_cli_builtin_model(tmp_path, capsys):
     assert "285 (Egyptian cat)" in capsys.readouterr().out
     pic = np.asarray(Image.open(tmp_path / "chelsea_grad_cam.png"))
     assert pic.shape == (224, 224, 3) and pic.std() > 10
+
+
+def test_the_registry_says_which_methods_run_many_passes():
+    """The explorer's slow lane reads ``Method.slow``: every multi-pass method, no other."""
+    from cnnscope.attribution import METHODS
+
+    slow = {name for name, m in METHODS.items() if m.slow}
+    assert slow == {
+        "integrated_gradients",
+        "guided_ig",
+        "smoothgrad",
+        "smoothgrad_sq",
+        "vargrad",
+        "score_cam",
+        "ablation_cam",
+    }

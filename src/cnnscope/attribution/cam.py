@@ -249,6 +249,7 @@ def _channel_masks(a: torch.Tensor, ks: slice, size) -> tuple[torch.Tensor, torc
 
 @register(
     "score_cam",
+    slow=True,
     title="Score-CAM",
     family="cam",
     output="map",
@@ -295,6 +296,7 @@ def score_cam(
 
 @register(
     "ablation_cam",
+    slow=True,
     title="Ablation-CAM",
     family="cam",
     output="map",

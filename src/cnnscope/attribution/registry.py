@@ -70,11 +70,16 @@ class Method:
     title : str
         The name people read (``Guided Integrated Gradients``): the explorer's picker and
         ``cnnscope compare``'s panel titles. Defaults to the name with spaces.
+    slow : bool
+        Whether one call runs many passes (seconds on a CPU): path and noise methods,
+        Score-CAM and Ablation-CAM. The explorer runs these on its slow lane.
 
     Examples
     --------
     >>> get_method("grad_cam").family, get_method("grad_cam").uses_layer
     ('cam', True)
+    >>> get_method("score_cam").slow, get_method("integrated_gradients").slow
+    (True, True)
     """
 
     name: str
@@ -89,6 +94,7 @@ class Method:
     aliases: tuple[str, ...] = ()
     fixed: dict = field(default_factory=dict)
     title: str = ""
+    slow: bool = False
 
     @property
     def options(self) -> dict[str, object]:
@@ -122,6 +128,7 @@ def register(
     fixed: dict | None = None,
     fn: Callable | None = None,
     title: str = "",
+    slow: bool | None = None,
 ):
     """Register an attribution method (decorator).
 
@@ -153,6 +160,7 @@ def register(
             aliases=tuple(aliases),
             fixed=dict(fixed or {}),
             title=title or name.replace("_", " "),
+            slow=family in ("path", "noise") if slow is None else slow,
         )
         METHODS[name] = method
         for alias in aliases:

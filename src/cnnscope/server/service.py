@@ -89,15 +89,6 @@ METHOD_ORDER = (
     "score_cam",
     "ablation_cam",
 )
-#: Methods that run many forward passes (seconds): they run on the slow lane.
-SLOW_METHODS = {
-    "integrated_gradients",
-    "smoothgrad",
-    "smoothgrad_sq",
-    "vargrad",
-    "score_cam",
-    "ablation_cam",
-}
 
 #: Niceness of the slow lane's thread (the background lane's is 10): while a drill-up runs,
 #: the request worker keeps most of the CPU.
@@ -134,6 +125,12 @@ try:  # the attribution package is written in parallel; use it when it is there
     from ..attribution import get_method as _get_method
 except ImportError:  # pragma: no cover - depends on what is installed
     _ATTRIBUTION_METHODS, _attribute, _get_method = None, None, None
+
+
+def _is_slow(method: str) -> bool:
+    """Whether a method runs many passes (the registry's ``Method.slow``): the slow lane."""
+    found = _ATTRIBUTION_METHODS.get(method) if _ATTRIBUTION_METHODS is not None else None
+    return bool(found and found.slow)
 
 
 class ExplorerService:
@@ -282,7 +279,7 @@ class ExplorerService:
         names = [n for n in METHOD_ORDER if n in _ATTRIBUTION_METHODS]
         names += sorted(set(_ATTRIBUTION_METHODS) - set(names))
         return {
-            n: _ATTRIBUTION_METHODS[n].title + (" (slow)" if n in SLOW_METHODS else "")
+            n: _ATTRIBUTION_METHODS[n].title + (" (slow)" if _ATTRIBUTION_METHODS[n].slow else "")
             for n in names
         }
 
@@ -648,7 +645,7 @@ class ExplorerService:
         """An attribution map over the model's view of the image; PNG and the target class.
 
         ``style`` is a rendering of :data:`cnnscope.attribution.STYLES` (default: the
-        method's own). Methods of many passes (:data:`SLOW_METHODS`) run on the slow lane.
+        method's own). Methods of many passes (``Method.slow``) run on the slow lane.
         """
         self.store.get(image_id)
         method = self.attribution_method(method)
@@ -672,7 +669,7 @@ class ExplorerService:
             return png_bytes(self._fallback_attribution(lane, x, method, cls, layer)), cls
 
         key = ("attr", image_id, method, target, layer, style)
-        return await self._call(key, compute, slow=method in SLOW_METHODS)
+        return await self._call(key, compute, slow=_is_slow(method))
 
     def _fallback_attribution(
         self, lane: _Replica, x: torch.Tensor, method: str, cls: int, layer: str | None
