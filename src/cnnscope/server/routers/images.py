@@ -276,6 +276,7 @@ async def attribution(
         None,
         max_length=32,
         description="rendering: colored, grayscale, ..., masked (default: the method's own)",
+        json_schema_extra={"enum": list(STYLES)},
     ),
     svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
