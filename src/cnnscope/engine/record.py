@@ -670,10 +670,16 @@ class Engine:
         return self._flows.get((int(input_size[0]), int(input_size[1])))
 
     def _trace_layers(self, size, channels) -> list[LayerInfo]:
-        try:  # with autograd, for the dataflow; an in-place op on the input forbids it
-            acts, rf_mode = self._trace(size, channels, grad=True)
-            self._flows[size] = Dataflow(acts, acts[LOGITS], acts[INPUT])
+        # with autograd, for the dataflow; an in-place op on the input forbids it. Not for
+        # TorchScript: no hooks to read, and grad runs make its executor fuse activations
+        grad = not isinstance(self.module, torch.jit.ScriptModule)
+        try:
+            acts, rf_mode = self._trace(size, channels, grad)
+            if grad:
+                self._flows[size] = Dataflow(acts, acts[LOGITS], acts[INPUT])
         except RuntimeError as exc:
+            if not grad:
+                raise
             log.debug("layer trace without autograd (no dataflow): %s", exc)
             acts, rf_mode = self._trace(size, channels, grad=False)
         modules = dict(self.module.named_modules())

@@ -58,7 +58,7 @@ def call_names(modules: Sequence[str]) -> list[str]:
 
 
 def cuts(
-    module: nn.Module, calls: Sequence[Call], input_shape: Sequence[int] | None = None
+    module: nn.Module, calls: Sequence[Call], flow: Dataflow | Sequence[int] | None = None
 ) -> list[str]:
     """The cuts of ``module`` (see the module docstring), shallowest first.
 
@@ -68,9 +68,10 @@ def cuts(
         The network.
     calls
         Its recorded module calls, in output order (``input`` and ``logits`` are ignored).
-    input_shape
-        ``C x H x W`` of the input (or an ``input`` entry in ``calls``): parallel
-        branches are then dropped from the trunk (the engine's layer trace); else not.
+    flow
+        The calls' :class:`~.dataflow.Dataflow`, or the input's ``C x H x W`` (or an
+        ``input`` entry in ``calls``) to read it from the engine's layer trace: parallel
+        branches are then dropped from the trunk; else not.
 
     Example
     -------
@@ -78,11 +79,11 @@ def cuts(
     >>> cuts(net, [("0", (4, 6, 6)), ("1", (4, 6, 6)), ("2", (4, 3, 3)), ("3", (4, 3, 3))])
     ['1', '3']
     """
-    input_shape = input_shape or dict(calls).get(INPUT)
+    if not isinstance(flow, Dataflow):
+        flow = _dataflow(module, flow or dict(calls).get(INPUT))
     calls = _channels_first(module, [(n, tuple(s)) for n, s in calls if n not in (INPUT, LOGITS)])
     trunk = _Trunk(module, calls)
     steps = trunk.steps()
-    flow = _dataflow(module, input_shape)
     if flow is not None:
         branches = _parallel(flow, [calls[i][0] for i in steps])
         steps = [i for i in steps if calls[i][0] not in branches]
@@ -104,11 +105,12 @@ def default_chain_of(
     module: nn.Module,
     calls: Sequence[Call],
     logits: str | None,
-    input_shape: Sequence[int] | None = None,
+    flow: Dataflow | Sequence[int] | None = None,
 ) -> list[str]:
     """A tree chain: the ``logits`` layer, then the cuts, deepest first.
 
-    ``input_shape`` (``C x H x W``): drop parallel branches (:func:`cuts`).
+    ``flow`` (a :class:`~.dataflow.Dataflow` or the input's ``C x H x W``): drop
+    parallel branches (:func:`cuts`).
 
     Example
     -------
@@ -117,7 +119,7 @@ def default_chain_of(
     ['2', '0']
     """
     chain = [logits] if logits else []
-    return chain + [c for c in reversed(cuts(module, calls, input_shape)) if c not in chain]
+    return chain + [c for c in reversed(cuts(module, calls, flow)) if c not in chain]
 
 
 def cam_layer_of(module: nn.Module, calls: Sequence[Call], before: str | None = None) -> str:

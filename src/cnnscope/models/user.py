@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..engine import Engine, preserved
+from ..engine.dataflow import Dataflow
 from ..engine.structure import Call, call_names, default_chain_of
 from ..errors import ModelSpecError
 from .base import LoadedModel, Preprocessing, imagenet_labels
@@ -220,7 +221,7 @@ def wrap(
     n = probe.classes
     if isinstance(module, torch.jit.ScriptModule):
         log.warning("%s is TorchScript: %s", name, TORCHSCRIPT_LIMITS)
-    chain = default_chain_of(module, probe.calls, probe.logits_layer, (3, *pre.input_size))
+    chain = default_chain_of(module, probe.calls, probe.logits_layer, probe.flow)
     names = _class_names(n, labels, labels_of(metadata))
     if not n and labels is None:
         log.warning("model %s output has shape %s; class labels unknown", name, probe.shape)
@@ -235,6 +236,7 @@ class Probe:
     logits_layer: str | None  # the innermost module whose output *is* the model output
     calls: tuple[Call, ...]  # every submodule call with a tensor output: name, shape
     recorded: int  # submodule outputs seen (0: nothing can be recorded)
+    flow: Dataflow | None = None  # which calls feed or bypass which (None: not known)
 
     @property
     def classes(self) -> int:
@@ -275,9 +277,21 @@ def _probe(module: nn.Module, name: str, size: tuple[int, int]) -> Probe:
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     h, w = size
+    # with autograd for the dataflow (structure); an in-place op on x forbids it. Not for
+    # TorchScript: no hooks to read, and grad runs make its executor fuse the activations
+    scripted = isinstance(module, torch.jit.ScriptModule)
+    x = torch.zeros(1, 3, h, w, device=device, dtype=dtype, requires_grad=not scripted)
     try:
-        with _eval_mode(module, name), torch.no_grad():
-            out = module(torch.zeros(1, 3, h, w, device=device, dtype=dtype))
+        try:
+            with _eval_mode(module, name), torch.set_grad_enabled(not scripted):
+                out = module(x)
+        except RuntimeError:
+            if scripted:
+                raise
+            records.clear()
+            x = x.detach()
+            with _eval_mode(module, name), torch.no_grad():
+                out = module(x)
     except ModelSpecError:
         raise
     except Exception as exc:
@@ -296,8 +310,10 @@ def _probe(module: nn.Module, name: str, size: tuple[int, int]) -> Probe:
     # hooks fire innermost first: the first module whose output is the model output
     logits = next((n for n, o in records if o is out), None)
     named = zip(call_names([n for n, _ in records]), (o for _, o in records))
-    calls = tuple((n, tuple(o.shape[1:])) for n, o in named if isinstance(o, torch.Tensor))
-    return Probe(tuple(out.shape), logits, calls, len(records))
+    named = [(n, o) for n, o in named if isinstance(o, torch.Tensor)]
+    calls = tuple((n, tuple(o.shape[1:])) for n, o in named)
+    flow = Dataflow(dict(named), out, x) if out.grad_fn is not None else None
+    return Probe(tuple(out.detach().shape), logits, calls, len(records), flow)
 
 
 @contextlib.contextmanager
