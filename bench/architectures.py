@@ -26,7 +26,6 @@ import contextlib
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -44,6 +43,7 @@ sys.path.insert(0, str(ROOT))  # tests.lookalike_models, tests.structure_models
 
 import captum  # noqa: E402
 import captum.attr as captum_attr  # noqa: E402
+from timing import interleaved  # noqa: E402
 
 import cnnscope  # noqa: E402
 from cnnscope.attribution import attribute  # noqa: E402
@@ -549,23 +549,6 @@ def conservation(arch: Arch, x: torch.Tensor, notes: dict[str, int]) -> dict[str
             cell += f" [w{notes[key]}]"
         out[comp] = cell
     return out
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run in turn ``repeats`` times after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(_time(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 #: inner samples of IG and SmoothGrad in the timings (their defaults are 50)

@@ -25,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,29 +36,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))  # tests.relu_copies
 
+from timing import interleaved, seconds  # noqa: E402
+
 from cnnscope.attribution import attribute  # noqa: E402
 from cnnscope.images import load_gallery_image  # noqa: E402
 from cnnscope.models import load_model  # noqa: E402
 from tests.relu_copies import ReluClamp6, replace_relu6  # noqa: E402
 
 TARGET = 285  # Egyptian cat, the top-1 class of the chelsea photo
-
-
-def _time(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, run in turn ``repeats`` times after a warm-up."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            times[k].append(_time(fn))
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _captum_row(name: str, label: str, t: dict[str, float]) -> dict:
@@ -282,9 +265,9 @@ def main(argv=None) -> int:
         layer, channels = ("blocks.15", 320) if args.quick else ("head_act", 1280)
         fbest = best_batch(lambda b: f_chunks(net, x, 64, b), (16, 32, 64), 1)
         floor_run = f_chunks(net, x, channels, fbest)
-        before = _time(floor_run)
+        before = seconds(floor_run)
         child = score_cam_child(args.threads, fbest, layer)
-        after = _time(floor_run)
+        after = seconds(floor_run)
         floor_s = (before + after) / 2
         score = {
             "layer": layer,
