@@ -110,7 +110,7 @@ def throughput(model, batches: list[torch.Tensor], repeats: int) -> dict:
 
 def end_to_end(model, folder: Path, out: Path, batch_size: int, workers: int) -> dict:
     """DataLoader + plain forward vs ``run_build`` on the same folder, ABBA-interleaved."""
-    from cnnscope.index.build import _Collate, _Images
+    from cnnscope.index.loader import Collate, Images
     from cnnscope.index.sources import Source
 
     src = Source(folder)
@@ -119,10 +119,10 @@ def end_to_end(model, folder: Path, out: Path, batch_size: int, workers: int) ->
 
     def plain() -> float:
         loader = torch.utils.data.DataLoader(
-            _Images(src, items, pre),
+            Images(src, items, pre),
             batch_size=batch_size,
             num_workers=workers,
-            collate_fn=_Collate(batch_size, tuple(pre.input_size)),
+            collate_fn=Collate(batch_size, tuple(pre.input_size)),
         )
         t = time.perf_counter()
         with torch.no_grad():

@@ -45,8 +45,8 @@ import torch
 
 from cnnscope.models import load_model
 from cnnscope.synthesis import SynthesisConfig, deepdream, visualize_config
+from cnnscope.synthesis.loop import _Run, _whole_update, make_param
 from cnnscope.synthesis.optim import Optimizer
-from cnnscope.synthesis.render import _Run, _whole_update, make_param
 
 
 class _Stop(Exception):

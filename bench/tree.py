@@ -73,7 +73,7 @@ def mean_correlation(pictures: list[np.ndarray]) -> float:
 
 
 def _support(picture: np.ndarray) -> np.ndarray:
-    from cnnscope.server.service import crop_to_support  # the explorer's old zoom
+    from cnnscope.render.pictures import crop_to_support  # the explorer's old zoom
 
     return np.asarray(Image.open(io.BytesIO(crop_to_support(png_bytes(picture)))))
 

@@ -3,7 +3,8 @@
 Starts a real server (``create_app`` with the gallery's default index, built on the first
 run into ``--data-dir``), waits for the index, and walks: gallery, image page, tree (with
 a node's dataset examples on hover and its feature visualization in the side panel), unit
-page, layer views. Needs Debian's chromium and the playwright package (test extras)::
+page, layer views, and the class page of chelsea's top class (its graph built over the
+gallery with the page's own button the first time, into ``DATA_DIR/graphs``). Needs Debian's chromium and the playwright package (test extras)::
 
     python scripts/make_explorer_screenshots.py [--data-dir DIR] [--out docs/img/explorer]
 """
@@ -114,11 +115,25 @@ def main() -> None:
         expect(page.locator(".popover img")).to_be_visible()
         settle(page)
         page.screenshot(path=str(args.out / "tree.png"))
+        link = page.locator("#class-graph-link")
+        expect(link).to_be_visible()
+        graph_page = link.get_attribute("href")
 
         page.goto(base + f"/units/{unit.replace('#', '~')}?image=chelsea&model=efficientnet_lite0")
         expect(page.locator(".page-unit h1")).to_be_visible()
+        expect(page.locator(".page-unit .loading-block")).to_have_count(0)  # drill up
         settle(page)
         page.screenshot(path=str(args.out / "unit.png"), full_page=True)
+
+        # The class page: the first time, build its graph over the gallery (the page's button).
+        page.goto(base + graph_page + "?model=efficientnet_lite0")
+        page.wait_for_selector("#graph-drawing, #graph-start")
+        if page.locator("#graph-start").count():
+            page.screenshot(path=str(args.out / "class_build.png"))
+            page.locator("#graph-start").click()
+        expect(page.locator("#graph-drawing svg.cg-svg")).to_be_visible()
+        settle(page)
+        page.screenshot(path=str(args.out / "class.png"), full_page=True)
 
         page.goto(base + "/images/chelsea/layers?layer=stem_act&order=kmeans")
         expect(page.locator("img.mosaic-img")).to_have_js_property("complete", True)
@@ -130,6 +145,7 @@ def main() -> None:
         expect(page.locator("#volume-plot.ready")).to_have_count(1)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(args.out / "layers_volume.png"))
+
         browser.close()
     print(f"wrote screenshots to {args.out}")
 

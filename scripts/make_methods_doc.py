@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from cnnscope.attribution import METHODS, attribute, method_names  # noqa: E402
+from cnnscope.attribution.figures import STYLES  # noqa: E402
 from cnnscope.attribution.lrp import COMPOSITES  # noqa: E402
-from cnnscope.attribution.render import STYLES  # noqa: E402
 from cnnscope.engine.rules import RULES_TABLE  # noqa: E402
 from cnnscope.images import load_gallery_image  # noqa: E402
 from cnnscope.models import load_model  # noqa: E402
@@ -101,9 +101,9 @@ def method_figure(model, images, name: str, **options) -> tuple[Path, float, obj
         panels = [(f"{label}\n{one.target}", one.pictures[0])]
         panels += [(s, one.render(s)) for s in styles]
         rows.append((label, panels))
-    skip = ("legacy", "steps", "samples")
+    skip = ("quirks", "steps", "samples")
     tag = "_".join([name] + [f"{k}-{v}" for k, v in options.items() if k not in skip])
-    tag += "_legacy" if options.get("legacy") else ""
+    tag += "_quirks" if options.get("quirks") else ""
     tag = re.sub(r"-+", "-", "".join(c if c.isalnum() or c in "._-" else "-" for c in tag))
     tag = tag.strip("-")
     path = IMG_DIR / f"{tag}.png"
@@ -165,11 +165,11 @@ def main(argv=None) -> int:
         print(f"{name}: {seconds:.1f}s -> {path.relative_to(ROOT)}", flush=True)
     variants = [
         (
-            "Seed 2's quirks (`legacy=True`)",
+            "pytorch-cnn-visualizations' quirks (`quirks=True`)",
             [
-                ("grad_cam", {"legacy": True}),
-                ("smoothgrad", {"legacy": True, "samples": 16}),
-                ("integrated_gradients", {"legacy": True, "steps": 25}),
+                ("grad_cam", {"quirks": True}),
+                ("smoothgrad", {"quirks": True, "samples": 16}),
+                ("integrated_gradients", {"quirks": True, "steps": 25}),
             ],
         ),
         (
@@ -247,7 +247,7 @@ def write_page(sections, variant_sections) -> None:
         "",
         "| style | what it shows |",
         "|---|---|",
-        "| colored | the signed map min-max scaled over all channels, as RGB (seed 2's `_color`),"
+        "| colored | the signed map min-max scaled over all channels, as RGB (pytorch-cnn-visualizations' `_color`),"
         " after clipping at the 1st and 99th percentiles |",
         "| grayscale | sum over channels of absolute values, from its minimum to its 99th percentile |",
         "| positive / negative | `max(a, 0) / max(a)` and `max(-a, 0) / -min(a)`, the max taken at the"
@@ -257,7 +257,7 @@ def write_page(sections, variant_sections) -> None:
         "| overlay | the heatmap on the picture the model saw (`--alpha`, default 0.5) |",
         "| seismic | the channel sum on a symmetric scale: red positive, blue negative, white zero |",
         "",
-        f"All styles: {', '.join(STYLES)}. `percentile=100` gives seed 2's plain min-max pictures"
+        f"All styles: {', '.join(STYLES)}. `percentile=100` gives pytorch-cnn-visualizations' plain min-max pictures"
         " (one extreme gradient pixel then leaves the rest grey or black). Styles that are empty by"
         " construction (the negative part of a non-negative map) are left out of the figures.",
         "",
@@ -297,7 +297,7 @@ def write_page(sections, variant_sections) -> None:
         "",
         "Every entry point on each look-alike (with a TorchScript and a bare-module row), agreement with Captum per architecture, conservation per architecture and composite, and time against one forward + backward: [architectures](architectures.md) (`python bench/architectures.py`).",
         "",
-        "With `legacy=True` seed 2's SmoothGrad uses a noise std of `(4 / (max - min))**2`, which is 4"
+        "With `quirks=True` pytorch-cnn-visualizations' SmoothGrad uses a noise std of `(4 / (max - min))**2`, which is 4"
         " on this model's inputs in [-1, 1]: its pictures below are noise, as that formula gives here.",
         "",
     ]

@@ -11,7 +11,10 @@ docs/synthesis.md. Run from the repository root:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,6 +26,7 @@ from cnnscope.models import load_model
 from cnnscope.render import grid
 from cnnscope.synthesis import (
     PRESETS,
+    SynthesisConfig,
     class_image,
     deepdream,
     invert,
@@ -30,6 +34,8 @@ from cnnscope.synthesis import (
     synthesize,
     visualize_units,
 )
+from cnnscope.synthesis import cli as synthesis_cli
+from cnnscope.synthesis.objectives import KINDS
 from cnnscope.synthesis.outputs import write_png
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,6 +52,19 @@ UNIT_STEPS, UNIT_SIZE = 144, 128
 CLASS, CLASS_STEPS = "flamingo", 200
 INVERT_IMAGE, INVERT_LAYERS, INVERT_STEPS = "coffee", ["blocks.4", "blocks.10"], 200
 DREAM_IMAGE, DREAM_LAYER, DREAM_STEPS = "chelsea", "blocks.10", 10
+
+#: The :class:`SynthesisConfig` fields that have a row of their own in the cnn-vis options
+#: table; every other field is listed in its last row ("new"), read from the schema.
+TABLE_FIELDS = {
+    "objective", "initial_image", "init_scale", "init_blur", "initial_size", "final_size",
+    "num_sizes", "resize_type", "batch_size", "use_pixel_learning_rates", "learning_rate",
+    "decay_rate", "learning_rate_decay_iter", "learning_rate_decay_fraction", "num_steps",
+    "alpha", "p_scale", "p_reg", "alpha_aux", "p_scale_aux", "p_reg_aux", "beta", "tv_reg",
+    "tv_reg_scale", "tv_reg_step", "tv_reg_step_iter", "tv_grad_operator", "raw_priors",
+    "output_iter", "rescale_image",
+}  # fmt: skip
+#: ``cnnscope dream``'s options that are not config fields and not in cnn-vis.
+NEW_CLI_OPTIONS = ("--preset", "--quick", "--config", "--gif")
 
 
 def _rel(p: Path) -> str:
@@ -132,6 +151,14 @@ STEPS = {
 }
 
 
+def saved_log() -> dict:
+    """The timings of the last render (docs/img/synthesis/timings.json), which the page shows."""
+    log_path = IMG / "timings.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    log.setdefault("presets", {})
+    return log
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default=",".join(STEPS), help="comma-separated parts to render")
@@ -143,8 +170,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     IMG.mkdir(parents=True, exist_ok=True)
     log_path = IMG / "timings.json"
-    log = json.loads(log_path.read_text()) if log_path.exists() else {}
-    log.setdefault("presets", {})
+    log = saved_log()
     if not args.no_render:
         model = load_model()
         model.module.to(args.device)
@@ -199,8 +225,62 @@ def _unit_table() -> str:
     return "\n".join(rows)
 
 
+def _cell(text: str) -> str:
+    """reST-ish docstring text as one Markdown table cell."""
+    text = re.sub(r":\w+:`~?([^`]+)`", r"`\1`", " ".join(text.split()))
+    return text.replace("``", "`").replace("|", "\\|")
+
+
+def _objective_rows() -> str:
+    """One row per objective class (in :data:`KINDS`' order): examples, call words, docstring."""
+    classes = [c for c in dict.fromkeys(KINDS.values()) if c.__module__.startswith("cnnscope.")]
+    rows = ["| text forms | call words | class | meaning |", "|---|---|---|---|"]
+    for cls in classes:
+        doc = inspect.getdoc(cls) or ""
+        text = re.split(r"\n\s*(?:Examples|Parameters|Attributes|Notes)\n-+", doc)[0]
+        rows.append(
+            f"| {', '.join(f'`{_cell(t)}`' for t in cls.examples)} "
+            f"| {', '.join(f'`{k}`' for k in cls.kinds)} | `{cls.__name__}` | {_cell(text)} |"
+        )
+    return "\n".join(rows)
+
+
+def _new_options() -> str:
+    """The flags of the config fields that cnn-vis did not have, then the new CLI options."""
+    fields = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
+    if missing := TABLE_FIELDS - fields.keys():
+        raise SystemExit(f"TABLE_FIELDS names fields SynthesisConfig lacks: {sorted(missing)}")
+    flags = [
+        synthesis_cli.config_flags(f)[0] for f in fields.values() if f.name not in TABLE_FIELDS
+    ]
+    return ", ".join(f"`{f}`" for f in [*flags, *NEW_CLI_OPTIONS])
+
+
+def _check_options_table(text: str) -> None:
+    """Every option that the cnn-vis table gives as ``cnnscope dream``'s is one of its flags."""
+    sub = argparse.ArgumentParser().add_subparsers()
+    synthesis_cli.register(sub)
+    known = set(sub.choices["dream"]._option_string_actions)
+    section = text.split("## cnn-vis options in `cnnscope dream`")[1].split("### ")[0]
+    unknown = []
+    for row in section.splitlines():
+        cells = row.split(" | ")
+        if not row.startswith("| ") or len(cells) < 3 or set(cells[1]) <= set("-|"):
+            continue
+        ours = cells[1] + (cells[0] if cells[1].startswith(("same", "all")) else "")
+        unknown += [f for f in re.findall(r"--[a-z0-9_-]*[a-z0-9]", ours) if f not in known]
+    if unknown:
+        raise SystemExit(f"the cnn-vis table names options dream lacks: {unknown}")
+
+
 def page(log: dict) -> str:
     """The Markdown of docs/synthesis.md."""
+    text = _page(log)
+    _check_options_table(text)
+    return text
+
+
+def _page(log: dict) -> str:
     timing = log.get("last_run_seconds")
     cls = log.get("class", {}).get("top")
     cls_text = ", ".join(f"{n} {p:.1%}" for n, p in cls) if cls else "?"
@@ -241,6 +321,15 @@ prints the statistics cnn-vis printed (p-norm and TV losses, mean magnitudes of 
 gradient term, step size relative to the image, objective, image mean and std); tqdm shows
 progress.
 
+`visualize`, `invert` and `classimage` take the same `--output-iter N` (N >= 1; off by
+default): a snapshot every N steps, named as dream's `save` names them (`inv_1_50.png`,
+`inv_1_100.png`, ... for `-o inv.png`; `LAYER_C_1_STEP.png` per unit for `visualize`).
+The last snapshot of a run is its final image. Every file is written whole or not at all.
+
+```bash
+cnnscope invert coffee --layer blocks.4 --steps 200 --output-iter 50 -o inv.png
+```
+
 ## Python API
 
 ```python
@@ -261,6 +350,10 @@ result = synthesize(model, SynthesisConfig(num_steps=64), objective=objective)
 ```
 
 `visualize_units` returns one `H x W x 3` uint8 array per unit, rendered as one batch.
+`visualize_units(..., return_result=True, output_iter=N)`, `class_image(..., output_iter=N)` and
+`invert(..., output_iter=N)` keep a snapshot every N steps in `result.frames`;
+`save_result(result, model, "out.png", behaviors={{"save"}})` (in `cnnscope.synthesis.outputs`)
+writes them as `out_SIZE_STEP.png`, as `dream` does.
 `unit_visualization(model, unit, cache_dir, steps=48, size=128, seed=0, progress=None)`
 returns the path of a cached PNG (the file name hashes the model, the unit and the
 settings; written atomically; `progress(done, total)` is called after each step). A unit
@@ -278,19 +371,31 @@ their sum. Its gradient at the activations (the *seed*) goes to the engine, whic
 backpropagates it to the input (`Forward.grad_many`, rule `gradient`); autograd then
 carries it through the input normalisation, the transforms and the parameterization.
 
+The objectives, one row per class of `cnnscope.synthesis.objectives` (read from the
+classes: their `examples`, `kinds` and docstrings):
+
+{_objective_rows()}
+
+and the algebra that combines them (`cnnscope.synthesis.expression`):
+
 | text form | meaning |
 |---|---|
-| `LAYER:C` | mean of channel C over positions |
-| `LAYER:C@Y,X`, `neuron(LAYER:C)` | one neuron (the centre one when no position) |
-| `channel(LAYER:C, reduce=sum)` | sum over positions (cnn-vis `amplify_neuron`: gradient 1 on the whole channel) |
-| `class(285)`, `class(tabby)` | a class logit |
-| `amplify(LAYER, l1=1, l2=1, clip=5)` | cnn-vis layer amplification: its gradient is `l1 \\|a\\| + l2 clip(a, -c, c)` (the value is `l1 a\\|a\\|/2 + l2 huber_c(a)` summed) |
-| `deepdream(LAYER)` | mean of squares |
-| `direction(LAYER, v1 v2 ...)` or `direction(LAYER, v.npy)` | mean over positions of `a . v/\\|v\\|` |
-| `diversity(LAYER)` | minus each image's mean cosine similarity of Gram matrices to the other images of the batch |
-| `invert(LAYER, IMAGE)` | `-\\|\\|phi(x) - phi(x0)\\|\\|^2 / \\|\\|phi(x0)\\|\\|^2` (Mahendran & Vedaldi) |
 | `a + b`, `a - b`, `2*a`, `a/2`, `-a`, `a * b`, `( )` | sums, differences, scaling, product of values |
 | `a \\| b \\| c` | a batch: image *i* maximizes term *i* (what `visualize` does) |
+
+### Adding an objective
+
+An objective is one class in `src/cnnscope/synthesis/objectives.py`, a subclass of
+`Objective` (or of `LayerObjective` when it reads one layer, `self.layer`). Set `kinds`
+(its call words: `kinds = ("peak",)` reads `peak(...)`; defining the class registers them),
+`examples` (canonical text forms), `__call__` (`{{layer: N x ...}}` to `N` values) and, unless
+it takes nothing but a layer, `from_args` (the text inside the parentheses; the helpers
+`layer_args`, `unit_args`, `keyword_args` read the usual forms), `bind` (canonical layer names,
+checked channels) and `spec` (the text form). A numpy-style docstring with an example
+describes it; its first paragraphs become its row in the table above when this page is
+regenerated. `test_every_objective_kind_reads_back_its_own_text` (`tests/test_synthesis.py`)
+checks that every example reads back to itself (`str(parse_objective(text)) == text`, of the
+class), and `test_synthesis_doc_is_up_to_date` that this page lists the class.
 
 ## Parameterizations, transforms, optimizers, priors
 
@@ -370,7 +475,7 @@ underscores (`--tv-reg` = `--tv_reg`); `--config FILE.json` reruns a saved recor
 | `--output_iter`, `--iter_behavior` (`show`, `save`, `print`, `plot_pix`) | same, plus `gif` | `plot_pix` writes `NAME_pixels.png` (pixels (100,100), (200,200), (100,200), (200,100)) |
 | `--show_width`, `--show_height` | same | |
 | `--rescale_image` | same | |
-| | `--param`, `--no-decorrelate`, `--fft-decay`, `--optimizer`, `--betas`, `--momentum`, `--pad`, `--pad-mode`, `--jitter`, `--scales`, `--angles`, `--jitter2`, `--l1-decay`, `--l2-decay`, `--blur-every`, `--blur-sigma`, `--clip-grad-norm`, `--grad-blur`, `--clamp-pixels`, `--tile-size`, `--no-tile`, `--keep-detail`, `--batch`, `--seed`, `--preset`, `--quick`, `--config`, `--gif`, `--quirks` | new |
+| | {_new_options()} | new |
 
 ### Units of the prior weights
 
@@ -394,7 +499,7 @@ cnn-vis's direction with the network's gradient at its own input in place of Goo
 its pixels, times one positive factor per channel, which RMSProp and Adam cancel (they
 normalise each element). A ported command line therefore strikes the trade-off it struck in
 cnn-vis, to the extent that the two networks are about as sensitive to their own inputs.
-The L1/L2 decay (seed 2's, set on this model), the blur and the clipping are not scaled.
+The L1/L2 decay (pytorch-cnn-visualizations', set on this model), the blur and the clipping are not scaled.
 
 | ex1's numbers, 112x112, 40 steps | pixel std | std after a sigma-2 blur | amplification |
 |---|---|---|---|
@@ -424,13 +529,13 @@ Python 2 / Caffe, the lexicographic size assertion (any size works), stale batch
 skipped ReLU of the target (the seed is injected at the named layer's output), `print` being
 always on.
 
-Seed 2's synthesis scripts (seed-features.md §2.11-2.14) map as: layer/filter
+pytorch-cnn-visualizations' synthesis scripts (seed-features.md §2.11-2.14) map as: layer/filter
 visualization = `visualize` (a channel's mean; `--param pixel --lr ...` for plain pixels);
 inverted representations = `invert` (alpha-norm + TV, normalised distance; its TV over
 channels and rows bug is fixed: TV runs over H and W); deep dream = `dream --objective
 "channel(L:F)"` or `deepdream(L)` from a photo; class images = `classimage` (blur every N
 steps, L2 decay, norm clipping of the gradient of the *image's* parameters rather than of
-the model's, which made seed 2's clipping a no-op).
+the model's, which made pytorch-cnn-visualizations' clipping a no-op).
 
 ## Gallery
 
@@ -456,9 +561,9 @@ own numbers (as raw weights they were 50x-1700x smaller); the presets add a 16 p
 
 ### Class image: {CLASS}
 
-`cnnscope classimage {CLASS} --steps {CLASS_STEPS}`: seed 2's regularized recipe (a Gaussian blur
+`cnnscope classimage {CLASS} --steps {CLASS_STEPS}`: pytorch-cnn-visualizations' regularized recipe (a Gaussian blur
 every 10 steps, L2 decay, clipping of the gradient's norm) on the Fourier parameterization with
-decorrelated colour and random transforms, Adam. (With SGD on plain pixels, as seed 2 did on
+decorrelated colour and random transforms, Adam. (With SGD on plain pixels, as pytorch-cnn-visualizations did on
 AlexNet, EfficientNet-Lite0 gives grey images with a few pink fragments.) The model scores it:
 {cls_text}.
 

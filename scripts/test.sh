@@ -18,5 +18,7 @@ python3 -m pip install -q -e '.[test]'
 
 python3 -m ruff format --check src tests bench
 python3 -m ruff check src tests bench
+# Types of src/cnnscope (pyproject: [tool.mypy]).
+python3 -m mypy
 # tests/ and the docstring examples in src/cnnscope (pyproject: testpaths, --doctest-modules).
 python3 -m pytest -q "$@"

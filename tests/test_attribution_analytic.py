@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnscope.attribution import attribute, fold_batchnorms
+from cnnscope.attribution import Context, attribute, fold_batchnorms
+from cnnscope.attribution.figures import render_map
 from cnnscope.attribution.gradient import INTEGRATION, path_points
-from cnnscope.attribution.render import render_map
 
 from .mixed_net import INPUT_SIZE, MixedNet
 
@@ -111,11 +111,22 @@ def test_ig_baselines(linear, xs):
     )
 
 
-def test_legacy_ig_is_seed_2(linear, xs):
+def test_quirks_ig_is_pytorch_cnn_visualizations(linear, xs):
     # 101 points from 0 to 1 averaged over 100 steps, not multiplied by the input
     weight = linear[1].weight[2].detach().view(3, H, W)
-    attr = attribute(linear, xs[:1], "ig", target=2, steps=100, legacy=True)
+    attr = attribute(linear, xs[:1], "ig", target=2, steps=100, quirks=True)
     _assert_close(attr.tensor[0], weight * 101 / 100)
+    assert attr.options["quirks"] is True
+
+
+def test_legacy_is_a_deprecated_spelling_of_quirks(linear, xs):
+    with pytest.warns(DeprecationWarning, match="legacy.* is deprecated: use .*quirks"):
+        old = attribute(linear, xs[:1], "ig", target=2, steps=100, legacy=True)
+    new = attribute(linear, xs[:1], "ig", target=2, steps=100, quirks=True)
+    assert torch.equal(old.tensor, new.tensor)
+    ctx = Context(linear, xs[:1], 2, quirks=True)
+    with pytest.warns(DeprecationWarning, match="Context.legacy"):
+        assert ctx.legacy is True
 
 
 # ---------------------------------------------------------------------------------------
@@ -404,10 +415,10 @@ def test_cam_family_formulas(cam_net, cam_x):
         _assert_close(got, cam.clamp(min=0), rtol=1e-4, atol=1e-6)
 
 
-def test_legacy_grad_cam_starts_from_ones(cam_net, cam_x):
+def test_quirks_grad_cam_starts_from_ones(cam_net, cam_x):
     a, g, _ = _a_and_g(cam_net, cam_x, 0)
     cam = (g.mean((2, 3), keepdim=True) * a).sum(1)
-    got = attribute(cam_net, cam_x, "grad_cam", target=0, legacy=True).meta["cam"]["features.3"]
+    got = attribute(cam_net, cam_x, "grad_cam", target=0, quirks=True).meta["cam"]["features.3"]
     _assert_close(got, (cam + 1).clamp(min=0))
 
 

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from cnnscope.attribution import METHODS, attribute, method_names
-from cnnscope.attribution.render import STYLES
+from cnnscope.attribution.figures import STYLES
 from cnnscope.cli import main
 from cnnscope.errors import CnnscopeError, UnitSpecError, UnknownLayerError
 
@@ -337,6 +337,33 @@ def test_cli_compare_and_evaluate(tmp_path, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 + 3
     assert lines[2].split()[0] == "gradient" and lines[3].split()[0] == "integrated_gradients"
+
+
+def test_cli_quirks_and_its_old_spelling(tmp_path, capsys, caplog):
+    img = _png(tmp_path)
+    npy = {
+        flag: tmp_path / f"{flag.strip('-') or 'plain'}.npy"
+        for flag in ("", "--quirks", "--legacy")
+    }
+    for flag, path in npy.items():
+        argv = ["attribute", img, "-m", "grad_cam", "--save-npy", str(path), "--out", str(tmp_path)]
+        argv += MIXED
+        assert main(argv + ([flag] if flag else [])) == 0
+    plain, quirks, legacy = (np.load(p) for p in npy.values())
+    assert np.array_equal(quirks, legacy) and not np.array_equal(plain, quirks)
+    assert "--legacy is deprecated: use --quirks" in caplog.text
+    assert "--legacy" not in capsys.readouterr().out
+
+
+def test_lrp_rule_old_names_warn():
+    import cnnscope.attribution as attribution
+    import cnnscope.attribution.lrp as lrp
+
+    with pytest.warns(DeprecationWarning, match="Rule is deprecated: use LrpRule"):
+        assert attribution.Rule is attribution.LrpRule
+    for old, new in lrp._RENAMED.items():
+        with pytest.warns(DeprecationWarning, match=f"lrp.{old} is deprecated: use {new}"):
+            assert getattr(lrp, old) is getattr(lrp, new)
 
 
 def test_cli_builtin_model(tmp_path, capsys):

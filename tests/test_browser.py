@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cnnscope.engine.rules import RULES
 from tests.live_server import serving
 
 CHROMIUM = "/usr/bin/chromium"
@@ -485,6 +486,115 @@ def test_method_picker_shows_the_registry_titles(page, server):
     for method, text in shown.items():
         assert text.removesuffix(" (slow)") == METHODS[method].title, (method, text)
         assert "_" not in text
+
+
+def _picker_order(terms: list[dict], first: str) -> list[tuple[str, str]]:
+    """``[(name, title)]`` of a vocabulary list, the page's default moved to the front."""
+    pairs = [(t["name"], t["title"]) for t in terms]
+    return sorted(pairs, key=lambda p: p[0] != first)  # stable: the rest keep their order
+
+
+def _shown_lists(page, server: str) -> dict[str, list[tuple[str, str]]]:
+    """Every list of choices the tree and image pages show, as ``[(value, label)]``."""
+    page.goto(f"{server}/images/chelsea/tree?model=efficientnet_lite0&path=logits:285")
+    expect(page.locator("#opt-rule button").first).to_be_visible()
+
+    def buttons(css: str) -> list[tuple[str, str]]:
+        return [(b.get_attribute("data-value"), b.text_content()) for b in page.locator(css).all()]
+
+    shown = {
+        "rules": buttons("#opt-rule button"),
+        "scorings": buttons("#opt-scoring button"),
+        "signs": [
+            (el.get_attribute("class").split("lg-")[-1], el.text_content())
+            for el in page.locator(".legend .lg:not(.lg-faith)").all()
+        ],
+    }
+    page.goto(f"{server}/images/chelsea?model=efficientnet_lite0")
+    expect(page.locator("#attr-method option").first).to_be_attached()
+
+    def options(css: str) -> list[tuple[str, str]]:
+        return [(o.get_attribute("value"), o.text_content()) for o in page.locator(css).all()]
+
+    shown["overview_rules"] = options("#overview-rule option")
+    shown["methods"] = options("#attr-method option")
+    shown["defaults"] = {"method": page.locator("#attr-method").input_value()}
+    page.goto(f"{server}/images/chelsea/layers?model=efficientnet_lite0")
+    expect(page.locator("#opt-order button").first).to_be_visible()
+    shown["orders"] = buttons("#opt-order button")
+    shown["normalizations"] = buttons("#opt-normalize button")
+    checked = '[aria-checked="true"]'
+    shown["defaults"]["order"] = page.locator(f"#opt-order button{checked}").get_attribute(
+        "data-value"
+    )
+    shown["defaults"]["normalize"] = page.locator(f"#opt-normalize button{checked}").get_attribute(
+        "data-value"
+    )
+    page.goto(f"{server}/?model=efficientnet_lite0")
+    expect(page.locator(".gallery-section").first).to_be_visible()
+    shown["sources"] = [
+        (head.locator("h2").text_content(), head.locator("span").text_content())
+        for head in page.locator(".gallery-section .section-head").all()
+    ]
+    return shown
+
+
+def _expected_lists(vocab: dict, server: str) -> dict:
+    defaults = vocab["defaults"]
+    present = {i["source"] for i in httpx.get(f"{server}/api/images", timeout=60).json()["images"]}
+    return {
+        "rules": _picker_order(vocab["rules"], defaults["rule"]),
+        "scorings": _picker_order(vocab["scorings"], defaults["scoring"]),
+        "signs": [(t["name"], t["title"].lower()) for t in vocab["signs"]],
+        "overview_rules": _picker_order(vocab["rules"], defaults["rule"]),
+        "methods": [
+            (m["name"], m["title"] + (" (slow)" if m["slow"] else "")) for m in vocab["methods"]
+        ],
+        "defaults": {key: defaults[key] for key in ("method", "order", "normalize")},
+        "orders": [(t["name"], t["title"]) for t in vocab["orders"]],
+        "normalizations": [(t["name"], t["title"]) for t in vocab["normalizations"]],
+        # a section per source with images, in the vocabulary's order
+        "sources": [(t["title"], t["help"]) for t in vocab["sources"] if t["name"] in present],
+    }
+
+
+def _renamed(vocab: dict) -> dict:
+    """``vocab`` with other titles, help and defaults: what the pages must then show."""
+    for kind in ("rules", "scorings", "signs", "methods", "orders", "normalizations", "sources"):
+        for term in vocab[kind]:
+            term["title"] = f"{term['title']} v2"
+            term["help"] = f"{term['help']} v2"
+    names = {kind: [t["name"] for t in vocab[kind]] for kind in ("rules", "methods")}
+    vocab["defaults"].update(
+        rule=names["rules"][0],  # not the library's guided
+        method=names["methods"][1],
+        order=vocab["orders"][-1]["name"],
+        normalize=vocab["normalizations"][-1]["name"],
+    )
+    return vocab
+
+
+def test_pages_show_the_served_vocabulary_and_no_copy_of_it(page, server):
+    """The rule, scoring, sign, method, ordering, scale and gallery-section lists on the
+    pages are /api/vocabulary's (same names, titles and order, the served defaults first
+    or picked), and a vocabulary with other titles and defaults is what the pages then
+    show: the front end keeps no copy of a list or a default the library owns."""
+    vocab = httpx.get(f"{server}/api/vocabulary", timeout=60).json()
+    assert [t["name"] for t in vocab["rules"]] == list(RULES)
+    assert _shown_lists(page, server) == _expected_lists(vocab, server)
+
+    def renamed(route):
+        answer = route.fetch()
+        route.fulfill(response=answer, json=_renamed(answer.json()))
+
+    page.route("**/api/vocabulary", renamed)
+    try:
+        vocab2 = _renamed(httpx.get(f"{server}/api/vocabulary", timeout=60).json())
+        assert vocab2["defaults"]["rule"] != vocab["defaults"]["rule"]
+        assert _shown_lists(page, server) == _expected_lists(vocab2, server)
+    finally:
+        page.unroute("**/api/vocabulary")
+    assert page.errors == [], page.errors
 
 
 def test_compare_figure_keeps_its_titles(tmp_path):

@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
+from cnnscope.engine.rules import RULES
 from tests.live_server import chromium_page, is_flat, serving
 from tests.test_browser import CHROMIUM, SLOW, expect
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-RULES = ["guided", "gradient", "deconvnet", "guided_neg"]
 NODES = "svg.tree-svg g.node"
 
 

@@ -22,8 +22,8 @@ import pytest
 from cnnscope.cli import main
 from cnnscope.errors import CnnscopeError
 from cnnscope.index import IndexFormatError, build_index, open_index
-from cnnscope.index.build import _locked
-from cnnscope.index.store import write_bundle
+from cnnscope.index.bundle import write_bundle
+from cnnscope.index.folder import locked
 from cnnscope.models import load_model
 from cnnscope.synthesis.config import SynthesisConfig
 from cnnscope.synthesis.presets import PRESETS
@@ -484,18 +484,18 @@ def test_the_lock_stays_exclusive_when_its_file_is_removed(tmp_path):
     inside, leave = threading.Event(), threading.Event()
 
     def waiter():
-        with _locked(tmp_path, wait=True):
+        with locked(tmp_path, wait=True):
             inside.set()
             leave.wait(30)
 
     thread = threading.Thread(target=waiter)
-    with _locked(tmp_path, wait=False):
+    with locked(tmp_path, wait=False):
         thread.start()
         time.sleep(0.5)  # let the waiter open the file and block on it
     try:
         assert inside.wait(30)
         with pytest.raises(CnnscopeError, match="another process is building"):
-            with _locked(tmp_path, wait=False):
+            with locked(tmp_path, wait=False):
                 pass
     finally:
         leave.set()

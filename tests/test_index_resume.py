@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnscope.atomic import KILL_ENV
 from cnnscope.index import build_index, open_index
-from cnnscope.index.store import KILL_ENV
 from cnnscope.models import load_model
 
 from .mixed_net import INPUT_SIZE
@@ -94,3 +94,45 @@ def test_sigkill_at_several_points_then_resume(mixed, tmp_path):
     assert "indexed 3 new images (12 already indexed, 0 skipped)" in run.stdout
     full = build_index(mixed, folder, LAYERS, top_k=3, out=tmp_path / "full", batch_size=2)
     assert_same_index(out, full)
+
+
+def test_atomic_write_killed_before_rename_keeps_the_old_file(tmp_path):
+    target = tmp_path / "f.bin"
+    target.write_bytes(b"old")
+    code = (
+        "import sys; from cnnscope.atomic import atomic_write; "
+        "atomic_write(sys.argv[1], b'new' * 1000, kill_point='swap')"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), KILL_ENV: "swap"}
+    run = subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=60)
+    assert run.returncode == -signal.SIGKILL
+    assert target.read_bytes() == b"old"
+    (left,) = [p for p in tmp_path.iterdir() if p != target]  # the dead writer's temporary file
+    assert left.read_bytes() == b"new" * 1000
+    from cnnscope.atomic import remove_stale_temps
+
+    remove_stale_temps(tmp_path)
+    assert list(tmp_path.iterdir()) == [target]
+    env.pop(KILL_ENV)
+    subprocess.run([sys.executable, "-c", code, str(target)], env=env, timeout=60, check=True)
+    assert target.read_bytes() == b"new" * 1000
+
+
+def test_old_module_name_still_imports_with_a_warning():
+    import warnings
+
+    from cnnscope import atomic
+    from cnnscope.index import bundle, store
+
+    old = [*bundle.__all__, "MAX_INFLATION", *atomic.__all__]
+    for name in old:
+        with pytest.warns(DeprecationWarning, match=f"cnnscope.index.store.{name} is deprecated"):
+            value = getattr(store, name)
+        assert value is getattr(
+            bundle if name in (*bundle.__all__, "MAX_INFLATION") else atomic, name
+        )
+    with pytest.raises(AttributeError):
+        store.ImageStore  # noqa: B018 - not a name it ever had
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the new homes do not warn
+        assert bundle.read_bundle and atomic.atomic_write

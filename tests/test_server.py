@@ -235,7 +235,7 @@ def test_parents_drill_up(client, explorer, x):
     assert top["parents"] == [] and top["layer"] is None
 
 
-def test_attribution_fallback_and_activation_maps(client, model, x):
+def test_attribution_methods_and_activation_maps(client, model, x):
     info = client.get("/api/models").json()["models"][0]
     assert {"grad_cam", "guided_backprop"} <= set(info["attribution_methods"])
     for method in ("grad_cam", "guided_backprop"):
@@ -515,7 +515,7 @@ def test_only_the_model_worker_runs_torch_multithreaded(model, sandbox):
         assert on_worker.result(30) == 3
 
         async def beside():
-            return await service._off_loop(torch.get_num_threads)
+            return await service.compute.off_loop(torch.get_num_threads)
 
         assert asyncio.run(beside()) == 1
         task = service.background.submit("count", lambda _m, _p: torch.get_num_threads())
@@ -732,12 +732,9 @@ def test_feature_visualization_renders_in_the_background(model, sandbox):
         assert again["state"] == "done"  # cached, not rendered twice
     files = list((sandbox / "data" / "visualizations").rglob("*.png"))
     assert len(files) == 1 and files[0].is_relative_to(sandbox / "data")
-    assert (
-        create_app(model, data_dir=sandbox / "data").state.service.visualization_state(
-            "blocks.5:3"
-        )["state"]
-        == "done"
-    )  # kept for the next server
+    later = create_app(model, data_dir=sandbox / "data").state.service  # the next server
+    assert later.units.visualization_state(later.refs.unit("blocks.5:3"))["state"] == "done"
+    later.close()
 
 
 def test_a_visualization_never_holds_the_request_worker(model, tmp_path):
@@ -757,7 +754,7 @@ def test_a_visualization_never_holds_the_request_worker(model, tmp_path):
         after = c.get("/api/units/blocks.8:5/visualization").json()
         assert after["state"] == "running" and after["progress"] >= state["progress"]
     # closing the server stops the job at its next step
-    task = app.state.service._vis_jobs["blocks.8:5"]
+    task = app.state.service.units._vis_jobs["blocks.8:5"]
     assert task.finished.wait(60) and task.state == "failed"
 
 
@@ -801,10 +798,10 @@ def test_examples_say_the_index_is_building(model, tmp_path):
     svc = app.state.service
     with TestClient(app) as c:
         r = c.get("/api/units/blocks.4:7/examples.png")
-        if svc.index_state()["state"] == "building":  # answered before the build finished
+        if svc.index.state()["state"] == "building":  # answered before the build finished
             assert r.status_code == 404 and r.json()["detail"].startswith("index building")
         else:
             assert r.status_code == 200
     # the client closed (server shutdown): the build stops at its next batch
-    task = svc._index_task
+    task = svc.index.task
     assert task.finished.wait(120) and task.state in ("done", "failed")

@@ -265,11 +265,11 @@ def test_without_an_index_or_while_it_is_built_the_answer_is_404(model, tmp_path
             c.get(f"/api/units/{FINE}:5/examples/2.png"),
             c.post(f"/api/units/{FINE}:5/examples/2/open"),
         ]
-        building = svc.index_state()["state"] == "building"
+        building = svc.index.state()["state"] == "building"
     if building:  # answered before the build finished
         for r in answers:
             assert r.status_code == 404 and r.json()["detail"].startswith("index building")
-    assert svc._index_task.finished.wait(120)  # the server's shutdown stops the build
+    assert svc.index.task.finished.wait(120)  # the server's shutdown stops the build
 
 
 def test_an_index_of_other_weights_is_refused(model, tmp_path):

@@ -106,7 +106,8 @@ def test_a_cross_site_form_cannot_queue_a_feature_visualization(base, app):
     for foreign in ({"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}):
         r = httpx.post(f"{base}/api/units/{UNIT}/visualization", headers={**form, **foreign})
         assert r.status_code == 403, r.text
-    assert app.state.service.visualization_state(UNIT)["state"] == "none"
+    svc = app.state.service
+    assert svc.units.visualization_state(svc.refs.unit(UNIT))["state"] == "none"
 
 
 def test_cross_site_api_gets_start_no_work_but_pages_open_from_links(base, app):
@@ -293,13 +294,13 @@ def test_uploads_stop_with_a_clear_message_when_the_data_dir_is_full(model, tmp_
 def test_partial_files_of_a_killed_server_are_removed_at_start(tmp_path):
     uploads = tmp_path / "uploads"
     uploads.mkdir()
-    dead = uploads / ".u-0123456789abcdef.png.4242.1.tmp"
-    live = uploads / ".u-fedcba9876543210.png.4343.1.tmp"  # another server writing now
+    # the temp names of cnnscope.atomic: .<name>.<pid>.<random>.tmp
+    dead = uploads / ".u-0123456789abcdef.png.999999999.ab12.tmp"  # above any pid_max
+    live = uploads / f".u-fedcba9876543210.png.{os.getppid()}.cd34.tmp"  # a live process's
     kept = uploads / "u-0123456789abcdef.json"
     for path in (dead, live, kept):
         path.write_bytes(b"partial")
     hour_ago = time.time() - 3600
-    os.utime(dead, (hour_ago, hour_ago))
     os.utime(kept, (hour_ago, hour_ago))
     ImageStore(tmp_path)
     assert not dead.exists() and live.exists() and kept.exists()

@@ -103,7 +103,7 @@ def test_every_thread_keeps_its_torch_threads_whichever_starts_first(model, tmp_
         assert on_worker.result(30) == 3
 
         async def beside():
-            return await service._off_loop(torch.get_num_threads)
+            return await service.compute.off_loop(torch.get_num_threads)
 
         assert asyncio.run(beside()) == 1
         on_slow = service.slow.submit(Job("call", object(), torch.get_num_threads))
@@ -138,15 +138,15 @@ def test_the_visualization_queue_is_bounded_and_the_newest_requests_win(model, t
         states = [c.get(f"/api/units/{u}/visualization").json() for u in units]
         queued = [s["unit"] for s in states if s["state"] == "queued"]
         assert states[0]["state"] == "running"
-        assert queued == units[-svc.visualization_queue :]  # the newest wait
-        assert len(svc.background.queued) == svc.visualization_queue
-        dropped = states[1 : -svc.visualization_queue]
+        assert queued == units[-svc.units.visualization_queue :]  # the newest wait
+        assert len(svc.background.queued) == svc.units.visualization_queue
+        dropped = states[1 : -svc.units.visualization_queue]
         assert all(
             s["state"] == "none" and "dropped from the queue" in s["detail"] for s in dropped
         )
         # asking again queues it anew, as the newest
         assert c.post(f"/api/units/{units[1]}/visualization").json()["state"] == "queued"
-        assert c.get(f"/api/units/{units[-svc.visualization_queue]}/visualization").json()[
+        assert c.get(f"/api/units/{units[-svc.units.visualization_queue]}/visualization").json()[
             "state"
         ] == "none"  # fmt: skip
 
@@ -155,12 +155,12 @@ def test_a_visualization_nobody_polls_is_dropped(model, tmp_path):
     """The running one stops at its next step; a waiting one is dropped before it starts."""
     app = create_app(model, data_dir=tmp_path, synthesis_steps=100000, synthesis_size=48)
     svc = app.state.service
-    svc.visualization_watch_s = 1.5
+    svc.units.visualization_watch_s = 1.5
     with TestClient(app) as c:
         c.post("/api/units/blocks.5:1/visualization")
         assert poll_until(c, "blocks.5:1", {"running"})["state"] == "running"
         c.post("/api/units/blocks.5:2/visualization")  # never polled again
-        watched_until = time.monotonic() + 2 * svc.visualization_watch_s
+        watched_until = time.monotonic() + 2 * svc.units.visualization_watch_s
         while time.monotonic() < watched_until:  # the first stays wanted meanwhile
             assert c.get("/api/units/blocks.5:1/visualization").json()["state"] == "running"
             time.sleep(0.1)

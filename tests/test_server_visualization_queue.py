@@ -78,7 +78,7 @@ def test_the_unit_polled_last_starts_first(served):
     release.set()
     states = wait_done(client, units)
     assert all(s["state"] == "done" for s in states.values()), states
-    started = [svc._vis_jobs[u].started for u in units]
+    started = [svc.units._vis_jobs[u].started for u in units]
     assert started[2] < started[1] < started[0]  # newest first (FIFO would be the reverse)
 
 
@@ -121,8 +121,8 @@ def test_waiting_units_of_one_layer_render_in_one_batch(served, model):
     states = wait_done(client, [*same, other])
     assert all(s["state"] == "done" for s in states.values()), states
     assert svc.background.batches - runs == 2  # blocks.8 in one run, blocks.4 in another
-    jobs = [svc._vis_jobs[u] for u in same]
-    assert [t.batch_size for t in jobs] == [3, 3, 3] and svc._vis_jobs[other].batch_size == 1
+    jobs = [svc.units._vis_jobs[u] for u in same]
+    assert [t.batch_size for t in jobs] == [3, 3, 3] and svc.units._vis_jobs[other].batch_size == 1
     assert len({t.started for t in jobs}) == 1
     assert all(t.done == t.total == STEPS for t in jobs)  # progress reported to each job
     pictures = []
@@ -130,13 +130,13 @@ def test_waiting_units_of_one_layer_render_in_one_batch(served, model):
         png = client.get(states[unit]["image"])
         assert png.status_code == 200
         pictures.append(np.asarray(Image.open(io.BytesIO(png.content))).astype(np.int16))
-        path = svc._vis_file(svc.check_unit(unit))
+        path = svc.units._vis_file(svc.refs.unit(unit))
         record = json.loads(path.with_suffix(".json").read_text())
         assert record["batch"] == 3 and record["unit"] == unit
         assert record["config"]["objective"].count("|") == 2
         # the file is the one unit_visualization gives the unit: a cache hit, not a run
         stamp = path.stat().st_mtime_ns
-        again = unit_visualization(model, unit, svc._vis_dir, steps=STEPS, size=SIZE)
+        again = unit_visualization(model, unit, svc.units._vis_dir, steps=STEPS, size=SIZE)
         assert again == path and path.stat().st_mtime_ns == stamp
     assert all(p.shape == (SIZE, SIZE, 3) and p.std() > 5 for p in pictures)
     assert np.abs(pictures[0] - pictures[1]).mean() > 5  # each image its own unit
@@ -144,7 +144,7 @@ def test_waiting_units_of_one_layer_render_in_one_batch(served, model):
 
 def test_a_job_nobody_polls_is_dropped_and_never_batched(served):
     client, svc = served
-    svc.visualization_watch_s = 1.0
+    svc.units.visualization_watch_s = 1.0
     release = gate(svc)
     vis(client, "blocks.8:7", "post")  # asked for once, then the page moved on
     time.sleep(1.3)
@@ -155,7 +155,7 @@ def test_a_job_nobody_polls_is_dropped_and_never_batched(served):
     assert all(s["state"] == "done" for s in states.values()), states
     stale = vis(client, "blocks.8:7")
     assert stale["state"] == "none" and "dropped before it started" in stale["detail"]
-    assert [svc._vis_jobs[u].batch_size for u in ("blocks.8:8", "blocks.8:9")] == [2, 2]
+    assert [svc.units._vis_jobs[u].batch_size for u in ("blocks.8:8", "blocks.8:9")] == [2, 2]
 
 
 def test_a_unit_with_a_position_is_done_once_rendered(served):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +29,7 @@ from cnnscope.synthesis import (
     unit_visualization,
     visualize_units,
 )
-from cnnscope.synthesis.objectives import Context, objective_seeds
+from cnnscope.synthesis.objectives import KINDS, ModelBinding, objective_seeds
 from cnnscope.synthesis.optim import Optimizer
 from cnnscope.synthesis.params import (
     COLOUR_SQRT_COV,
@@ -162,6 +163,9 @@ def test_blur_and_gradient_clipping():
     assert np.allclose(y.numpy(), ref, atol=1e-6)
     const = torch.full((1, 3, 8, 8), 4.0, dtype=torch.float64)
     assert torch.allclose(gaussian_blur(const, 2.0), const)
+    small = _image(9, (2, 1, 5, 6))  # smaller than the kernel: edge pixels repeated
+    ref = gaussian_filter(small.numpy(), sigma=(0, 0, 2.0, 2.0), mode="nearest", truncate=4.0)
+    assert np.allclose(gaussian_blur(small, 2.0).numpy(), ref, atol=1e-6)
     g = _image(8, (3, 3, 5, 5))
     g[2] *= 1e-3
     clipped = clip_grad_norm(g, 1.0)
@@ -304,11 +308,62 @@ def test_objective_algebra_and_text_forms():
 
 def test_objectives_bind_against_the_model(model):
     engine = Engine.for_module(model.module)
-    ctx = Context(engine, (224, 224), model.class_index)
+    ctx = ModelBinding(engine, (224, 224), model.class_index)
     assert parse_objective("class(tabby)").bind(ctx).spec == "class(281)"
     for bad in ["blocks.3:40", "class(999999)", "amplify(blocks.99)", "class(notaclass)"]:
         with pytest.raises(CnnscopeError):
             parse_objective(bad).bind(ctx)
+
+
+def test_every_objective_kind_reads_back_its_own_text():
+    classes = set(KINDS.values())
+    assert {Amplify, Channel, DeepDream, Direction, Diversity, Neuron} <= classes
+    for cls in classes:
+        assert cls.examples, f"{cls.__name__} has no example text form"
+        for text in cls.examples:
+            obj = parse_objective(text)
+            assert str(obj) == text and obj.spec == text
+            assert isinstance(obj, cls) and str(cls.parse(text)) == text
+    assert str(parse_objective("dream(x)")) == "deepdream(x)"  # an alias word
+    assert str(parse_objective("unit(a:1)")) == "a:1"
+    with pytest.raises(CnnscopeError, match="not a Amplify objective"):
+        Amplify.parse("deepdream(x)")
+    with pytest.warns(DeprecationWarning, match="ModelBinding"):
+        from cnnscope.synthesis.objectives import Context
+    assert Context is ModelBinding
+
+
+def test_synthesis_doc_is_up_to_date():
+    """docs/synthesis.md is what scripts/make_synthesis_doc.py writes (objectives read from
+    their classes, the new options from the config schema): rerun it with --no-render."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location(
+        "make_synthesis_doc", root / "scripts" / "make_synthesis_doc.py"
+    )
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    text = (root / "docs" / "synthesis.md").read_text("utf-8")
+    for cls in set(KINDS.values()):
+        assert f"| `{cls.__name__}` |" in text, f"{cls.__name__} is not in docs/synthesis.md"
+    assert text == script.page(script.saved_log()), (
+        "run python scripts/make_synthesis_doc.py --no-render"
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "foo(blocks.3)", "amplify(x, q=1)", "amplify(x, clip=big)", "amplify(x", "deepdream(x, 2)",
+        "class()", "invert(x)", "direction(x)", "direction(x, a b)", "neuron(a:1, b)", "channel(a)",
+        "channel(a:1, reduce=max)", "a:1 +", "2", "a:1 / b:2", "a:1 + 2", "()", "", "  ", "a:1 )",
+    ],
+)  # fmt: skip
+def test_bad_objective_text_is_one_clear_error(text):
+    with pytest.raises(CnnscopeError) as err:
+        parse_objective(text)
+    assert str(err.value) and "\n" not in str(err.value)
 
 
 # ---------------------------------------------------------------- parameterization, transforms
@@ -652,9 +707,53 @@ def test_cli_errors_exit_2_with_one_line(argv, capsys):
     assert err and "\n" not in err and "Traceback" not in err
 
 
+def _dream_parser():
+    import argparse
+
+    from cnnscope.synthesis import cli as synthesis_cli
+
+    parser = argparse.ArgumentParser()
+    synthesis_cli.register(parser.add_subparsers())
+    return parser, synthesis_cli
+
+
+def test_dream_flags_are_built_from_the_config_schema():
+    import dataclasses
+
+    parser, synthesis_cli = _dream_parser()
+    dream = parser._subparsers._group_actions[0].choices["dream"]
+    fields = dataclasses.fields(SynthesisConfig)
+    values = {"int": "3", "float": "0.5", "str": "x", "str | None": "x", "list[float]": "1,2",
+              "tuple[float, float]": "0.5,0.6"}  # fmt: skip
+    parsed = {"int": 3, "float": 0.5, "str": "x", "str | None": "x", "list[float]": [1.0, 2.0],
+              "tuple[float, float]": (0.5, 0.6)}  # fmt: skip
+    for f in fields:
+        actions = [a for a in dream._actions if a.dest == f.name]
+        assert len(actions) == 1, f.name  # exactly one flag per option
+        assert actions[0].help == f.metadata["help"]
+        for flag in actions[0].option_strings:  # every spelling, cnn-vis's included
+            argv = ["dream", flag] if f.type == "bool" else ["dream", flag, values[f.type]]
+            given = synthesis_cli.given_config_options(parser.parse_args(argv))
+            want = (not f.default) if f.type == "bool" else parsed[f.type]
+            assert given == {f.name: want}, (flag, given)
+    # No option given: cnn-vis's defaults, with its default objective (amplify_layer).
+    cfg, record = synthesis_cli.dream_config(parser.parse_args(["dream"]))
+    assert record == {}
+    assert cfg == SynthesisConfig(objective="amplify(blocks.9.expand_act, l1=1, l2=1, clip=5)")
+    argv = ["dream", "--image_type", "amplify_neuron", "--learning_rate", "3", "--quirks",
+            "--raw-priors", "--target_layer", "blocks.4"]  # fmt: skip
+    cfg, _ = synthesis_cli.dream_config(parser.parse_args(argv))
+    assert (cfg.objective, cfg.learning_rate, cfg.quirks, cfg.raw_priors) == (
+        "channel(blocks.4:0, reduce=sum)",
+        3.0,
+        True,
+        True,
+    )
+
+
 def test_presets_are_valid_and_bind(model):
     engine = Engine.for_module(model.module)
-    ctx = Context(engine, (224, 224), model.class_index)
+    ctx = ModelBinding(engine, (224, 224), model.class_index)
     for name, preset in PRESETS.items():
         for quick in (False, True):
             cfg = preset.config(quick=quick)
@@ -676,7 +775,7 @@ def test_save_result_writes_frames_gif_and_records(model, tmp_path):
 
 
 def test_keep_detail_and_quirks_on_a_photo(model):
-    from cnnscope.synthesis.render import prepare_image
+    from cnnscope.synthesis.loop import prepare_image
 
     base = dict(
         objective="deepdream(blocks.2)",

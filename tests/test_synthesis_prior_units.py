@@ -17,9 +17,9 @@ from PIL import Image
 
 from cnnscope.cli import main as cli_main
 from cnnscope.synthesis import SynthesisConfig, synthesize
+from cnnscope.synthesis.loop import _Run, prior_gain
 from cnnscope.synthesis.params import ImageSpace
 from cnnscope.synthesis.regularizers import gaussian_blur
-from cnnscope.synthesis.render import _Run, prior_gain
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py; model too
 

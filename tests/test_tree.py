@@ -363,6 +363,16 @@ def test_path_validation(ex, x):
         ex.children(x, "logits:1", rule="magic")
     with pytest.raises(CnnscopeError):
         ex.children(x, "logits:1", gain="loud")
+    with pytest.raises(CnnscopeError, match="unknown sign 'both': choose one of pos, neg, abs"):
+        ex.children(x, "logits:1", sign="both")
+    with pytest.raises(CnnscopeError, match="unknown scoring 'deep'"):
+        ex.focus(x, "logits:1", scoring="deep")
+    with pytest.raises(CnnscopeError, match="unknown gain 'loud'"):
+        ex.input_gradients(x, ["logits:1"], gain="loud")
+    with pytest.raises(CnnscopeError, match="unknown scoring 'deep'"):
+        ex.faithfulness(x, "logits:1", [], scoring="deep")
+    with pytest.raises(CnnscopeError, match="unknown rule 'magic'"):
+        ex.parents(x, "shared#3:0", rule="magic")
     with pytest.raises(CnnscopeError):
         ex.children(x, "logits:1", k=0)
     with pytest.raises(CnnscopeError):

@@ -39,7 +39,7 @@ def test_a_logit_carried_by_its_bias_says_why_it_has_no_children(case, caplog):
     assert "no unit of fc.0 carries excitatory evidence for logits:0 under guided" in line
     assert (f"all {n}" if n == w.numel() else f"{n} of {w.numel()}") in line
     bias = float(net.fc[2].bias[0].detach())
-    assert f"bias of {bias:+.3g}" in line and "try sign=neg" in line
+    assert f"bias of {bias:+.3g}" in line and "try the inhibiting sign" in line
     assert len(ex.children(x, "logits:0", k=3, sign="neg")) == 3
 
 

@@ -220,6 +220,17 @@ def test_pruning_sweep_against_hand_zeroed_models(mixed, tmp_path):
     assert set(sweep.single) == {"least", "most"}
 
 
+def test_top1_predictions_against_the_module_and_the_old_name(mixed, tmp_path):
+    import cnnscope.views as views
+
+    paths = _write_images(tmp_path / "imgs", 5, seed=8)
+    inputs = [mixed.preprocess(Image.open(p).convert("RGB")) for p in paths]
+    want = _predict(mixed.module, mixed, paths)
+    assert views.top1_predictions(mixed.module, inputs, batch=2).tolist() == want.tolist()
+    with pytest.warns(DeprecationWarning, match="evaluate is deprecated: use top1_predictions"):
+        assert views.evaluate is views.top1_predictions
+
+
 def test_filter_importance_is_the_mean_gradient_norm(mixed, tmp_path):
     paths = _write_images(tmp_path / "imgs", 3, seed=7)
     imp = filter_importance(mixed, [str(p) for p in paths], "conv1", 3, progress=False)

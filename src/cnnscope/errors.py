@@ -3,10 +3,12 @@
 Every error that a user can cause (a bad model spec, an unreadable image, an
 unknown layer or unit) is a :class:`CnnscopeError` whose message is one clear
 line saying what is wrong and what to do. The CLI and the server print that
-line instead of a traceback.
+line instead of a traceback. :func:`warn_renamed` flags an old public spelling.
 """
 
 from __future__ import annotations
+
+import warnings
 
 
 class CnnscopeError(Exception):
@@ -31,3 +33,20 @@ class UnknownLayerError(CnnscopeError, KeyError):
 
 class UnitSpecError(CnnscopeError, ValueError):
     """A unit (channel / neuron) spec cannot be parsed or is out of range."""
+
+
+def warn_renamed(old: str, new: str, *, stacklevel: int = 3) -> None:
+    """Warn (``DeprecationWarning``) that the public spelling ``old`` is now ``new``.
+
+    ``stacklevel`` 3 points at the caller of the function that calls this one.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_renamed("legacy=", "quirks=", stacklevel=2)
+    >>> str(caught[0].message), caught[0].category.__name__
+    ('legacy= is deprecated: use quirks=', 'DeprecationWarning')
+    """
+    warnings.warn(f"{old} is deprecated: use {new}", DeprecationWarning, stacklevel=stacklevel)

@@ -22,6 +22,7 @@ Examples
 """
 
 # The method modules register their methods in the registry as they are imported.
+from ..errors import warn_renamed
 from . import cam, gradient, lrp  # noqa: F401
 from .api import attribute
 from .context import Context
@@ -32,9 +33,9 @@ from .evaluate import (
     evaluate,
     randomization_check,
 )
-from .lrp import COMPOSITES, Composite, Rule, fold_batchnorms
+from .figures import STYLES, render_map
+from .lrp import COMPOSITES, Composite, LrpRule, fold_batchnorms
 from .registry import METHODS, Method, MethodOutput, get_method, method_names, register
-from .render import STYLES, render_map
 from .result import Attribution
 from .targets import Target
 
@@ -45,9 +46,9 @@ __all__ = [
     "Attribution",
     "Composite",
     "Context",
+    "LrpRule",
     "Method",
     "MethodOutput",
-    "Rule",
     "Target",
     "attribute",
     "completeness",
@@ -61,3 +62,11 @@ __all__ = [
     "register",
     "render_map",
 ]
+
+
+def __getattr__(name: str):
+    """``Rule``: the old name of :class:`LrpRule`, with a DeprecationWarning."""
+    if name == "Rule":
+        warn_renamed("cnnscope.attribution.Rule", "LrpRule")
+        return LrpRule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..engine.rules import warn_once
-from ..errors import CnnscopeError
+from ..errors import CnnscopeError, warn_renamed
 from ..models import LoadedModel
 from .context import Context
 from .inputs import prepare_input
@@ -28,7 +28,8 @@ def attribute(
     target=None,
     layer: str | Sequence[str] | None = None,
     *,
-    legacy: bool = False,
+    quirks: bool = False,
+    legacy: bool | None = None,
     batch_size: int | None = None,
     max_memory: int | None = None,
     progress: bool = False,
@@ -55,10 +56,12 @@ def attribute(
     layer : str or list of str, optional
         The layer of CAM methods (default: the last layer with a spatial map larger
         than 1 x 1), several for fused CAMs, or the layer where LRP relevance is read.
-    legacy : bool
-        Reproduce seed 2's (pytorch-cnn-visualizations) quirks: Grad-CAM and Score-CAM
+    quirks : bool
+        Reproduce pytorch-cnn-visualizations' quirks: Grad-CAM and Score-CAM
         start from ones, SmoothGrad's noise std is ``(4 / (max - min))**2``, IG uses
         101 Riemann points from a zero baseline and is not multiplied by the input.
+    legacy : bool, optional
+        Deprecated spelling of ``quirks`` (a ``DeprecationWarning``).
     batch_size : int, optional
         Rows per forward/backward chunk of inner samples (IG steps, noise samples,
         Score-CAM masks). By default as many as fit ``max_memory`` (capped).
@@ -89,6 +92,9 @@ def attribute(
     >>> attr.array.shape, attr.target.label
     ((3, 224, 224), 'Egyptian cat')
     """
+    if legacy is not None:
+        warn_renamed("attribute(legacy=...)", "attribute(quirks=...)")
+        quirks = quirks or bool(legacy)
     spec = get_method(method)
     _check_call(spec, options, layer)
     module, loaded, x, single, pictures = prepare_input(model, image)
@@ -99,7 +105,7 @@ def attribute(
         x,
         target,
         loaded=loaded,
-        legacy=legacy,
+        quirks=quirks,
         batch_size=batch_size,
         max_memory=max_memory,
         progress=progress,
@@ -114,7 +120,7 @@ def attribute(
         pictures=pictures,
         layer=out.layer,
         meta=out.meta,
-        options={**options, "legacy": legacy} if legacy else dict(options),
+        options={**options, "quirks": quirks} if quirks else dict(options),
     )
 
 

@@ -44,7 +44,7 @@ def _layers(ctx: Context, layer) -> list[str]:
     names = [layer] if isinstance(layer, str) else list(layer)
     if not names:
         raise CnnscopeError("no layer given")
-    out = []
+    out: list[str] = []
     for name in names:
         if isinstance(name, str) and "," in name:
             out.extend(ctx.resolve_layer(n) for n in name.split(",") if n.strip())
@@ -119,12 +119,12 @@ def _gradient_cam(ctx: Context, layer, fusion: str, relu: bool, weigh) -> Method
     reference="Selvaraju et al. 2017, Grad-CAM",
 )
 def grad_cam(ctx: Context, layer=None, relu: bool = True, fusion: str = "mean") -> MethodOutput:
-    """Grad-CAM (``legacy``: seed 2's ``1 + sum`` start)."""
+    """Grad-CAM (``quirks``: pytorch-cnn-visualizations' ``1 + sum`` start)."""
 
     def weigh(a, g):
         w = g.mean(dim=(2, 3), keepdim=True)
         cam = (w * a).sum(1)
-        return cam + 1 if ctx.legacy else cam
+        return cam + 1 if ctx.quirks else cam
 
     return _gradient_cam(ctx, layer, fusion, relu, weigh)
 
@@ -264,7 +264,7 @@ def score_cam(
     """Score-CAM, batched over masks in chunks (never channels x 3 x H x W at once).
 
     ``score``: ``softmax`` (class probability, the paper) or ``logit``; unit targets
-    use the unit's value. Constant maps get weight 0. ``legacy``: seed 2's ``1 + sum``.
+    use the unit's value. Constant maps get weight 0. ``quirks``: pytorch-cnn-visualizations' ``1 + sum``.
     """
     if score not in ("softmax", "logit"):
         raise CnnscopeError(f"unknown score {score!r}: choose softmax or logit")
@@ -290,7 +290,7 @@ def score_cam(
             )
             weights[i, keep] = w.to(weights.dtype)
         cam = (weights.view(ctx.n, k, 1, 1) * a).sum(1)
-        cams.append(cam + 1 if ctx.legacy else cam)
+        cams.append(cam + 1 if ctx.quirks else cam)
     return _finish(ctx, names, cams, fusion, relu)
 
 

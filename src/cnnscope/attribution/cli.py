@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..cli.common import (
     add_images_arg,
@@ -21,9 +22,10 @@ from ..cli.common import (
     staged,
 )
 from ..errors import CnnscopeError
+from ..render import safe_file_name
 from .api import attribute
+from .figures import STYLES
 from .registry import METHODS, get_method, method_names
-from .render import STYLES
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +123,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="a method option, e.g. steps=64, base=guided_backprop, composite=epsilon_gamma_box "
         "(repeatable; prefix with a method name to set it for that method only)",
     )
-    p.add_argument("--legacy", action="store_true", help="reproduce seed 2's quirks")
+    p.add_argument(
+        "--quirks",
+        action="store_true",
+        help="reproduce pytorch-cnn-visualizations' quirks (Grad-CAM and Score-CAM from ones, "
+        "its SmoothGrad noise and IG)",
+    )
+    # the old spelling of --quirks (issue 16), accepted with a warning
+    p.add_argument("--legacy", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--batch-size", type=int, help="rows per forward/backward chunk (default: automatic)"
     )
@@ -200,10 +209,6 @@ def _layer(text: str | None):
     return parts[0] if len(parts) == 1 else parts
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem) or "image"
-
-
 def _list_methods() -> int:
     print(f"{'method':<22} {'family':<9} {'output':<6} summary")
     for name in method_names():
@@ -218,10 +223,13 @@ def _list_methods() -> int:
 def _kwargs(args, opts: dict, layer=None) -> dict:
     options = dict(opts)
     layer = options.pop("layer", layer)
+    if args.legacy:  # warned once per command
+        log.warning("--legacy is deprecated: use --quirks")
+        args.quirks, args.legacy = True, False
     return {
         "target": args.target,
         "layer": layer,
-        "legacy": args.legacy,
+        "quirks": args.quirks,
         "batch_size": args.batch_size,
         "progress": sys.stderr.isatty(),
         **options,
@@ -259,7 +267,7 @@ def attribute_command(args: argparse.Namespace) -> int:
             files = []
             for style in styles:
                 suffix = "" if len(styles) == 1 else f"_{style}"
-                path = out / f"{_safe(name)}_{method}{suffix}.png"
+                path = out / f"{safe_file_name(Path(name).stem, 'image')}_{method}{suffix}.png"
                 with staged(path, "--out") as tmp:
                     one.save(tmp, style, cmap=args.cmap, alpha=args.alpha)
                 files.append(str(path))
@@ -267,7 +275,12 @@ def attribute_command(args: argparse.Namespace) -> int:
                 with staged(npy, "--save-npy") as tmp:
                     one.save(tmp)
                 files.append(str(npy))
-            row = {"image": name, "method": method, "target": str(one.target), "files": files}
+            row: dict[str, Any] = {
+                "image": name,
+                "method": method,
+                "target": str(one.target),
+                "files": files,
+            }
             if "completeness" in one.meta:
                 row["completeness"] = float(one.meta["completeness"])
             if "conservation" in one.meta:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..engine import INPUT, LOGITS, Engine, Forward, structure
 from ..engine.units import split_call
-from ..errors import CnnscopeError
+from ..errors import CnnscopeError, warn_renamed
 from ..models import LoadedModel
 from .targets import Target, complete_targets, parse_targets, resolve_layer_name
 
@@ -51,7 +51,8 @@ class Context:
         target,
         *,
         loaded: LoadedModel | None = None,
-        legacy: bool = False,
+        quirks: bool = False,
+        legacy: bool | None = None,
         batch_size: int | None = None,
         max_memory: int | None = None,
         progress: bool = False,
@@ -63,7 +64,10 @@ class Context:
         self.x = x.detach().to(self.device, torch.float32)
         self.n = int(self.x.shape[0])
         self.size = (int(self.x.shape[-2]), int(self.x.shape[-1]))
-        self.legacy = bool(legacy)
+        if legacy is not None:
+            warn_renamed("Context(legacy=...)", "Context(quirks=...)")
+        #: Reproduce pytorch-cnn-visualizations' quirks (``attribute(..., quirks=True)``).
+        self.quirks = bool(quirks or legacy)
         self.progress = bool(progress)
         self.max_memory = int(max_memory or DEFAULT_MEMORY)
         if batch_size is not None and int(batch_size) < 1:
@@ -72,6 +76,12 @@ class Context:
         self._targets: list[Target] | None = None
         self._requested = parse_targets(target, self.n, module, loaded)
         self._scores: torch.Tensor | None = None
+
+    @property
+    def legacy(self) -> bool:
+        """Deprecated name of :attr:`quirks` (a ``DeprecationWarning``)."""
+        warn_renamed("Context.legacy", "Context.quirks")
+        return self.quirks
 
     # ---- targets -------------------------------------------------------------------
 
@@ -231,10 +241,10 @@ class Context:
         self.targets  # noqa: B018 - fix the targets before any modified input
         rows = list(range(len(inputs))) if rows is None else list(rows)
         make = inputs if callable(inputs) else (lambda s: inputs[s])
+        out_rows = rows if groups is None else list(groups)
         if weights is not None:
-            groups = rows if groups is None else list(groups)
             total = torch.zeros(
-                (max(groups) + 1, *self.x.shape[1:]), device=self.device, dtype=torch.float64
+                (max(out_rows) + 1, *self.x.shape[1:]), device=self.device, dtype=torch.float64
             )
         parts = []
         for s in self.chunks(len(rows), desc):
@@ -245,7 +255,7 @@ class Context:
                 parts.append(g)
             else:
                 w = weights[s].to(g.device, torch.float64).view(-1, *([1] * (g.dim() - 1)))
-                index = torch.as_tensor(groups[s], device=g.device)
+                index = torch.as_tensor(out_rows[s], device=g.device)
                 total.index_add_(0, index, g.double() * w)
         if weights is not None:
             return total.float()
@@ -298,7 +308,7 @@ def _bytes_per_row(engine: Engine, x: torch.Tensor) -> int:
     """
     modules = dict(engine.module.named_modules())
     total = 0
-    for info in engine.layers(tuple(x.shape[-2:]), int(x.shape[1])):
+    for info in engine.layers((int(x.shape[-2]), int(x.shape[-1])), int(x.shape[1])):
         sub = modules.get(split_call(info.name)[0])
         if info.name == INPUT or (sub is not None and next(sub.children(), None) is None):
             total += math.prod(info.shape)

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import CnnscopeError
+from ..render.filters import gaussian_blur
 from .context import Context
 from .registry import MethodOutput, check_positive, get_method, register
 
@@ -94,7 +94,7 @@ def guided_backprop(ctx: Context) -> MethodOutput:
     reference="Cogswell, cnn_treevis (GUIDED_NEG rule)",
 )
 def guided_neg(ctx: Context) -> MethodOutput:
-    """Guided backprop keeping negative gradients (seed 1's GUIDED_NEG)."""
+    """Guided backprop keeping negative gradients (cnn_treevis's GUIDED_NEG)."""
     return MethodOutput(_rule_gradient(ctx, "guided_neg"))
 
 
@@ -106,10 +106,10 @@ def guided_neg(ctx: Context) -> MethodOutput:
     signed=True,
     aliases=("guided_grad_x_image", "guided_gradient_x_input", "guided_backprop_x_input"),
     summary="guided backprop times the (normalised) input",
-    reference="Seed 2's Guided-Grad x Image; Springenberg et al. 2015",
+    reference="pytorch-cnn-visualizations' Guided-Grad x Image; Springenberg et al. 2015",
 )
 def guided_x_input(ctx: Context) -> MethodOutput:
-    """Guided backprop times input (seed 2's "Guided-Grad x Image")."""
+    """Guided backprop times input (pytorch-cnn-visualizations' "Guided-Grad x Image")."""
     return MethodOutput(_rule_gradient(ctx, "guided") * ctx.x)
 
 
@@ -167,23 +167,6 @@ def path_points(steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, 
     return (np.arange(n) + shift) / n, np.full(n, 1.0 / n)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    radius = max(1, int(3 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = x.shape[1]
-    pad_h, pad_w = min(radius, x.shape[-2] - 1), min(radius, x.shape[-1] - 1)
-    y = x
-    if pad_w > 0:
-        y = F.pad(y, (radius, radius, 0, 0), mode="replicate")
-        y = F.conv2d(y, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
-    if pad_h > 0:
-        y = F.pad(y, (0, 0, radius, radius), mode="replicate")
-        y = F.conv2d(y, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
-    return y
-
-
 def make_baseline(
     ctx: Context, baseline, sigma: float = 10.0, seed: int = 0, x=None
 ) -> torch.Tensor:
@@ -221,7 +204,7 @@ def make_baseline(
         low, _ = ctx.input_bounds()
         return low.expand_as(x).clone()
     if baseline == "blur":
-        return _gaussian_blur(x, check_positive("sigma", sigma))
+        return gaussian_blur(x, check_positive("sigma", sigma))
     if baseline == "uniform":
         low, high = ctx.input_bounds()
         # the same noise for every image (from one seed), whatever the batch
@@ -275,17 +258,17 @@ def integrated_gradients(
 ) -> MethodOutput:
     """Integrated Gradients.
 
-    Options: ``steps`` (default 50; 100 with ``legacy``), ``integration`` (:data:`INTEGRATION`), ``baseline``
+    Options: ``steps`` (default 50; 100 with ``quirks``), ``integration`` (:data:`INTEGRATION`), ``baseline``
     (:data:`BASELINES`, a number or a tensor), ``sigma`` (blur, pixels), ``seed``
     (uniform noise), ``multiply`` (by ``x - baseline``). ``meta`` holds
     ``completeness``: ``|sum IG - (f(x) - f(baseline))| / |f(x) - f(baseline)|``.
     """
     steps = check_positive(
-        "steps", (100 if ctx.legacy else 50) if steps is None else steps, integer=True
+        "steps", (100 if ctx.quirks else 50) if steps is None else steps, integer=True
     )
-    if ctx.legacy:
-        # Seed 2: zero baseline, alpha = 0, 1/steps, ..., 1 (steps + 1 points), mean over
-        # steps, not multiplied by the input.
+    if ctx.quirks:
+        # pytorch-cnn-visualizations: zero baseline, alpha = 0, 1/steps, ..., 1 (steps + 1
+        # points), mean over steps, not multiplied by the input.
         alphas, weights = np.linspace(0.0, 1.0, steps + 1), np.full(steps + 1, 1.0 / steps)
         base = torch.zeros_like(ctx.x)
         multiply = False
@@ -348,8 +331,9 @@ def _noise_tunnel(ctx, base, samples, noise_level, seed, base_options, reduce):
     noise_level = check_positive("noise_level", noise_level, allow_zero=True)
     run = _noise_core(ctx, base, dict(base_options or {}))
     x = ctx.x
-    if ctx.legacy:
-        # Seed 2: sigma = 4 / (max - min), and normal_(0, sigma**2) uses sigma**2 as the std.
+    if ctx.quirks:
+        # pytorch-cnn-visualizations: sigma = 4 / (max - min), and normal_(0, sigma**2)
+        # uses sigma**2 as the std.
         span = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).clamp_min(1e-12)
         std = (4.0 / span) ** 2
     else:

@@ -19,13 +19,16 @@ import torch
 from ..errors import CnnscopeError
 
 __all__ = [
+    "DEFAULT_METHOD",
     "FAMILIES",
     "METHODS",
+    "PICKER_ORDER",
     "Method",
     "MethodOutput",
     "check_positive",
     "get_method",
     "method_names",
+    "picker_names",
     "register",
 ]
 
@@ -57,7 +60,7 @@ class Method:
     output : str
         ``pixel`` (3 x H x W signed maps) or ``map`` (H x W maps, e.g. CAMs).
     style : str
-        Default rendering (see :data:`cnnscope.attribution.render.STYLES`).
+        Default rendering (see :data:`cnnscope.attribution.figures.STYLES`).
     signed : bool
         Whether the sign carries meaning (IG, LRP, gradient x input). Unsigned
         methods are reduced with ``sum |a|`` for rankings and heatmaps.
@@ -185,6 +188,49 @@ def method_names() -> list[str]:
     rank = {f: i for i, f in enumerate(FAMILIES)}
     names = list(METHODS)
     return sorted(names, key=lambda n: (rank.get(METHODS[n].family, len(rank)), names.index(n)))
+
+
+#: The order a picker offers the methods in (the explorer's, ``/api/vocabulary``): the
+#: quick and familiar first; registered methods not named here follow, by name.
+PICKER_ORDER: tuple[str, ...] = (
+    "grad_cam",
+    "guided_backprop",
+    "guided_grad_cam",
+    "gradient",
+    "gradient_x_input",
+    "guided_x_input",
+    "deconvnet",
+    "guided_neg",
+    "grad_cam_pp",
+    "xgrad_cam",
+    "hires_cam",
+    "layer_cam",
+    "eigen_cam",
+    "lrp",
+    "integrated_gradients",
+    "guided_ig",
+    "smoothgrad",
+    "smoothgrad_sq",
+    "vargrad",
+    "score_cam",
+    "ablation_cam",
+)
+#: The method a picker starts with: the first of :data:`PICKER_ORDER`.
+DEFAULT_METHOD: str = PICKER_ORDER[0]
+
+
+def picker_names() -> list[str]:
+    """Registered method names in the picker's order (:data:`PICKER_ORDER`, then by name).
+
+    Examples
+    --------
+    >>> picker_names()[:2], picker_names()[0] == DEFAULT_METHOD
+    (['grad_cam', 'guided_backprop'], True)
+    >>> sorted(picker_names()) == sorted(METHODS)
+    True
+    """
+    names = [n for n in PICKER_ORDER if n in METHODS]
+    return names + sorted(set(METHODS) - set(names))
 
 
 def get_method(name: str | Method) -> Method:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,9 @@ from PIL import Image
 
 from ..errors import CnnscopeError
 from ..render import grid, png_bytes
+from .figures import render_map
 from .inputs import Pictures
 from .registry import Method
-from .render import render_map
 from .targets import Target
 
 __all__ = ["Attribution"]
@@ -58,7 +59,7 @@ class Attribution:
         scores: torch.Tensor,
         *,
         single: bool,
-        pictures: list | None = None,
+        pictures: Sequence[np.ndarray | None] | None = None,
         layer=None,
         meta: dict | None = None,
         options: dict | None = None,
@@ -105,8 +106,7 @@ class Attribution:
     def saliency(self) -> np.ndarray:
         """``[N x] H x W`` map used for rankings: signed channel sum, or ``sum |a|``."""
         m = self._maps
-        s = m.sum(1) if self.signed or self.kind == "map" else m.abs().sum(1)
-        s = s.numpy()
+        s = (m.sum(1) if self.signed or self.kind == "map" else m.abs().sum(1)).numpy()
         return s[0] if self.single else s
 
     def __len__(self) -> int:
@@ -174,8 +174,8 @@ class Attribution:
         alpha : float
             Opacity of the heatmap in ``overlay``.
         percentile : float, optional
-            Clipping percentile (default 99; 99.5 for ``seismic``); 100 gives seed 2's
-            plain min-max pictures.
+            Clipping percentile (default 99; 99.5 for ``seismic``); 100 gives the plain
+            min-max pictures of pytorch-cnn-visualizations.
 
         Examples
         --------

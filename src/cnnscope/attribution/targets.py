@@ -70,7 +70,7 @@ class Target:
         if self.pos is None:
             seed[self.channel] = 1.0
         else:
-            seed[(self.channel, *self.pos)] = 1.0
+            seed[(self.channel,) + tuple(self.pos)] = 1.0
         return seed
 
 

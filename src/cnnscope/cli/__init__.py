@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from ..errors import CnnscopeError
 
@@ -25,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cnnscope.tree.cli",
     "cnnscope.server.cli",
     "cnnscope.index.cli",
+    "cnnscope.graph.cli",
     "cnnscope.synthesis.cli",
     "cnnscope.views.cli",
 )
@@ -33,7 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line and exit status 2."""
 
-    def error(self, message: str) -> None:  # noqa: D102
+    def error(self, message: str) -> NoReturn:  # noqa: D102
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
 

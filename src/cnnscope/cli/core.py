@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 import torch
 
@@ -31,12 +32,7 @@ def top_classes(model, x: torch.Tensor, top: int = 5) -> list[dict]:
     """The ``top`` classes of a 1x3xHxW input: index, label and probability."""
     with torch.no_grad():
         logits = model.module(x.to(Engine.for_module(model.module).device))
-    probs = torch.softmax(logits.float(), dim=-1)[0]
-    values, indices = probs.topk(min(top, probs.numel()))
-    return [
-        {"index": int(i), "label": model.label(int(i)), "probability": float(v)}
-        for v, i in zip(values, indices)
-    ]
+    return model.top_classes(logits[0], top)
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -59,7 +55,7 @@ def layers(args: argparse.Namespace) -> int:
     """Print every addressable layer of the model."""
     model = model_from_args(args)
     infos = Engine.for_module(model.module).layers(model.preprocess_config.input_size)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in infos:
         field = info.field
         rows.append(

@@ -1,7 +1,9 @@
 """The engine: record activations once, backpropagate any seed under any ReLU rule."""
 
+from .forward import Forward
 from .receptive import Field
-from .record import Engine, Forward, LayerInfo, preserved, weights_fingerprint
+from .record import Engine, LayerInfo, model_fingerprint, weights_fingerprint
+from .recorder import preserved
 from .rules import RULES, RuleState, apply_rule, attach_rules
 from .strength import (
     recorded_layers,
@@ -12,7 +14,7 @@ from .strength import (
     unit_position,
     unit_seed,
 )
-from .units import INPUT, LOGITS, Unit
+from .units import INPUT, LOGITS, Unit, find_layer, resolve_layer
 
 __all__ = [
     "Engine",
@@ -24,10 +26,13 @@ __all__ = [
     "RULES",
     "apply_rule",
     "attach_rules",
+    "find_layer",
+    "model_fingerprint",
     "RuleState",
     "Unit",
     "preserved",
     "recorded_layers",
+    "resolve_layer",
     "strength_at",
     "strength_layer",
     "strengths",

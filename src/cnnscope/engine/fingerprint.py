@@ -1,4 +1,11 @@
-"""A cheap fingerprint of a model's weights, the key of every weight-dependent cache.
+"""Fingerprints of a model's weights: a cheap one in memory, a full one for files.
+
+:class:`WeightSamples` is the cheap token that keys every in-memory cache;
+:func:`state_digest` hashes the whole state dict, for what outlives the process (an
+index's model, cached pictures). Use both through the engine:
+:meth:`~cnnscope.engine.Engine.weights_fingerprint` and
+:func:`~cnnscope.engine.model_fingerprint` (which computes the full digest again only
+when the cheap token changes).
 
 Autograd's version counter misses writes through ``p.data`` (a new tensor that shares
 the storage, not the counter), so a cache keyed on versions alone serves stale answers
@@ -61,8 +68,32 @@ class WeightSamples:
                     values = torch.cat(parts)
                 except RuntimeError:  # a model spread over devices
                     values = torch.cat([p.cpu() for p in parts])
-                digest.update(values.cpu().view(torch.uint8).numpy())
+                digest.update(values.cpu().view(torch.uint8).numpy().tobytes())
         return digest.hexdigest()
+
+
+def state_digest(module: nn.Module) -> str:
+    """SHA-256 of ``module``'s class name and state dict (names, dtypes, shapes, values).
+
+    Non-persistent buffers are not in the state dict, so they do not count. Reads every
+    value: use :func:`~cnnscope.engine.model_fingerprint`, which caches it.
+
+    Examples
+    --------
+    >>> a = torch.nn.Linear(2, 2)
+    >>> b = torch.nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict())
+    >>> state_digest(a) == state_digest(b), len(state_digest(a))
+    (True, 64)
+    """
+    h = hashlib.sha256(type(module).__name__.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}\n".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _strided(t: torch.Tensor) -> torch.Tensor:
@@ -73,5 +104,6 @@ def _strided(t: torch.Tensor) -> torch.Tensor:
 def _strided_view(t: torch.Tensor) -> torch.Tensor | None:
     """Evenly spaced values of ``t``'s memory as a view (None where it is not dense)."""
     t = t.detach()
-    dense = t.permute(sorted(range(t.dim()), key=lambda d: -t.stride(d)))  # channels_last too
+    strides = t.stride()
+    dense = t.permute(sorted(range(t.dim()), key=lambda d: -strides[d]))  # channels_last too
     return _strided(dense) if dense.is_contiguous() else None

@@ -1,11 +1,11 @@
 """The engine: one recorded forward per input, any number of rule-aware backwards.
 
 :class:`Engine` wraps a model. :meth:`Engine.forward` runs it once with a forward hook on
-every module, puts the rule hooks on the rectifier nodes of the graph it made
-(:func:`~cnnscope.engine.rules.attach_rules`), and returns a
-:class:`Forward`, which keeps the graph. :meth:`Forward.grad` seeds a gradient at any
-recorded layer (or the logits) and returns the gradient at any lower layer or the input,
-under any backward rule; ``k`` seeds go through one batched backward.
+every module (:class:`~.recorder.Recorder`) and returns a :class:`~.forward.Forward`,
+which keeps the graph and puts the rule hooks on its rectifier nodes
+(:func:`~cnnscope.engine.rules.attach_rules`) when a backward first needs them. The
+engine also caches forwards, lists layers (:meth:`Engine.layers`) and keys every
+weight-dependent cache (:meth:`Engine.weights_fingerprint`).
 
 Nothing leaks into the caller's objects: hooks are removed, training flags restored and
 the caller's input is copied, even when the model raises.
@@ -13,13 +13,12 @@ the caller's input is copied, even when the model raises.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import threading
 import weakref
-from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -27,15 +26,18 @@ from torch import nn
 
 from ..errors import CnnscopeError
 from .dataflow import Dataflow
-from .fingerprint import WeightSamples
+from .fingerprint import WeightSamples, state_digest
+from .forward import Forward
 from .receptive import Field, ReceptiveFieldMode
-from .rules import RuleState, attach_rules, check_reach, check_rule, note
-from .units import INPUT, LOGITS, split_call, unknown_layer
+from .recorder import Recorder, first_tensor, preserved
+from .rules import RuleState
+from .units import INPUT, LOGITS, resolve_layer, split_call
 
 log = logging.getLogger(__name__)
 
 _SHARED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _SHARED_LOCK = threading.Lock()
+_MODEL_FINGERPRINT = "cnnscope.engine.model_fingerprint"  # memo key: (quick token, digest)
 
 
 @dataclass(frozen=True)
@@ -46,340 +48,6 @@ class LayerInfo:
     kind: str
     shape: tuple[int, ...]
     field: Field | None = None
-
-
-def _first_tensor(obj) -> torch.Tensor | None:
-    if isinstance(obj, torch.Tensor):
-        return obj
-    if isinstance(obj, (list, tuple)):
-        return next((t for t in map(_first_tensor, obj) if t is not None), None)
-    if isinstance(obj, dict):
-        return next((t for t in map(_first_tensor, obj.values()) if t is not None), None)
-    return None
-
-
-@contextlib.contextmanager
-def preserved(module: nn.Module) -> Iterator[None]:
-    """Run in eval mode; restore every submodule's training flag afterwards.
-
-    Examples
-    --------
-    >>> net = torch.nn.Sequential(torch.nn.Dropout()).train()
-    >>> with preserved(net):
-    ...     net.training
-    False
-    >>> net.training
-    True
-    """
-    flags = [(m, m.training) for m in module.modules()]
-    if any(flag for _, flag in flags):  # already all in eval mode: skip the costly switch
-        module.eval()
-    try:
-        yield
-    finally:
-        for m, flag in flags:
-            if m.training != flag:
-                m.training = flag
-
-
-def _submodule(root: nn.Module, name: str) -> nn.Module | None:
-    try:
-        return root.get_submodule(name) if name else None
-    except AttributeError:  # "input", "logits" and other recorded names that are no module
-        return None
-
-
-#: Module types whose output is a ReLU-family function of their input.
-ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.LeakyReLU)
-
-#: ``grad(batched=True)`` spans of at most this many recorded layers are vmapped on CPU too.
-_SHORT_SPAN = 4
-
-
-class Forward:
-    """One recorded forward pass: activations plus the graph for rule-aware backwards.
-
-    Do not build it directly: call :meth:`Engine.forward`.
-
-    Attributes
-    ----------
-    batch_strategy : {"auto", "vmap", "loop"}
-        How ``grad(..., batched=True)`` runs its ``k`` seeds: one vmapped backward
-        (``is_grads_batched``), or ``k`` backwards over the retained graph. ``auto``
-        (default) loops on CPU, where it is cheaper unless the span between ``seed_at``
-        and ``to`` is a few layers, and vmaps elsewhere. The numbers are the same.
-    """
-
-    batch_strategy: str = "auto"
-    #: Whether the engine's cache holds this forward (then its graph must be kept).
-    shared: bool = False
-
-    def __init__(self, engine: Engine, x: torch.Tensor, output: torch.Tensor, acts, state):
-        self.engine = engine
-        self.input = x
-        self.output = output
-        self._acts: dict[str, torch.Tensor] = acts
-        self._order = {name: i for i, name in enumerate(acts)}
-        self._state = state
-        self._lock = threading.Lock()
-        self._activations: Counter | None = None  # filled by the first rule's walk
-        self._checked: set[str] = set()  # rules whose reach was checked (and warned)
-        self._freed = False
-
-    def _use_rule(self, rule: str) -> None:
-        """Put ``rule`` in force; hook the graph's activations the first time one is needed.
-
-        The true gradient needs no hook, so a forward that is only ever differentiated
-        under ``gradient`` never pays for the walk of its graph. A rule with no rectifier
-        to shape raises; one that meets activations outside the ReLU family warns, once
-        per rule and forward (once per :func:`~cnnscope.engine.rules.warn_once` block).
-        """
-        check_rule(rule)
-        if rule != "gradient":
-            if self._activations is None:
-                self._activations = attach_rules(self._acts.values(), self._state)
-            if rule not in self._checked:
-                warning = check_reach(rule, self._activations)  # raises if nothing to shape
-                self._checked.add(rule)
-                if warning is not None:
-                    note(warning)
-        self._state.rule = rule
-
-    @property
-    def layers(self) -> list[str]:
-        """Recorded layer names in execution order (``input`` first, ``logits`` last)."""
-        return list(self._acts)
-
-    def tensor(self, layer: str) -> torch.Tensor:
-        """The graph-attached activation of ``layer`` (read-only: do not modify it)."""
-        return self._acts[self.resolve(layer)]
-
-    def activation(self, layer: str) -> torch.Tensor:
-        """A detached copy-free view of ``layer``'s activation, batch first."""
-        return self.tensor(layer).detach()
-
-    def pre_activation(self, layer: str) -> str:
-        """The layer whose output ``layer`` activates, if ``layer`` is a ReLU-family module
-        applied to the layer recorded just before it; else ``layer`` itself.
-
-        Reading a unit there keeps its gradient alive where the activation is off or
-        saturated (the "pre-ReLU" layer that feature visualization optimises).
-
-        Examples
-        --------
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8), grad=False)
-        >>> fwd.pre_activation("1"), fwd.pre_activation("0")
-        ('0', '0')
-        """
-        layer = self.resolve(layer)
-        module = _submodule(self.engine.module, split_call(layer)[0])
-        names = list(self._acts)
-        i = names.index(layer)
-        if not isinstance(module, ACTIVATIONS) or i == 0 or names[i - 1] == INPUT:
-            return layer
-        prev = names[i - 1]
-        pre, post = self._acts[prev].detach(), self._acts[layer].detach()
-        if pre.shape != post.shape:
-            return layer
-        with torch.no_grad():
-            again = module(pre.clone())
-        tol = 1e-5 * (1.0 + float(post.abs().max()))
-        return prev if torch.allclose(again, post, atol=tol, rtol=0) else layer
-
-    def resolve(self, layer: str) -> str:
-        """The canonical name of ``layer``; raises ``UnknownLayerError`` with suggestions."""
-        if layer in self._acts:
-            return layer
-        base, call = split_call(layer)
-        for candidate in (base if call == 1 else None, f"{base}#{call}"):
-            if candidate in self._acts:
-                return candidate
-        raise unknown_layer(layer, self._acts)
-
-    def below(self, lower: str, upper: str) -> bool:
-        """Whether ``lower`` runs before ``upper`` in the forward pass."""
-        return self._order[self.resolve(lower)] < self._order[self.resolve(upper)]
-
-    def grad(
-        self,
-        seed_at: str,
-        seed: torch.Tensor,
-        to: str | Sequence[str] = INPUT,
-        rule: str = "gradient",
-        batched: bool = False,
-        keep_graph: bool = True,
-    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Backpropagate ``seed`` from layer ``seed_at`` to lower layers under ``rule``.
-
-        Parameters
-        ----------
-        seed_at : str
-            Layer where the gradient is injected (``logits`` for the class scores).
-        seed : torch.Tensor
-            The gradient at ``seed_at``: its activation's shape, or with a leading
-            dimension of ``k`` seeds when ``batched`` is true.
-        to : str, tensor, or sequence of them
-            Lower layer(s) (or ``input``) where the gradient is read; a tensor of the
-            graph (e.g. a parameter that requires grad) is also accepted.
-        rule : {"gradient", "deconvnet", "guided", "guided_neg"}
-            Backward rule of every rectifier on the way (docs/methods.md, backward rules).
-        batched : bool
-            Treat the first dimension of ``seed`` as ``k`` seeds, run in one backward.
-        keep_graph : bool
-            ``False`` frees the graph's saved tensors as the backward goes (about 10%
-            faster on CPU, as a plain ``backward()``): for the last backward of a forward
-            made with ``cache=False``; later ``grad`` calls on it then raise.
-
-        Returns
-        -------
-        torch.Tensor or tuple of torch.Tensor
-            The gradient at each ``to`` layer (with a leading ``k`` when batched).
-
-        Examples
-        --------
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8))
-        >>> seed = torch.ones_like(fwd.activation("1"))
-        >>> fwd.grad("1", seed, rule="guided").shape
-        torch.Size([1, 3, 8, 8])
-        """
-        check_rule(rule)
-        self._check_graph(keep_graph)
-        single = isinstance(to, (str, torch.Tensor))
-        targets = [to] if single else list(to)
-        top = self.resolve(seed_at)
-        inputs = [t if isinstance(t, torch.Tensor) else self._below(t, top) for t in targets]
-        out = self._acts[top]
-        expected = (seed.shape[0], *out.shape) if batched else out.shape
-        if tuple(seed.shape) != tuple(expected):
-            raise CnnscopeError(
-                f"seed shape {tuple(seed.shape)} does not match {top!r}'s {tuple(expected)}"
-            )
-        seed = seed.to(device=out.device, dtype=out.dtype)
-        names = [self.resolve(t) for t in targets if isinstance(t, str)]
-        span = min((self._order[top] - self._order[n] for n in names), default=len(self._order))
-        with self._lock:
-            self._use_rule(rule)
-            grads = self._backward(out, inputs, seed, batched, span, keep_graph)
-            self._freed = not keep_graph
-        result = tuple(
-            torch.zeros(
-                (seed.shape[0], *t.shape) if batched else t.shape, dtype=t.dtype, device=t.device
-            )
-            if g is None
-            else g
-            for g, t in zip(grads, inputs)
-        )
-        return result[0] if single else result
-
-    def grad_many(
-        self,
-        seeds: Mapping[str, torch.Tensor],
-        to: str | Sequence[str] = INPUT,
-        rule: str = "gradient",
-    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """Backpropagate seeds at several layers at once (one backward pass).
-
-        The result is the sum of ``grad(layer, seed, to, rule)`` over ``seeds``, computed
-        in one backward, e.g. for an objective that reads several layers.
-
-        Parameters
-        ----------
-        seeds : mapping of str to torch.Tensor
-            ``{layer: gradient at that layer}``, each of the activation's shape.
-        to : str, tensor, or sequence of them
-            Where the gradient is read, as in :meth:`grad`; below every seeded layer.
-        rule : {"gradient", "deconvnet", "guided", "guided_neg"}
-            Backward rule of every rectifier on the way (docs/methods.md, backward rules).
-
-        Examples
-        --------
-        >>> net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
-        >>> fwd = Engine(net).forward(torch.randn(1, 3, 8, 8))
-        >>> seeds = {"0": torch.ones(1, 4, 6, 6), "1": torch.ones(1, 4, 6, 6)}
-        >>> fwd.grad_many(seeds).shape
-        torch.Size([1, 3, 8, 8])
-        """
-        check_rule(rule)
-        self._check_graph(True)
-        if not seeds:
-            raise CnnscopeError("grad_many needs at least one seed")
-        single = isinstance(to, (str, torch.Tensor))
-        targets = [to] if single else list(to)
-        outs, grads_out = [], []
-        for layer, seed in seeds.items():
-            top = self.resolve(layer)
-            out = self._acts[top]
-            if tuple(seed.shape) != tuple(out.shape):
-                raise CnnscopeError(
-                    f"seed shape {tuple(seed.shape)} does not match {top!r}'s {tuple(out.shape)}"
-                )
-            outs.append(out)
-            grads_out.append(seed.to(device=out.device, dtype=out.dtype))
-        lowest = min((self.resolve(n) for n in seeds), key=self._order.__getitem__)
-        inputs = [t if isinstance(t, torch.Tensor) else self._below(t, lowest) for t in targets]
-        with self._lock:
-            self._use_rule(rule)
-            grads = torch.autograd.grad(
-                outs, inputs, grads_out, retain_graph=True, allow_unused=True
-            )
-        result = tuple(torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs))
-        return result[0] if single else result
-
-    def _check_graph(self, keep_graph: bool) -> None:
-        if not self.input.requires_grad:
-            raise CnnscopeError("this forward was recorded without a graph (grad=False)")
-        if self._freed:
-            raise CnnscopeError("this forward's graph was freed by grad(..., keep_graph=False)")
-        if not keep_graph and self.shared:
-            raise CnnscopeError("keep_graph=False on a cached forward: record it with cache=False")
-
-    def _below(self, layer: str, top: str) -> torch.Tensor:
-        low = self.resolve(layer)
-        if not self._order[low] < self._order[top]:
-            raise CnnscopeError(f"layer {low!r} is not below {top!r}: gradients flow downward")
-        return self._acts[low]
-
-    def _backward(self, out, inputs, seed, batched, span, keep_graph=True):
-        if not batched:
-            return torch.autograd.grad(
-                out, inputs, seed, retain_graph=keep_graph, allow_unused=True
-            )
-        strategy = self.batch_strategy
-        if strategy == "auto":  # a short span is cheap per seed: a loop would be all overhead
-            strategy = "loop" if out.device.type == "cpu" and span > _SHORT_SPAN else "vmap"
-        if strategy == "vmap":  # one vmapped backward: what pays on an accelerator
-            return torch.autograd.grad(
-                out, inputs, seed, retain_graph=keep_graph, allow_unused=True, is_grads_batched=True
-            )
-        # On CPU, vmap has no batching rule for hardtanh's or eval batch norm's backward and
-        # falls back to a per-seed loop plus a concatenation; k backwards over the retained
-        # graph cost less CPU time (1.5x less on EfficientNet-Lite0, never more on plain
-        # ReLU networks: bench/engine.py) and give the same numbers. Each backward walks the
-        # whole graph below ``out`` once, though: over a few layers (the classifier, for a
-        # thousand logits) vmap's single walk wins by far.
-        last = len(seed) - 1
-        per_seed = [
-            torch.autograd.grad(
-                out, inputs, s, retain_graph=keep_graph or i < last, allow_unused=True
-            )
-            for i, s in enumerate(seed)
-        ]
-        return tuple(
-            None if per_seed[0][j] is None else torch.stack([g[j] for g in per_seed])
-            for j in range(len(inputs))
-        )
-
-    def nbytes(self) -> int:
-        """Approximate memory held: the recorded activations (the graph holds about as much)."""
-        seen, total = set(), 0
-        for t in self._acts.values():
-            key = (t.untyped_storage().data_ptr(), t.device)
-            if key not in seen:
-                seen.add(key)
-                total += t.untyped_storage().nbytes()
-        return 2 * total
 
 
 class Engine:
@@ -486,13 +154,13 @@ class Engine:
         if not isinstance(x, torch.Tensor) or x.dim() != 4:
             raise CnnscopeError("the input must be a 4-D tensor N x C x H x W")
         only = None if layers is None else frozenset(split_call(n)[0] for n in layers)
-        stop = None
+        stop: dict[str, int] | None = None
         if truncate and layers is not None and LOGITS not in layers:
             stop = {}
             for base, call in map(split_call, layers):
                 stop[base] = max(call, stop.get(base, 0))
             stop.pop(INPUT, None)
-            only = only - {INPUT}
+            only = frozenset(split_call(n)[0] for n in layers) - {INPUT}
         key = None
         if cache:
             key = (self._key(x), self.weights_fingerprint(), only, grad, stop is not None)
@@ -551,6 +219,26 @@ class Engine:
         """
         return self._samples.digest(self.module)
 
+    def model_fingerprint(self) -> str:
+        """The full fingerprint of the model (:func:`~.fingerprint.state_digest`): the same
+        for the same weights in any process, for what is written to files.
+
+        Computed again only when :meth:`weights_fingerprint` changes; kept in :attr:`memo`.
+
+        Examples
+        --------
+        >>> a = torch.nn.Linear(3, 2)
+        >>> b = torch.nn.Linear(3, 2)
+        >>> _ = b.load_state_dict(a.state_dict())
+        >>> Engine(a).model_fingerprint() == Engine(b).model_fingerprint()
+        True
+        """
+        quick = self.weights_fingerprint()
+        known = self.memo.get(_MODEL_FINGERPRINT)
+        if known is None or known[0] != quick:
+            known = self.memo[_MODEL_FINGERPRINT] = (quick, state_digest(self.module))
+        return known[1]
+
     def _record(self, x: torch.Tensor, only, grad: bool, stop=None) -> Forward:
         fwd, mutated = self._record_once(x, only, grad, stop)
         if mutated - self._clone:
@@ -563,7 +251,7 @@ class Engine:
     def _record_once(self, x: torch.Tensor, only, grad: bool, stop=None) -> tuple[Forward, set]:
         state = RuleState()
         image = x.detach().to(self.device).clone().requires_grad_(grad)
-        recorder = _Recorder(self._clone, only, stop)
+        recorder = Recorder(self._clone, only, stop)
         with self._lock, torch.set_grad_enabled(grad):
             output = recorder.run(self.module, image)
         acts = recorder.named(image, output)
@@ -606,11 +294,10 @@ class Engine:
         """
         if not isinstance(x, torch.Tensor) or x.dim() < 2:
             raise CnnscopeError("the input must be a batch tensor N x ...")
-        size = tuple(x.shape[-2:]) if x.dim() == 4 else None
-        names = self.layer_names(size, x.shape[1]) if size else None
+        size = (int(x.shape[-2]), int(x.shape[-1])) if x.dim() == 4 else None
 
         def canonical(name: str) -> tuple[str, int]:
-            full = self.resolve(name, size, x.shape[1]) if names is not None else name
+            full = self.resolve(name, size, x.shape[1]) if size is not None else name
             return split_call(full)
 
         edit_at = {canonical(n): fn for n, fn in edits.items() if n not in (INPUT, LOGITS)}
@@ -642,7 +329,7 @@ class Engine:
                 for name, sub in self.module.named_modules():
                     if name in wanted:
                         handles.append(sub.register_forward_hook(hook_for(name)))
-                output = _first_tensor(self.module(image))
+                output = first_tensor(self.module(image))
             finally:
                 for handle in handles:
                     handle.remove()
@@ -693,7 +380,7 @@ class Engine:
     def _trace(self, size, channels, grad: bool) -> tuple[dict, ReceptiveFieldMode]:
         x = torch.zeros(1, channels, *size, device=self.device, requires_grad=grad)
         rf_mode = ReceptiveFieldMode(x)
-        recorder = _Recorder(set(), None)
+        recorder = Recorder(set(), None)
         with self._lock, torch.set_grad_enabled(grad):
             acts = recorder.named(x, recorder.run(self.module, x, rf_mode))
         return acts, rf_mode
@@ -704,14 +391,7 @@ class Engine:
 
     def resolve(self, layer: str, input_size: tuple[int, int], channels: int = 3) -> str:
         """Canonical name of ``layer``, or ``UnknownLayerError`` with suggestions."""
-        names = self.layer_names(input_size, channels)
-        if layer in names:
-            return layer
-        base, call = split_call(layer)
-        for candidate in (base if call == 1 else None, f"{base}#{call}"):
-            if candidate in names:
-                return candidate
-        raise unknown_layer(layer, names)
+        return resolve_layer(layer, self.layer_names(input_size, channels))
 
 
 def weights_fingerprint(module: nn.Module) -> str:
@@ -731,77 +411,14 @@ def weights_fingerprint(module: nn.Module) -> str:
     return Engine.for_module(module).weights_fingerprint()
 
 
-class _Truncated(Exception):
-    """Raised by a recording hook to end a truncated forward pass early."""
+def model_fingerprint(module: nn.Module) -> str:
+    """:meth:`Engine.model_fingerprint` of ``module``'s shared engine: SHA-256 of its class
+    and state dict, cached while :func:`weights_fingerprint` holds.
 
-
-class _Recorder:
-    """Forward hooks on every submodule that record each call's output tensor.
-
-    Outputs named in ``clone`` ((module name, call number) pairs) are replaced by a copy,
-    so that an in-place op downstream cannot overwrite the recorded value.
+    Examples
+    --------
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> model_fingerprint(a) == model_fingerprint(a), model_fingerprint(a) == model_fingerprint(b)
+    (True, False)
     """
-
-    def __init__(
-        self,
-        clone: set[tuple[str, int]],
-        only: frozenset[str] | None,
-        stop: dict[str, int] | None = None,
-    ):
-        self.clone = clone
-        self.only = only
-        self.stop = stop  # {module name: call}: end the pass once all are recorded
-        self.calls: dict[str, int] = defaultdict(int)
-        self.recorded: list[tuple[str, int, torch.Tensor, int]] = []
-
-    def _hook_for(self, name: str):
-        def hook(_module, _inputs, output):
-            self.calls[name] += 1
-            if not isinstance(output, torch.Tensor):
-                return None
-            self.recorded.append((name, self.calls[name], output, output._version))
-            if self.stop and all(self.calls[n] >= k for n, k in self.stop.items()):
-                raise _Truncated
-            if (name, self.calls[name]) in self.clone:
-                return output.clone()  # downstream in-place ops change the copy only
-            return None
-
-        return hook
-
-    def run(
-        self, module: nn.Module, x: torch.Tensor, mode=contextlib.nullcontext()
-    ) -> torch.Tensor | None:
-        """Run ``module(x)`` in eval mode under ``mode``; hooks are always removed.
-
-        Returns ``None`` when the pass was truncated (see ``Engine.forward``).
-        """
-        handles = []
-        with preserved(module):
-            try:
-                for name, sub in module.named_modules() if self.only != frozenset() else ():
-                    if name and (self.only is None or name in self.only):
-                        with contextlib.suppress(RuntimeError, AttributeError):
-                            handles.append(sub.register_forward_hook(self._hook_for(name)))
-                with mode:
-                    output = _first_tensor(module(x))
-            except _Truncated:
-                return None
-            finally:
-                for handle in handles:
-                    handle.remove()
-        if output is None:
-            raise CnnscopeError("the model returned no tensor")
-        return output
-
-    def named(self, x: torch.Tensor, output: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{layer name: tensor}`` in execution order, ``input`` first, ``logits`` last."""
-        acts = {INPUT: x}
-        for name, call, tensor, _ in self.recorded:
-            acts[name if self.calls[name] == 1 else f"{name}#{call}"] = tensor
-        if output is not None:
-            acts[LOGITS] = output
-        return acts
-
-    def mutated(self) -> set[tuple[str, int]]:
-        """Recorded outputs that an in-place op changed after they were recorded."""
-        return {(n, k) for n, k, t, v in self.recorded if t._version != v}
+    return Engine.for_module(module).model_fingerprint()

@@ -10,53 +10,212 @@ so nothing is missed and the forward itself runs at full speed, untouched.
 
 Each hook reads the rule in force from a :class:`RuleState` shared by the whole graph,
 so one forward serves every rule: set ``state.rule`` and call ``torch.autograd.grad``.
-With ``f'`` the activation's true derivative at its input and ``g`` the incoming
-gradient, the rules are:
 
-============  ===========================================  ========
-rule          gradient passed down                         polarity
-============  ===========================================  ========
-gradient      ``g * f'(x)``                                 both
-deconvnet     ``g * [g > 0]`` (plus ``slope * g`` where      +1
-              ``g <= 0`` for leaky units)
-guided        ``g * f'(x) * [g > 0] * [f'(x) > 0]``         +1
-guided_neg    ``g * f'(x) * [g < 0] * [f'(x) > 0]``         -1
-============  ===========================================  ========
+A rule is one :class:`BackwardRule` in :data:`BACKWARD_RULES`: its :class:`Term` (name,
+title, help), its *polarity*, the function that shapes the gradient at an activation (its
+docstring gives the formula; None for the true gradient) and its column of the table of
+docs/methods.md (:data:`RULES_TABLE`). Everything else reads them from there: the names
+(:data:`RULES`, the CLI's choices, the server's schemas and ``/api/vocabulary``) and the
+tree's sign per rule (:data:`POLARITY`). A new rule is one more entry there (and
+``scripts/make_methods_doc.py`` rewrites the docs' table).
 
-Outside the ReLU family (SiLU, GELU, Hardswish, Mish, ELU, Softplus...) the rules are
-generalised, and squashing functions keep their true gradient (:data:`RULES_TABLE`).
-
-The *polarity* (:data:`POLARITY`) is the sign of what a rule lets through an activation:
-guided and deconvnet pass positive gradients only, guided_neg negative ones only, the
-true gradient both (its polarity is taken as +1: an increase is the evidence). Note that
+The polarity is the sign of what a rule lets through an activation: guided and deconvnet
+pass positive gradients only, guided_neg negative ones only, the true gradient both (its
+polarity is taken as +1: an increase is the evidence). Note that
 ``guided_neg(g) = -guided(-g)``: guided_neg shows, negated, what guided shows for the
 opposite seed. Deconvnet never reads ``x``: on a network without max-pooling (whose
 switches are its only other link to the image) its pictures do not depend on the image.
+Outside the ReLU family (SiLU, GELU, Hardswish, Mish, ELU, Softplus...) the rules are
+generalised, and squashing functions keep their true gradient.
+
+Examples
+--------
+>>> [(rule.name, rule.polarity) for rule in BACKWARD_RULES]
+[('gradient', 1), ('deconvnet', 1), ('guided', 1), ('guided_neg', -1)]
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
 
+from ..vocabulary import Term, names
+
 log = logging.getLogger(__name__)
 
-RULES: tuple[str, ...] = ("gradient", "deconvnet", "guided", "guided_neg")
+
+@dataclass(frozen=True)
+class Activation:
+    """How the rules see one kind of activation node of the autograd graph.
+
+    ``family`` is ``"relu"`` (the ReLU family: every rule is exact), ``"smooth"`` (a smooth
+    or piecewise rectifier: the rules' generalisation applies) or ``"other"`` (not a
+    rectifier: the true gradient passes and a warning says so). ``leak`` and ``gain`` are
+    the unit's slopes far below and far above zero, the rectifier it approximates (what
+    ``deconvnet`` passes); ``monotone`` says that ``f' >= 0`` everywhere.
+    """
+
+    name: str
+    family: str
+    leak: float = 0.0
+    gain: float = 1.0
+    monotone: bool = True
+
+
+#: How a rule shapes the gradient at one activation: ``(g * f'(x), g, unit) -> passed``.
+Shape = Callable[[torch.Tensor, torch.Tensor, Activation], torch.Tensor]
+
+
+def _deconvnet(grad_in: torch.Tensor, grad_out: torch.Tensor, act: Activation) -> torch.Tensor:
+    """``g * [g > 0]`` (times the unit's gain; plus ``leak * g`` where ``g <= 0``)."""
+    up = grad_out.clamp(min=0) if act.gain == 1 else grad_out.clamp(min=0) * act.gain
+    return up if act.leak == 0 else torch.where(grad_out > 0, up, grad_out * act.leak)
+
+
+def _guided(grad_in: torch.Tensor, grad_out: torch.Tensor, act: Activation) -> torch.Tensor:
+    """``g * f'(x) * [g > 0] * [f'(x) > 0]``: then (and only then) it is > 0."""
+    if act.monotone and act.leak >= 0:  # g * f'(x) has g's sign (or is 0): one op
+        return grad_in.clamp(min=0)
+    return grad_in.clamp(min=0) * (grad_out > 0)
+
+
+def _guided_neg(grad_in: torch.Tensor, grad_out: torch.Tensor, act: Activation) -> torch.Tensor:
+    """``g * f'(x) * [g < 0] * [f'(x) > 0]``: then (and only then) it is < 0."""
+    if act.monotone and act.leak >= 0:
+        return grad_in.clamp(max=0)
+    return grad_in.clamp(max=0) * (grad_out < 0)
+
+
+#: The rectifier rows of the docs' table (a rule's ``table`` gives one cell each); the
+#: squashing functions' row follows, where every shaping rule passes the true gradient.
+TABLE_ROWS: tuple[str, ...] = (
+    "ReLU, ReLU6, Hardtanh, `clamp(min=0)`, `threshold(0, 0)`",
+    "LeakyReLU (slope `a`)",
+    "SiLU, GELU (both forms), Hardswish, Mish: `x gate(x)`",
+    "ELU, CELU, Softplus (`f' > 0`)",
+    "SELU (scale `l`)",
+)
+_OTHER_ROW = "Sigmoid, Tanh, Hardsigmoid, LogSigmoid, PReLU, RReLU"
+
+
+@dataclass(frozen=True)
+class BackwardRule:
+    """One backward rule: its words, its polarity, what it passes, its column of the docs.
+
+    Attributes
+    ----------
+    term : Term
+        Name, title and help (the CLI's choices and ``/api/vocabulary`` read them).
+    polarity : int
+        +1 or -1: the sign of the gradients it lets through an activation (+1 for the true
+        gradient, which passes both: an increase counts as evidence). The tree orients
+        each kept channel to it and ranks children along it.
+    shape : Shape or None
+        The gradient an activation passes down (:data:`Shape`); None for the true gradient
+        (no hook runs).
+    table : tuple of str
+        Its cell of each row of :data:`TABLE_ROWS` in docs/methods.md (empty for the true
+        gradient, ``g f'(x)`` everywhere).
+
+    Examples
+    --------
+    >>> rule = BackwardRule(Term("zero", "Zero", "no gradient passes"), 1, lambda gi, go, a: 0 * gi)
+    >>> rule.name, rule.shape(torch.ones(2), torch.ones(2), Activation("ReLU", "relu")).tolist()
+    ('zero', [0.0, 0.0])
+    """
+
+    term: Term
+    polarity: int
+    shape: Shape | None
+    table: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        """The rule's name (its term's)."""
+        return self.term.name
+
+
+_G_NEG = "`g f'(x) [g < 0]`"
+_GATED_NEG = "`g f'(x) [g < 0] [f'(x) > 0]`"
+_G_POS = "`g f'(x) [g > 0]`"
+_GATED_POS = "`g f'(x) [g > 0] [f'(x) > 0]`"
+
+#: Every backward rule, in the order the pickers list them.
+BACKWARD_RULES: tuple[BackwardRule, ...] = (
+    BackwardRule(
+        Term("gradient", "Gradient", "the true gradient, both signs (noisy, but faithful)"),
+        1,
+        None,
+    ),
+    BackwardRule(
+        Term(
+            "deconvnet",
+            "Deconvnet",
+            "positive gradients pass each ReLU whatever its input: without max-pooling, "
+            "nearly the same picture for every image",
+        ),
+        1,
+        _deconvnet,
+        ("`max(g, 0)`", "`g` where `g > 0`, else `a g`", "`max(g, 0)`", "`max(g, 0)`")
+        + ("`l max(g, 0)`",),
+    ),
+    BackwardRule(
+        Term("guided", "Guided", "only positive gradients pass each active ReLU"),
+        1,
+        _guided,
+        (_G_POS, _GATED_POS, _GATED_POS, _G_POS, _G_POS),
+    ),
+    BackwardRule(
+        Term(
+            "guided_neg",
+            "Guided neg",
+            "only negative gradients pass each active ReLU: what lowers the node",
+        ),
+        -1,
+        _guided_neg,
+        (_G_NEG, _GATED_NEG, _GATED_NEG, _G_NEG, _G_NEG),
+    ),
+)
+#: Each rule by its name.
+RULE_BY_NAME: dict[str, BackwardRule] = {rule.name: rule for rule in BACKWARD_RULES}
+#: The backward rules with their titles and help (the explorer's picker reads them).
+RULE_TERMS: tuple[Term, ...] = tuple(rule.term for rule in BACKWARD_RULES)
+RULES: tuple[str, ...] = names(RULE_TERMS)
+#: The rule the tree and the explorer's pictures start with where none is named.
+DEFAULT_RULE = "guided"
 
 #: Sign of the gradients each rule lets through an activation (+1 for the true gradient,
 #: which passes both: an increase counts as evidence).
-POLARITY: dict[str, int] = {"gradient": 1, "deconvnet": 1, "guided": 1, "guided_neg": -1}
+POLARITY: dict[str, int] = {rule.name: rule.polarity for rule in BACKWARD_RULES}
+
+
+def _table() -> str:
+    """The table of :data:`RULES_TABLE`, one column per rule of :data:`BACKWARD_RULES`."""
+    true = "`g f'(x)`"
+    lines = [
+        "| activation | " + " | ".join(f"`{rule.name}`" for rule in BACKWARD_RULES) + " |",
+        "|---" * (len(BACKWARD_RULES) + 1) + "|",
+    ]
+    for i, row in enumerate((*TABLE_ROWS, _OTHER_ROW)):
+        cells = [
+            true
+            if rule.shape is None
+            else (rule.table[i] if i < len(TABLE_ROWS) else f"{true}, warned")
+            for rule in BACKWARD_RULES
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 #: The rules table of docs/methods.md ("Backward rules"), written by
 #: scripts/make_methods_doc.py from here.
-RULES_TABLE = """\
+RULES_TABLE = f"""\
 ## Backward rules
 
 `deconvnet`, `guided_backprop` and `guided_neg` (and `guided_grad_cam`, `guided_x_input`,
@@ -64,14 +223,7 @@ RULES_TABLE = """\
 call, module, functional or in-place. With `g` the gradient arriving at an activation's
 output and `f'(x)` its true derivative at its input:
 
-| activation | `gradient` | `deconvnet` | `guided` | `guided_neg` |
-|---|---|---|---|---|
-| ReLU, ReLU6, Hardtanh, `clamp(min=0)`, `threshold(0, 0)` | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
-| LeakyReLU (slope `a`) | `g f'(x)` | `g` where `g > 0`, else `a g` | `g f'(x) [g > 0] [f'(x) > 0]` | `g f'(x) [g < 0] [f'(x) > 0]` |
-| SiLU, GELU (both forms), Hardswish, Mish: `x gate(x)` | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0] [f'(x) > 0]` | `g f'(x) [g < 0] [f'(x) > 0]` |
-| ELU, CELU, Softplus (`f' > 0`) | `g f'(x)` | `max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
-| SELU (scale `l`) | `g f'(x)` | `l max(g, 0)` | `g f'(x) [g > 0]` | `g f'(x) [g < 0]` |
-| Sigmoid, Tanh, Hardsigmoid, LogSigmoid, PReLU, RReLU | `g f'(x)` | `g f'(x)`, warned | `g f'(x)`, warned | `g f'(x)`, warned |
+{_table()}
 
 Springenberg et al. 2015 define guided backprop on ReLUs only: a gradient passes where the
 unit's input was positive and the gradient is positive. On a ReLU the first gate is
@@ -101,7 +253,13 @@ class RuleState:
 
 
 def check_rule(rule: str) -> str:
-    """Return ``rule`` if it is a known backward rule, else raise ``CnnscopeError``."""
+    """Return ``rule`` if it is a known backward rule, else raise ``CnnscopeError``.
+
+    Examples
+    --------
+    >>> check_rule("guided")
+    'guided'
+    """
     if rule not in RULES:
         from ..errors import CnnscopeError
 
@@ -123,7 +281,7 @@ def apply_rule(
     Parameters
     ----------
     rule : str
-        One of :data:`RULES`.
+        One of :data:`RULES` (its :attr:`BackwardRule.shape`, for one unit).
     grad_in : torch.Tensor
         The true gradient at the activation's input, ``g * f'(x)``.
     grad_out : torch.Tensor
@@ -146,35 +304,10 @@ def apply_rule(
     >>> apply_rule("guided", torch.tensor([-0.1]), torch.tensor([1.0]), monotone=False)
     tensor([0.])
     """
-    if rule == "gradient":
+    shape = RULE_BY_NAME[check_rule(rule)].shape
+    if shape is None:
         return grad_in
-    if rule == "deconvnet":
-        up = grad_out.clamp(min=0) if gain == 1 else grad_out.clamp(min=0) * gain
-        return up if leak == 0 else torch.where(grad_out > 0, up, grad_out * leak)
-    # guided keeps g * f'(x) where g > 0 and f'(x) > 0: then (and only then) it is > 0
-    if monotone and leak >= 0:  # g * f'(x) has g's sign (or is 0): one op each
-        return grad_in.clamp(min=0) if rule == "guided" else grad_in.clamp(max=0)
-    if rule == "guided":
-        return grad_in.clamp(min=0) * (grad_out > 0)
-    return grad_in.clamp(max=0) * (grad_out < 0)
-
-
-@dataclass(frozen=True)
-class Activation:
-    """How the rules see one kind of activation node of the autograd graph.
-
-    ``family`` is ``"relu"`` (the ReLU family: every rule is exact), ``"smooth"`` (a smooth
-    or piecewise rectifier: the rules' generalisation applies) or ``"other"`` (not a
-    rectifier: the true gradient passes and a warning says so). ``leak`` and ``gain`` are
-    the unit's slopes far below and far above zero, the rectifier it approximates (what
-    ``deconvnet`` passes); ``monotone`` says that ``f' >= 0`` everywhere.
-    """
-
-    name: str
-    family: str
-    leak: float = 0.0
-    gain: float = 1.0
-    monotone: bool = True
+    return shape(grad_in, grad_out, Activation("", "relu", leak, gain, monotone))
 
 
 _RELU = {"ReluBackward", "HardtanhBackward"}
@@ -231,17 +364,10 @@ def activation(node) -> Activation | None:
 
 def _rule_hook(state: RuleState, act: Activation):
     def hook(grad_inputs, grad_outputs):
-        if state.rule == "gradient" or grad_inputs[0] is None or grad_outputs[0] is None:
+        shape = RULE_BY_NAME[state.rule].shape
+        if shape is None or grad_inputs[0] is None or grad_outputs[0] is None:
             return None
-        shaped = apply_rule(
-            state.rule,
-            grad_inputs[0],
-            grad_outputs[0],
-            act.leak,
-            gain=act.gain,
-            monotone=act.monotone,
-        )
-        return (shaped, *grad_inputs[1:])
+        return (shape(grad_inputs[0], grad_outputs[0], act), *grad_inputs[1:])
 
     return hook
 
@@ -269,7 +395,9 @@ def attach_rules(tensors: Iterable[torch.Tensor], state: RuleState) -> Counter:
     tensor([0., 0.])
     """
     seen: dict[int, object] = {}  # keeps each node alive, so that ids stay unique
-    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    stack: list[torch.autograd.graph.Node | None] = [
+        t.grad_fn for t in tensors if t.grad_fn is not None
+    ]
     found: Counter = Counter()
     while stack:
         node = stack.pop()
@@ -306,7 +434,7 @@ def check_reach(rule: str, found: Counter) -> str | None:
     >>> check_reach("guided", found)
     "rule 'guided' met activations that are not ReLU-family: generalised to 1 GELU calls (see docs/methods.md, backward rules)"
     """
-    if rule == "gradient":
+    if RULE_BY_NAME[rule].shape is None:
         return None
     smooth, other = _tally(found, "smooth"), _tally(found, "other")
     if not smooth and not _tally(found, "relu"):

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ..errors import CnnscopeError
-from .record import ACTIVATIONS, Engine, Forward
+from .forward import ACTIVATIONS, Forward
+from .record import Engine
 from .units import INPUT, Unit, split_call
 
 __all__ = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 from ..errors import UnitSpecError, UnknownLayerError
@@ -71,3 +71,43 @@ def split_call(name: str) -> tuple[str, int]:
     if not call.isdigit() or int(call) < 1:
         raise UnknownLayerError(f"bad layer call {name!r}: write NAME#K with K >= 1")
     return base, int(call)
+
+
+def find_layer(layer: str, names: Collection[str]) -> str | None:
+    """The canonical spelling of ``layer`` among recorded ``names``, or None.
+
+    A module called once is recorded as ``name``, one called K times as ``name#1`` ...
+    ``name#K``: ``name#1`` finds ``name``, and a bare ``name`` finds ``name#1``.
+
+    Examples
+    --------
+    >>> find_layer("act#1", ["input", "act", "logits"]), find_layer("act", ["act#1", "act#2"])
+    ('act', 'act#1')
+    >>> find_layer("act#3", ["act"]) is None
+    True
+    """
+    if layer in names:
+        return layer
+    base, call = split_call(layer)
+    for candidate in (base if call == 1 else None, f"{base}#{call}"):
+        if candidate in names:
+            return candidate
+    return None
+
+
+def resolve_layer(layer: str, names: Collection[str]) -> str:
+    """:func:`find_layer`, or ``UnknownLayerError`` with suggestions.
+
+    Examples
+    --------
+    >>> resolve_layer("conv#1", ["input", "conv", "logits"])
+    'conv'
+    >>> resolve_layer("conf", ["input", "conv", "logits"])
+    Traceback (most recent call last):
+    ...
+    cnnscope.errors.UnknownLayerError: unknown layer 'conf'; did you mean conv?
+    """
+    found = find_layer(layer, names)
+    if found is None:
+        raise unknown_layer(layer, names)
+    return found

@@ -17,11 +17,12 @@ Examples
 Example(rank=1, layer='blocks.4', channel=7, image='cats/01.jpg', ...)
 """
 
-from .build import BuildResult, build_index, default_layers, model_fingerprint, run_build
+from ..engine import model_fingerprint
+from .build import BuildResult, build_index, default_layers, run_build
+from .bundle import FORMAT, VERSION, IndexFormatError
 from .default import default_data_dir, default_index_path, ensure_default_index
 from .reader import Example, Index, open_index
 from .sources import AUGMENTATIONS, Source
-from .store import FORMAT, VERSION, IndexFormatError
 
 __all__ = [
     "AUGMENTATIONS",

@@ -7,16 +7,14 @@ every rank takes a share of the batches and rank 0 merges and writes the index.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-import torch
 
 from ..cli.common import add_model_args, device_from, model_from_args, print_json
 from ..errors import CnnscopeError
 from .build import DEFAULT_TOP_K, run_build
 from .default import default_index_path
+from .distributed import distributed_run, rank_and_world
 from .reader import open_index
 
 
@@ -91,38 +89,26 @@ def register(subparsers) -> None:
     p.set_defaults(func=examples_command, model=None)
 
 
-def _layers(values: list[str] | None) -> list[str] | None:
-    if not values:
-        return None
-    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+def layer_names(values: list[str] | None) -> list[str] | None:
+    """The names of a ``--layers`` option, space or comma separated; ``None`` for none.
+
+    Examples
+    --------
+    >>> layer_names(["blocks.4,blocks.6", " head_act"]), layer_names([","])
+    (['blocks.4', 'blocks.6', 'head_act'], None)
+    """
+    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
     return names or None
-
-
-def _init_distributed(device: torch.device) -> tuple[torch.device, bool]:
-    """Join the process group when started by torchrun; the device of this rank."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return device, False
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        raise CnnscopeError("this PyTorch has no torch.distributed; run without torchrun")
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device, True
 
 
 def index_command(args: argparse.Namespace) -> int:
     """Build or update an index and print what was done."""
-    layers = _layers(args.layers)
+    layers = layer_names(args.layers)
     if args.folder is None and layers and Path(layers[-1]).is_dir():
         raise CnnscopeError(
             f"{layers[-1]!r} looks like the image folder: write DIR before --layers"
         )
-    device, distributed = _init_distributed(device_from(args.device))
-    try:
+    with distributed_run(device_from(args.device)) as (device, _):
         model = model_from_args(args)
         model.module.to(device)
         if args.out:
@@ -149,12 +135,8 @@ def index_command(args: argparse.Namespace) -> int:
             rebuild=args.rebuild,
             show_progress=sys.stderr.isatty() and not args.json,
         )
-        rank = torch.distributed.get_rank() if distributed else 0
-        if rank == 0:
+        if rank_and_world()[0] == 0:
             _report(args, result)
-    finally:
-        if distributed and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
     return 0
 
 

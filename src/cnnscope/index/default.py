@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
-from .build import DEFAULT_TOP_K, default_layers, model_fingerprint, run_build
+from ..engine import model_fingerprint
+from ..render import safe_file_name
+from .build import DEFAULT_TOP_K, default_layers, run_build
 
 __all__ = ["default_data_dir", "default_index_path", "ensure_default_index"]
-
-_SLUG = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def default_data_dir() -> Path:
@@ -40,13 +39,13 @@ def default_index_path(
     PosixPath('/tmp/data/indexes')
     """
     root = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
-    name = _SLUG.sub("_", model.name).strip("_") or "model"
+    name = safe_file_name(model.name, "model", max_len=60)
     what = "gallery"
     if source is not None:
         folder = Path(source).expanduser().resolve()
         digest = hashlib.sha256(str(folder).encode()).hexdigest()[:10]
-        what = f"{_SLUG.sub('_', folder.name)[:40] or 'folder'}-{digest}"
-    return root / "indexes" / f"{name[:60]}-{model_fingerprint(model.module)[:12]}-{what}"
+        what = f"{safe_file_name(folder.name, 'folder', max_len=40)}-{digest}"
+    return root / "indexes" / f"{name}-{model_fingerprint(model.module)[:12]}-{what}"
 
 
 def ensure_default_index(

@@ -4,7 +4,7 @@ For each example of a unit (an image and the position of the unit's maximum):
 
 * the **field crop**: the unit's theoretical receptive field at that position
   (:meth:`cnnscope.engine.Field.box`), padded where it runs off the image;
-* the **support crop** (the seed's way): the tight bounding box of the pixels where the
+* the **support crop** (cnn_treevis's way): the tight bounding box of the pixels where the
   unit's guided reconstruction is non-zero, ``max_c |r_c| > 0``. The seed decoded rows and
   columns with the height for both axes, which is only right for square inputs; here the
   rows come from axis 0 and the columns from axis 1. An empty support falls back to the
@@ -139,16 +139,23 @@ class Patch:
 
     def field_crop(self) -> np.ndarray:
         """The image cut to the receptive field."""
-        return crop(self.image, self.field_box)
+        return crop(self._image(), self.field_box)
 
     def support_crop(self) -> np.ndarray:
         """The image cut to the reconstruction's support."""
-        return crop(self.image, self.support_box)
+        return crop(self._image(), self.support_box)
 
     def reconstruction_crop(self, which: str = "support") -> np.ndarray:
         """The reconstruction cut to a box, as a picture centred on grey (``h x w x 3`` uint8)."""
         box = self.support_box if which == "support" else self.field_box
+        if self.reconstruction is None:
+            raise CnnscopeError(f"example {self.example} has no picture: {self.error}")
         return gradient_image(crop(self.reconstruction.transpose(1, 2, 0), box, 0.0))
+
+    def _image(self) -> np.ndarray:
+        if self.image is None:
+            raise CnnscopeError(f"example {self.example} has no picture: {self.error}")
+        return self.image
 
 
 def compute_patches(index, unit: Unit, model, rule: str = "guided", chunk: int = 8) -> list[Patch]:
@@ -175,14 +182,16 @@ def compute_patches(index, unit: Unit, model, rule: str = "guided", chunk: int =
     """
     examples = index.examples(unit)
     pre = index.preprocessing
-    size = tuple(pre.input_size)
+    size = (int(pre.input_size[0]), int(pre.input_size[1]))
     field = index.field(unit.layer)
     engine = Engine.for_module(model.module)
     recorded = recorded_layers(engine, [unit.layer], size)
     patches: list[Patch] = []
     for start in range(0, len(examples), chunk):
         part = examples[start : start + chunk]
-        views, inputs, errors = [], [], []
+        views: list[np.ndarray | None] = []
+        inputs: list[torch.Tensor] = []
+        errors: list[str | None] = []
         for ex in part:
             try:
                 image = index.load_image(ex)
@@ -201,7 +210,7 @@ def compute_patches(index, unit: Unit, model, rule: str = "guided", chunk: int =
         at, seed = unit_seed(fwd, unit.layer, unit.channel, positions)
         grads = fwd.grad(at, seed, to="input", rule=rule).float().cpu().numpy()
         for i, ex in enumerate(part):
-            fbox = field_box(field, *ex.position, size)
+            fbox = field_box(field, ex.position[0], ex.position[1], size)
             if views[i] is None:
                 patches.append(Patch(ex, None, fbox, fbox, None, float("nan"), errors[i]))
                 continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..engine import Field, Unit
-from ..engine.units import split_call, suggest
+from ..atomic import atomic_write
+from ..engine import Field, Unit, find_layer, model_fingerprint
+from ..engine.units import suggest
 from ..errors import CnnscopeError, UnitSpecError, UnknownLayerError
-from .build import GRID_DIR, model_fingerprint
+from ..render import safe_file_name
+from .bundle import MANIFEST, VERSION, IndexFormatError
+from .folder import GRID_DIR
 from .sources import Source
-from .store import MANIFEST, VERSION, IndexFormatError, atomic_write
 from .validate import read_index
 
 __all__ = ["Example", "Index", "open_index"]
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 GRID_VERSION = 1
 #: Default side of a grid tile in pixels (k = 16: two 4 x 4 halves, 793 x 394 pixels).
 DEFAULT_TILE = 96
-_SAFE = re.compile(r"[^A-Za-z0-9._#-]")
 
 
 @dataclass(frozen=True)
@@ -157,12 +157,9 @@ class Index:
         return Field(tuple(f["size"]), tuple(f["stride"]), tuple(f["offset"]))
 
     def _resolve_layer(self, layer: str) -> str:
-        if layer in self._entries:
-            return layer
-        base, call = split_call(layer)
-        for candidate in (base if call == 1 else None, f"{base}#{call}"):
-            if candidate in self._entries:
-                return candidate
+        found = find_layer(layer, self._entries)
+        if found is not None:
+            return found
         raise UnknownLayerError(
             f"layer {layer!r} is not in the index{suggest(layer, self.layers)} "
             f"(indexed: {', '.join(self.layers)})"
@@ -312,7 +309,9 @@ class Index:
             f"{GRID_VERSION}|{self.fingerprint}|{model_fingerprint(model.module)}|{crop}|{tile}|"
             f"{rule}".encode()
         ).hexdigest()[:16]
-        return self.path / GRID_DIR / key / _SAFE.sub("_", unit.layer) / f"{unit.channel}.png"
+        # the layer's number keeps two names that file names spell alike (a#2, a_2) apart
+        folder = f"L{self._entries[unit.layer][0]}-{safe_file_name(unit.layer)}"
+        return self.path / GRID_DIR / key / folder / f"{unit.channel}.png"
 
     def _grid(self, unit, model, crop: str, tile: int, rule: str, need_file: bool):
         """``(image or None, cached file or None)``; renders and caches on a miss."""
@@ -357,7 +356,7 @@ class Index:
         model : LoadedModel, optional
             The model the index was built with (default: loaded from the manifest).
         crop : {"support", "field"}
-            Crop each example to the support of its reconstruction (the seed's way) or
+            Crop each example to the support of its reconstruction (cnn_treevis's way) or
             to the unit's receptive field.
         tile : int
             Side of each tile in pixels.

@@ -1,351 +1,39 @@
-"""The on-disk format of a dataset index: atomic, versioned bundles of JSON + ``.npz``.
+"""Deprecated: the old name of :mod:`cnnscope.index.bundle` (and :mod:`cnnscope.atomic`).
 
-An index is a folder. Its state is one *bundle*: a JSON manifest (``index.json``) that
-names an ``.npz`` file of arrays (``topk-<digest>.npz``) and gives the SHA-256 of the
-arrays. The arrays are written first under a content-addressed name, then the manifest
-replaces the old one with :func:`os.replace`, so a reader always sees a complete old or
-a complete new index, whatever moment the writer is killed at. Build checkpoints are
-bundles of the same kind (``.building/rank<R>.json``). See ``docs/index-format.md``.
+``cnnscope.index.store`` was the index's bundle format; ``store`` now means only the
+explorer's image store (:mod:`cnnscope.server.store`). Every name it had still imports
+from here, with a ``DeprecationWarning`` naming its new home.
 
-Every write goes to a temporary file in the same folder, is flushed and ``fsync``'d, and
-is renamed over the target; the folder itself is then ``fsync``'d.
+Examples
+--------
+>>> import warnings
+>>> from cnnscope.index import store
+>>> with warnings.catch_warnings(record=True) as caught:
+...     warnings.simplefilter("always")
+...     digest = store.array_digest
+>>> str(caught[0].message)
+'cnnscope.index.store.array_digest is deprecated: use cnnscope.index.bundle.array_digest'
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
-import logging
-import math
-import os
-import secrets
-import signal
-import zipfile
-import zlib
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from typing import Any
 
-import numpy as np
+from .. import atomic
+from ..errors import warn_renamed
+from . import bundle
 
-from ..errors import CnnscopeError
-
-__all__ = [
-    "FORMAT",
-    "MANIFEST",
-    "VERSION",
-    "IndexFormatError",
-    "array_digest",
-    "atomic_write",
-    "crash_point",
-    "read_bundle",
-    "write_bundle",
-]
-
-log = logging.getLogger(__name__)
-
-#: Value of the manifest's ``format`` field.
-FORMAT = "cnnscope-index"
-#: Version of the layout written by this code; readers refuse newer major versions.
-#: 2: units are ranked, placed and stored by their strength (cnnscope.engine.strength).
-VERSION = 2
-#: File name of the manifest inside an index folder.
-MANIFEST = "index.json"
-#: Environment variable naming a point where the writer kills itself (tests only).
-KILL_ENV = "CNNSCOPE_INDEX_KILL_AT"
-#: The arrays of a bundle may declare at most this many times their file's size (plus
-#: 1 MiB) when inflated. The writer stores them uncompressed; a zip bomb is refused unread.
-MAX_INFLATION = 32
+#: Each old name and the module that holds it now.
+_MOVED = {
+    **{name: bundle for name in (*bundle.__all__, "MAX_INFLATION")},
+    **{name: atomic for name in atomic.__all__},
+}
 
 
-class IndexFormatError(CnnscopeError):
-    """A path is not a cnnscope index, or the index is damaged or too new."""
-
-
-# What reading a damaged .npz can raise (zlib.error: a corrupt deflate stream).
-_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, IndexFormatError)
-
-
-def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL if ``$CNNSCOPE_INDEX_KILL_AT`` equals ``name``.
-
-    A fault-injection hook for the resume tests: it makes "killed at that exact point"
-    reproducible. It does nothing unless the variable is set.
-
-    Examples
-    --------
-    >>> crash_point("nowhere")  # no-op unless CNNSCOPE_INDEX_KILL_AT=nowhere
-    """
-    if os.environ.get(KILL_ENV) == name:
-        log.warning("%s=%s: killing this process", KILL_ENV, name)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # some platforms cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, data: bytes, *, kill_point: str | None = None) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix.
-
-    Parameters
-    ----------
-    path
-        Target file; its folder must exist.
-    data
-        The complete new contents.
-    kill_point
-        Name passed to :func:`crash_point` after the temporary file is complete but
-        before it replaces ``path`` (tests only).
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> p = Path(tempfile.mkdtemp()) / "x.txt"
-    >>> atomic_write(p, b"hello"); p.read_bytes()
-    b'hello'
-    """
-    path = Path(path)
-    # unique per process and call (two threads may write the same target)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if kill_point:
-            crash_point(kill_point)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def array_digest(arrays: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 of named arrays (names, dtypes, shapes and bytes), independent of file layout.
-
-    Examples
-    --------
-    >>> a = array_digest({"x": np.zeros(3, np.float32)})
-    >>> a == array_digest({"x": np.zeros(3, np.float32)}), a == array_digest({"x": np.ones(3)})
-    (True, False)
-    """
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        arr = np.ascontiguousarray(arrays[name])
-        h.update(f"{name}|{arr.dtype.str}|{arr.shape}\n".encode())
-        h.update(arr.tobytes())
-    return h.hexdigest()
-
-
-def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **{k: np.ascontiguousarray(v) for k, v in sorted(arrays.items())})
-    return buf.getvalue()
-
-
-def write_bundle(
-    folder: str | os.PathLike,
-    stem: str,
-    meta: dict,
-    arrays: Mapping[str, np.ndarray],
-    *,
-    arrays_prefix: str | None = None,
-    kill_point: str | None = None,
-) -> Path:
-    """Atomically replace bundle ``stem`` in ``folder``: ``<stem>.json`` + its ``.npz``.
-
-    The arrays go to ``<prefix>-<digest16>.npz`` first (a new name, so the old bundle
-    stays valid), then the manifest is replaced, then unreferenced ``.npz`` files of the
-    same prefix are removed. ``meta`` gains an ``arrays`` entry with the file name and
-    digest.
-
-    Returns
-    -------
-    Path
-        The manifest file.
-
-    Examples
-    --------
-    >>> import tempfile
-    >>> d = Path(tempfile.mkdtemp())
-    >>> _ = write_bundle(d, "state", {"n": 1}, {"a": np.arange(3)})
-    >>> meta, arrays = read_bundle(d, "state")
-    >>> meta["n"], arrays["a"].tolist()
-    (1, [0, 1, 2])
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    prefix = arrays_prefix or stem
-    digest = array_digest(arrays)
-    npz = folder / f"{prefix}-{digest[:16]}.npz"
-    if not (npz.is_file() and _digest_of_file(npz) == digest):
-        atomic_write(npz, _npz_bytes(arrays))
-    meta = {**meta, "arrays": {"file": npz.name, "sha256": digest}}
-    if kill_point:
-        crash_point(kill_point)
-    manifest = folder / f"{stem}.json"
-    atomic_write(
-        manifest,
-        (json.dumps(meta, indent=1, sort_keys=False) + "\n").encode("utf-8"),
-        kill_point=f"{kill_point}-tmp" if kill_point else None,
-    )
-    for old in folder.glob(f"{prefix}-*.npz"):
-        if old.name != npz.name:
-            old.unlink(missing_ok=True)
-    return manifest
-
-
-def _load_npz(path: Path, expected: Mapping[str, tuple] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of an ``.npz``; every size is checked before any data is inflated.
-
-    The members' declared sizes together may exceed the file's size only
-    :data:`MAX_INFLATION` times, and each member must hold exactly the bytes its ``.npy``
-    header declares (and, if ``expected`` maps names to ``(dtype, shape or None)``, that
-    dtype and shape), so that neither a zip bomb nor a lying header makes the reader
-    allocate more than the file justifies. Pickled objects are never loaded.
-    """
-    with zipfile.ZipFile(path) as zf:
-        infos = zf.infolist()
-        members = {info.filename.removesuffix(".npy"): info for info in infos}
-        if len(members) != len(infos) or any(not i.filename.endswith(".npy") for i in infos):
-            raise IndexFormatError("it holds something else than distinct .npy arrays")
-        declared = sum(info.file_size for info in infos)
-        if declared > MAX_INFLATION * path.stat().st_size + (1 << 20):
-            raise IndexFormatError(
-                f"it would inflate to {declared} bytes from {path.stat().st_size}: refused"
-            )
-        if expected is not None and set(members) != set(expected):
-            raise IndexFormatError(
-                f"it holds the arrays {', '.join(sorted(members))}; expected "
-                f"{', '.join(sorted(expected))}"
-            )
-        return {
-            name: _read_npy(zf, info, None if expected is None else expected[name])
-            for name, info in sorted(members.items())
-        }
-
-
-def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, want: tuple | None) -> np.ndarray:
-    """One ``.npy`` member, read only after its header matched its size (and ``want``)."""
-    where = f"array {info.filename[:-4]!r}"
-    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or info.flag_bits & 1:
-        raise IndexFormatError(f"{where} is encrypted or compressed in an unsupported way")
-    with zf.open(info) as fh:
-        version = np.lib.format.read_magic(fh)
-        if version not in ((1, 0), (2, 0)):
-            raise IndexFormatError(f"{where} has .npy version {version}")
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
-        if dtype.hasobject:
-            raise IndexFormatError(f"{where} holds Python objects (pickles are never loaded)")
-        if want is not None:
-            dt, sh = np.dtype(want[0]), want[1]
-            if dtype.newbyteorder("=") != dt or (len(shape) != 1 if sh is None else shape != sh):
-                size = "[n]" if sh is None else list(sh)
-                raise IndexFormatError(f"{where} is {dtype} {list(shape)}; expected {dt} {size}")
-        nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes != info.file_size - fh.tell():
-            raise IndexFormatError(f"{where} holds another number of bytes than its header says")
-        data = fh.read(nbytes)
-    if len(data) != nbytes:
-        raise IndexFormatError(f"{where} is truncated")
-    array = np.frombuffer(data, dtype)  # read only: nobody changes an index in memory
-    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
-
-
-def _digest_of_file(path: Path) -> str | None:
-    try:
-        return array_digest(_load_npz(path))
-    except _DAMAGED:
-        return None
-
-
-def read_bundle(
-    folder: str | os.PathLike,
-    stem: str,
-    expect: Callable[[dict], Mapping[str, tuple]] | None = None,
-) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read bundle ``stem`` from ``folder`` and check its arrays against the digest.
-
-    Parameters
-    ----------
-    folder, stem
-        The bundle ``<folder>/<stem>.json`` and the ``.npz`` it names.
-    expect : callable, optional
-        Called with the manifest before any array is read; returns each array's
-        ``(dtype, shape)`` (shape ``None``: any 1-D length) or raises
-        :class:`IndexFormatError`. Arrays that differ are refused unread.
-
-    Raises
-    ------
-    IndexFormatError
-        If the manifest is missing or unreadable, or the arrays are missing, damaged,
-        or not what ``expect`` says.
-    """
-    folder = Path(folder)
-    manifest = folder / f"{stem}.json"
-    try:
-        meta = json.loads(manifest.read_text("utf-8"))
-    except FileNotFoundError:
-        raise IndexFormatError(f"{manifest} not found") from None
-    except (OSError, ValueError, RecursionError) as exc:
-        raise IndexFormatError(f"{manifest} is unreadable: {type(exc).__name__}") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("arrays"), dict):
-        raise IndexFormatError(f"{manifest} is not a cnnscope manifest")
-    name = meta["arrays"].get("file")
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name[0] == ".":
-        raise IndexFormatError(f"{manifest} names a bad arrays file {name!r}")
-    expected = expect(meta) if expect is not None else None
-    try:
-        arrays = _load_npz(folder / name, expected)
-    except FileNotFoundError:
-        raise IndexFormatError(f"{folder / name} is missing (the index is damaged)") from None
-    except IndexFormatError as exc:
-        raise IndexFormatError(f"{folder / name}: {exc}") from None
-    except _DAMAGED as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise IndexFormatError(f"{folder / name} is damaged: {reason}") from None
-    if array_digest(arrays) != meta["arrays"].get("sha256"):
-        raise IndexFormatError(f"{folder / name} does not match its manifest (damaged index)")
-    return meta, arrays
-
-
-def remove_stale_temps(folder: str | os.PathLike, prefix: str = "") -> None:
-    """Delete temporary files of dead writers (``.<name>.<pid>.<random>.tmp``).
-
-    Only names starting with ``prefix`` are considered; files of live processes of this
-    machine are kept.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return
-    for tmp in folder.glob(f".{prefix}*.tmp"):
-        try:
-            pid = int(tmp.name.rsplit(".", 3)[-3])
-        except (ValueError, IndexError):
-            continue
-        if pid != os.getpid() and not _alive(pid):
-            tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def __getattr__(name: str) -> Any:
+    """The names this module had, from their new modules, with a DeprecationWarning."""
+    if name in _MOVED:
+        home = _MOVED[name]
+        warn_renamed(f"{__name__}.{name}", f"{home.__name__}.{name}")
+        return getattr(home, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,14 +11,23 @@ line; nothing in the folder is ever imported or called.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
+from .bundle import FORMAT, VERSION, IndexFormatError, read_bundle
 from .merge import IMAGE_LIMIT
-from .store import FORMAT, VERSION, IndexFormatError, read_bundle
 
-__all__ = ["MAX_INPUT_SIDE", "MAX_TOP_K", "decode_ids", "expected_arrays", "read_index"]
+__all__ = [
+    "MAX_INPUT_SIDE",
+    "MAX_TOP_K",
+    "decode_ids",
+    "encode_ids",
+    "expected_arrays",
+    "read_index",
+]
 
 #: Largest ``--top-k``.
 MAX_TOP_K = 10_000
@@ -51,11 +60,25 @@ def _numbers(value, n: int, check=_is_number) -> bool:
 def _dict(meta: dict, key: str) -> dict:
     value = meta.get(key)
     _need(isinstance(value, dict), f"{key!r} must be an object, got {value!r:.60}")
-    return value
+    return cast(dict, value)
 
 
 def _optional_str(value) -> bool:
     return value is None or isinstance(value, str)
+
+
+def encode_ids(ids: Sequence[str]) -> np.ndarray:
+    """The ``image_ids`` array of a bundle: the ids as UTF-8, NUL-separated, ``uint8``.
+
+    Examples
+    --------
+    >>> blob = encode_ids(["a.jpg", "b.png"])
+    >>> blob.dtype, bytes(blob)
+    (dtype('uint8'), b'a.jpg\\x00b.png')
+    >>> decode_ids(blob, 2)
+    ['a.jpg', 'b.png']
+    """
+    return np.frombuffer("\0".join(ids).encode("utf-8"), dtype=np.uint8).copy()
 
 
 def decode_ids(blob: np.ndarray, n: int) -> list[str]:
@@ -81,7 +104,7 @@ def _check_header(meta: dict, folder: Path) -> None:
     if meta.get("format") != FORMAT:
         raise IndexFormatError(f"{folder} is not a cnnscope index (format {meta.get('format')!r})")
     version = meta.get("version")
-    if not _is_int(version, 1) or version > VERSION:
+    if not _is_int(version, 1) or int(cast(int, version)) > VERSION:
         raise IndexFormatError(
             f"{folder} has index format version {version!r}; this cnnscope reads "
             f"versions 1 to {VERSION}" + (": upgrade cnnscope" if _is_int(version, 1) else "")
@@ -169,7 +192,7 @@ def _check_images(meta: dict) -> None:
         _is_int(total, 1, IMAGE_LIMIT)
         and _is_int(indexed)
         and _is_int(skipped)
-        and indexed + skipped == total,
+        and cast(int, indexed) + cast(int, skipped) == total,
         "images must count total = indexed + skipped",
     )
     table = meta.get("skipped")
@@ -210,11 +233,13 @@ def expected_arrays(meta: dict, folder: str | Path = "index") -> dict[str, tuple
     _check_images(meta)
     k, n = meta.get("top_k"), meta["images"]["total"]
     _need(_is_int(k, 1, MAX_TOP_K), f"top_k must be an integer in 1-{MAX_TOP_K}")
-    layers, names = meta.get("layers"), set()
+    layers = meta.get("layers")
+    names: set[str] = set()
     _need(isinstance(layers, list) and layers != [], "layers must be a non-empty list")
+    layers = cast(list, layers)
     for entry in layers:
         _check_layer(entry, names)
-    out = {
+    out: dict[str, tuple[type, tuple[int, ...] | None]] = {
         "image_ids": (np.uint8, None),
         "image_size": (np.int64, (n,)),
         "image_mtime_ns": (np.int64, (n,)),
@@ -222,7 +247,7 @@ def expected_arrays(meta: dict, folder: str | Path = "index") -> dict[str, tuple
     }
     for i, entry in enumerate(layers):
         for field, dtype in _FIELDS.items():
-            out[f"L{i}_{field}"] = (dtype, (entry["channels"], k))
+            out[f"L{i}_{field}"] = (dtype, (int(entry["channels"]), int(cast(int, k))))
     return out
 
 

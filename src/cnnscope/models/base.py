@@ -115,7 +115,7 @@ class Preprocessing:
         >>> pre(Image.new("RGB", (2, 2), (255, 127, 0)))[0, :, 0, 0].tolist()
         [1.0, 0.0, -0.9921875]
         """
-        x = np.asarray(self.geometry(image), dtype=np.float32) * (self.scale / 255.0)
+        x: np.ndarray = np.asarray(self.geometry(image), dtype=np.float32) * (self.scale / 255.0)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return torch.from_numpy(x).permute(2, 0, 1).unsqueeze(0).contiguous()
 
@@ -201,6 +201,26 @@ class LoadedModel:
         """Name of class ``idx`` (``"class N"`` when there is no name for it)."""
         idx = int(idx)
         return self.labels[idx] if 0 <= idx < len(self.labels) else f"class {idx}"
+
+    def top_classes(self, logits: torch.Tensor, k: int = 5) -> list[dict]:
+        """The ``k`` likeliest classes of one image's ``logits``: index, label, probability.
+
+        Best first; ``k`` is clipped to 1 .. the number of classes.
+
+        Example
+        -------
+        >>> from cnnscope.models import load_model
+        >>> model = load_model()
+        >>> top = model.top_classes(torch.tensor([[0.0, 2.0, 1.0]]), k=2)
+        >>> [(t["index"], round(t["probability"], 3)) for t in top]
+        [(1, 0.665), (2, 0.245)]
+        """
+        probs = torch.softmax(logits.detach().reshape(-1).float(), 0)
+        values, idx = probs.topk(max(1, min(int(k), probs.numel())))
+        return [
+            {"index": int(i), "label": self.label(int(i)), "probability": float(v)}
+            for v, i in zip(values, idx)
+        ]
 
     def class_index(self, name_or_index: str | int) -> int:
         """Find a class by index or name.
@@ -328,20 +348,18 @@ def load_weights(module: nn.Module, state: dict[str, torch.Tensor], what: str) -
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ModelSpecError(f"input size must be N or (H, W) with positive values, got {size}")
-    return size  # type: ignore[return-value]
+    ints = [int(size)] * 2 if isinstance(size, int) else [int(s) for s in size]
+    if len(ints) != 2 or min(ints) < 1:
+        raise ModelSpecError(
+            f"input size must be N or (H, W) with positive values, got {tuple(ints)}"
+        )
+    return ints[0], ints[1]
 
 
 def _triple(values: float | Sequence[float], what: str) -> tuple[float, float, float]:
-    if isinstance(values, (int, float)):
-        values = (values,)
-    values = tuple(float(v) for v in values)
-    if len(values) == 1:
-        values = values * 3
-    if len(values) != 3:
-        raise ModelSpecError(f"{what} needs 1 or 3 values, got {len(values)}")
-    return values  # type: ignore[return-value]
+    floats = [float(values)] if isinstance(values, (int, float)) else [float(v) for v in values]
+    if len(floats) == 1:
+        floats = floats * 3
+    if len(floats) != 3:
+        raise ModelSpecError(f"{what} needs 1 or 3 values, got {len(floats)}")
+    return floats[0], floats[1], floats[2]

@@ -155,7 +155,13 @@ def preprocessing_of(meta: Any) -> dict[str, Any]:
         if _is_torchvision_weights(meta):
             t = meta.transforms()
             crop, short = _first(t.crop_size), _first(getattr(t, "resize_size", None))
-            out = {"input_size": (crop, crop), "mean": tuple(t.mean), "std": tuple(t.std)}
+            if crop is None:
+                raise TypeError("the weights' transforms have no crop_size")
+            out: dict[str, Any] = {
+                "input_size": (crop, crop),
+                "mean": tuple(t.mean),
+                "std": tuple(t.std),
+            }
             if short:
                 out["crop_fraction"] = min(1.0, crop / short)
             return {**out, "scale": 1.0}
@@ -309,8 +315,11 @@ def _probe(module: nn.Module, name: str, size: tuple[int, int]) -> Probe:
         )
     # hooks fire innermost first: the first module whose output is the model output
     logits = next((n for n, o in records if o is out), None)
-    named = zip(call_names([n for n, _ in records]), (o for _, o in records))
-    named = [(n, o) for n, o in named if isinstance(o, torch.Tensor)]
+    named = [
+        (n, o)
+        for n, o in zip(call_names([n for n, _ in records]), (o for _, o in records))
+        if isinstance(o, torch.Tensor)
+    ]
     calls = tuple((n, tuple(o.shape[1:])) for n, o in named)
     flow = Dataflow(dict(named), out, x) if out.grad_fn is not None else None
     return Probe(tuple(out.detach().shape), logits, calls, len(records), flow)

@@ -48,6 +48,7 @@ from cnnscope.models.base import (
 )
 from cnnscope.models.efficientnet_lite import (
     LITE_VARIANTS,
+    EfficientNetLite,
     efficientnet_lite,
     stage_last_blocks,
 )
@@ -64,7 +65,7 @@ _FACTORY = re.compile(
 )
 
 # Built-in modules by name: loading one twice in a process reuses the module.
-_CACHE: dict[str, nn.Module] = {}
+_CACHE: dict[str, EfficientNetLite] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -143,7 +144,7 @@ def load_model(
     >>> mine.logits_layer, mine.label(285)
     ('classifier', 'Egyptian cat')
     """
-    overrides = {
+    overrides: dict[str, Any] = {
         "input_size": input_size,
         "mean": mean,
         "std": std,

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from .files import safe_file_name, save_gif
+
 __all__ = [
     "colorize",
     "gradient_image",
@@ -19,6 +21,8 @@ __all__ = [
     "normalize",
     "overlay",
     "png_bytes",
+    "safe_file_name",
+    "save_gif",
     "to_hwc",
 ]
 

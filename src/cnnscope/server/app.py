@@ -21,7 +21,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import CnnscopeError, ImageError, UnitSpecError, UnknownLayerError
 from ..models import LoadedModel, load_model
-from .routers import images, models, pages, tree, units
+from .routers import graphs, images, models, pages, tree, units
 from .routers import layers as layer_views
 from .service import ExplorerService
 from .store import (
@@ -103,6 +103,7 @@ def create_app(
     synthesis_steps: int = 48,
     synthesis_size: int = 128,
     threads: int | None = None,
+    graphs_dir: str | os.PathLike | None = None,
 ) -> FastAPI:
     """Build the explorer app.
 
@@ -147,6 +148,9 @@ def create_app(
     threads
         Torch threads of the model's worker thread (default: the calling thread's). The
         server's other threads run torch single-threaded (:mod:`cnnscope.server.threads`).
+    graphs_dir
+        The folder of class graphs (``cnnscope graph ... --out DIR/NAME``) the class pages
+        show, where the graphs the explorer builds go too (default: ``DATA_DIR/graphs``).
 
     Returns
     -------
@@ -186,6 +190,7 @@ def create_app(
         synthesis_steps=synthesis_steps,
         synthesis_size=synthesis_size,
         threads=threads,
+        graphs_dir=graphs_dir,
     )
 
     @contextlib.asynccontextmanager
@@ -206,10 +211,11 @@ def create_app(
             {"name": "tree", "description": "children, parents, faithfulness, reconstructions"},
             {"name": "units", "description": "units, dataset examples, feature visualizations"},
             {"name": "layers", "description": "activation mosaics, channel orderings, 3D volumes"},
+            {"name": "graphs", "description": "class-level attribution graphs, served and built"},
             {"name": "system", "description": "caches and worker"},
         ],
     )
-    app.openapi = lambda: _openapi(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented override
     app.state.service = service
     app.state.store = store
     app.state.upload_timeout_s = float(upload_timeout_s)
@@ -217,7 +223,7 @@ def create_app(
     _add_error_handlers(app)
     app.add_middleware(LocalGuard, hosts=(*LOOPBACK_HOSTS, *allowed_hosts))
     app.middleware("http")(_security_headers)  # added last: it wraps the guard's answers too
-    for module in (models, images, tree, units, layer_views, pages):
+    for module in (models, images, tree, units, layer_views, graphs, pages):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
@@ -374,7 +380,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": detail}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         path = request.url.path
         wants_page = "text/html" in request.headers.get("accept", "")
         if exc.status_code == 404 and wants_page and not path.startswith(("/api/", "/static/")):

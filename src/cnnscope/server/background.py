@@ -82,11 +82,11 @@ def channels_last(module: torch.nn.Module) -> Iterator[None]:
     if not weights or weights[0].is_contiguous(memory_format=torch.channels_last):
         yield
         return
-    module.to(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch stubs
     try:
         yield
     finally:
-        module.to(memory_format=torch.contiguous_format)
+        module.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # torch stubs
 
 
 @dataclass
@@ -359,8 +359,10 @@ class BackgroundLane:
             head = batch[0]
             if head.run_batch is not None:
                 results = list(head.run_batch(self._copy, batch, progress))
-            else:
+            elif head.run is not None:
                 results = [head.run(self._copy, progress)]
+            else:  # submit() refuses a task with neither
+                raise RuntimeError(f"task {head.name!r} has nothing to run")
             for task, result in zip(batch, results, strict=True):
                 task.result = result
                 self._finish(task, "done", None)

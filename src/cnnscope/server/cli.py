@@ -74,6 +74,12 @@ def register(subparsers) -> None:
         help="without --index, do not build or use the gallery's default index",
     )
     p.add_argument(
+        "--graphs",
+        metavar="DIR",
+        help="a folder of class graphs (cnnscope graph ... --out DIR/NAME) for the class "
+        "pages; graphs built from the explorer go there too (default: DATA_DIR/graphs)",
+    )
+    p.add_argument(
         "--cache-mb",
         type=float,
         default=1024.0,
@@ -137,6 +143,10 @@ def serve(args: argparse.Namespace) -> int:
 
     check_port(args.host, args.port)
     examples = None if args.index else _folder(args.examples_from, "--examples-from")
+    graphs = getattr(args, "graphs", None)
+    if graphs is not None and Path(graphs).expanduser().exists():
+        if not Path(graphs).expanduser().is_dir():
+            raise CnnscopeError(f"--graphs {graphs}: not a folder (give a folder of class graphs)")
     for flag in ("max_upload_mb", "max_data_mb", "cache_mb"):
         if not getattr(args, flag) > 0:
             name = flag.replace("_", "-")
@@ -157,6 +167,7 @@ def serve(args: argparse.Namespace) -> int:
         examples_from=examples,
         cache_mb=args.cache_mb,
         threads=threads,
+        graphs_dir=graphs,
     )
     shown = "localhost" if args.host in ("127.0.0.1", "::1") else args.host
     url = f"http://{shown}:{args.port}/"

@@ -10,7 +10,8 @@ Every image has an id that is safe to put in a URL and never names a file by its
   is stored as is, and a photo takes about as much room as its JPEG.
 
 The upload folder is bounded (``max_data_bytes`` for the whole data directory); partial
-files that a killed server left behind are removed when a store opens it.
+files that a killed server left behind (those of a process no longer running:
+:func:`cnnscope.atomic.remove_stale_temps`) are removed when a store opens it.
 
 Ids are checked against a strict pattern before anything else, so a name such as
 ``../../etc/passwd`` is refused without touching the file system.
@@ -26,14 +27,15 @@ import logging
 import os
 import re
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
+from ..atomic import atomic_write, remove_stale_temps
 from ..errors import CnnscopeError, ImageError
 from ..images import gallery_images, iter_image_files, load_image
+from ..vocabulary import Term, names
 
 __all__ = [
     "BadRequestError",
@@ -41,11 +43,26 @@ __all__ = [
     "ImageRecord",
     "ImageStore",
     "NotFoundError",
+    "SOURCES",
+    "SOURCE_TERMS",
     "TooLargeError",
     "UploadTimeoutError",
 ]
 
 log = logging.getLogger(__name__)
+
+#: Where an image of the store comes from (:attr:`ImageRecord.source`), in the gallery's
+#: order, with the title and help of its section.
+SOURCE_TERMS: tuple[Term, ...] = (
+    Term("builtin", "Built-in photos", "Ship with cnnscope; always available offline."),
+    Term("folder", "Your folder", "From cnnscope serve --gallery DIR."),
+    Term(
+        "upload",
+        "Uploaded",
+        "Stored in the server's data directory under a hash of their bytes.",
+    ),
+)
+SOURCES: tuple[str, ...] = names(SOURCE_TERMS)
 
 #: What an image id looks like (the OpenAPI schema says so too).
 ID_PATTERN = r"^(?:[a-z][a-z0-9_]{0,31}|[du]-[0-9a-f]{16})$"
@@ -53,7 +70,6 @@ _ID = re.compile(ID_PATTERN)
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
 _STORED = (".jpg", ".png")  # JPEG uploads stay JPEG (already lossy); the others are PNG
 _JPEG_QUALITY = 95
-_STALE_TMP_S = 60.0  # a write takes milliseconds: an older partial file is a dead one
 
 
 class NotFoundError(CnnscopeError):
@@ -186,7 +202,7 @@ class ImageStore:
         self.max_data_bytes = int(max_data_bytes)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
-        _remove_stale_tmp(self.upload_dir)
+        remove_stale_temps(self.upload_dir)  # the partial files of a killed server
         self._builtin = {
             g.name: ImageRecord(g.name, g.name, g.description, "builtin") for g in gallery_images()
         }
@@ -261,7 +277,7 @@ class ImageStore:
     def load(self, image_id: str) -> Image.Image:
         """The image ``image_id`` as an RGB PIL image."""
         record = self.get(image_id)
-        if record.source == "builtin":
+        if record.source == "builtin" or record.path is None:  # only built-ins have no file
             from ..images import load_gallery_image
 
             return load_gallery_image(record.id)
@@ -303,14 +319,14 @@ class ImageStore:
         with self._write_lock:
             stored = self._stored(image_id)
             created = stored is None
-            if created:
+            if stored is None:
                 encoded, suffix = self._compact(image, jpeg=data.startswith(b"\xff\xd8\xff"))
                 self._check_room(len(encoded))
                 stored = self.upload_dir / f"{image_id}{suffix}"
-                _atomic_write(stored, encoded)
+                atomic_write(stored, encoded)
                 log.info("stored upload %s (%s, %dx%d)", image_id, name, *image.size)
             if not meta.is_file():
-                _atomic_write(meta, json.dumps({"name": name}).encode("utf-8"))
+                atomic_write(meta, json.dumps({"name": name}).encode("utf-8"))
         return self._upload_record(image_id, stored), created
 
     def _compact(self, image: Image.Image, jpeg: bool) -> tuple[bytes, str]:
@@ -351,19 +367,3 @@ class ImageStore:
 
 def _digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _remove_stale_tmp(folder: Path) -> None:
-    """Delete the partial files of writes that never finished (a killed server's)."""
-    now = time.time()
-    for tmp in folder.glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            if now - tmp.stat().st_mtime > _STALE_TMP_S:
-                tmp.unlink()
-                log.info("removed the partial file %s", tmp)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

@@ -6,7 +6,7 @@ their futures. The worker thread takes the first waiting job, keeps collecting j
 its handler in one call. A handler can therefore answer many requests with one batched
 backward (reconstructions of many paths of the same image and rule, for instance).
 The explorer runs two: the request worker, on the model, and the slow lane, on a copy of
-it, for the jobs that take seconds (see :mod:`cnnscope.server.service`).
+it, for the jobs that take seconds (see :mod:`cnnscope.server.compute`).
 """
 
 from __future__ import annotations

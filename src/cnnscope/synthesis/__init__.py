@@ -29,6 +29,7 @@ from .api import (
     visualize_units,
 )
 from .config import SynthesisConfig
+from .loop import SynthesisResult, synthesize
 from .objectives import (
     Amplify,
     Batch,
@@ -38,6 +39,8 @@ from .objectives import (
     Direction,
     Diversity,
     Inversion,
+    LayerObjective,
+    ModelBinding,
     Neuron,
     Objective,
     parse_objective,
@@ -46,7 +49,6 @@ from .objectives import (
 from .outputs import save_gif, save_result
 from .params import FourierParam, ImageSpace, PixelParam
 from .presets import PRESETS, Preset, get_preset, preset_config
-from .render import SynthesisResult, synthesize
 
 __all__ = [
     "Amplify",
@@ -62,6 +64,8 @@ __all__ = [
     "INVERT_DEFAULTS",
     "ImageSpace",
     "Inversion",
+    "LayerObjective",
+    "ModelBinding",
     "Neuron",
     "Objective",
     "PRESETS",

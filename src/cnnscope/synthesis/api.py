@@ -6,20 +6,19 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..engine import INPUT, LOGITS, Engine, Unit, strength_layer
+from ..engine import INPUT, LOGITS, Engine, Unit, model_fingerprint, strength_layer
 from ..errors import CnnscopeError
 from ..models import as_loaded
 from .config import SynthesisConfig
+from .loop import SynthesisResult, synthesize
 from .objectives import Neuron, unit_objective
-from .outputs import run_record, write_png
-from .render import SynthesisResult, synthesize
+from .outputs import run_record, write_with_record
 
 __all__ = [
     "CLASS_DEFAULTS",
@@ -59,8 +58,9 @@ VISUALIZE_DEFAULTS: dict = dict(
     output_iter=0,
 )
 
-#: Class images with seed 2's regularized variant's tricks (a Gaussian blur every few
-#: steps, L2 decay, clipping of the gradient's norm) on Lucid's Fourier parameterization
+#: Class images with the tricks of pytorch-cnn-visualizations' regularized class images
+#: (Yosinski et al.: a Gaussian blur every few steps, L2 decay, clipping of the gradient's
+#: norm) on Lucid's Fourier parameterization
 #: with decorrelated colour and random transforms. (On EfficientNet-Lite0, plain pixels
 #: with SGD give grey images with a few class fragments; see docs/synthesis.md.)
 CLASS_DEFAULTS: dict = dict(
@@ -324,8 +324,9 @@ def unit_visualization(
     >>> p.suffix, p.exists()
     ('.png', True)
     """
-    kw = dict(steps=steps, size=size, seed=seed, progress=progress)
-    return unit_visualizations(model, [unit], cache_dir, **kw, **overrides)[0]
+    return unit_visualizations(
+        model, [unit], cache_dir, steps=steps, size=size, seed=seed, progress=progress, **overrides
+    )[0]
 
 
 def unit_visualizations(
@@ -380,7 +381,7 @@ def unit_visualizations(
         raise CnnscopeError("give at least one unit to visualize")
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    plans = {}  # path -> (unit, objective); one rendering per file
+    plans: dict[Path, tuple[Unit, str]] = {}  # one rendering per file
     paths = []
     for u, driven in zip(parsed, _driven_units(model, parsed)):
         objective = _cached_objective(u, driven)
@@ -397,7 +398,7 @@ def unit_visualizations(
         result = synthesize(model, cfg, progress=progress if progress is not None else False)
         for i, (path, (u, _)) in enumerate(plans.items()):
             record = run_record(result, model, i, {"unit": str(u), "batch": len(plans)})
-            _write_atomically(path, result.pictures[i], record)
+            write_with_record(path, result.pictures[i], record)
     return paths
 
 
@@ -428,23 +429,10 @@ def _cached_objective(u: Unit, driven: Unit) -> str:
 def _cache_digest(model, cfg: SynthesisConfig) -> str:
     key = {
         "model": getattr(model, "name", "?"),
-        "params": _param_digest(model),
+        "params": model_fingerprint(model.module),
         "config": cfg.to_dict(),
     }
     return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def _write_atomically(path: Path, picture: np.ndarray, record: dict) -> None:
-    """``path`` (a PNG) and its JSON record; a reader never sees half a PNG."""
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        write_png(picture, tmp)
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _safe_name(label: str) -> str:
@@ -456,18 +444,6 @@ def _safe_name(label: str) -> str:
     'blocks.4_7_2_3'
     """
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
-
-
-def _param_digest(model) -> str:
-    """A cheap fingerprint of the weights (a few values of each tensor)."""
-    h = hashlib.sha1()
-    for name, t in list(model.module.state_dict().items())[
-        :: max(1, len(model.module.state_dict()) // 16)
-    ]:
-        flat = t.detach().flatten()
-        h.update(name.encode())
-        h.update(flat[: min(8, flat.numel())].float().cpu().numpy().tobytes())
-    return h.hexdigest()[:12]
 
 
 def class_image(

@@ -8,16 +8,16 @@ mapping is documented in docs/synthesis.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from ..errors import CnnscopeError
-from .config import SynthesisConfig, parse_behaviors
+from .config import GROUPS, SynthesisConfig, parse_behaviors
 
 log = logging.getLogger(__name__)
-
-# (dest, flags, type, help) of every SynthesisConfig option exposed by `dream`.
-_FLOAT, _INT, _STR = float, int, str
 
 
 def _floats(text: str) -> list[float]:
@@ -45,259 +45,67 @@ def _flag(*names: str) -> list[str]:
     return out
 
 
-_DREAM_OPTIONS = [
-    # group, dest, flags, type, help
-    (
-        "objective",
-        "objective",
-        ["--objective"],
-        _STR,
-        "objective expression (overrides --image-type), e.g. 'blocks.9:5 - 0.5*deepdream(blocks.10)'",
-    ),
-    ("objective", "batch", ["--batch"], _INT, "images rendered together (default 1)"),
-    (
-        "initialization",
-        "initial_image",
-        _flag("--initial-image"),
-        _STR,
-        "image file or gallery name to start from (default: blurred Gaussian noise)",
-    ),
-    (
-        "initialization",
-        "init_scale",
-        _flag("--initialization-scale", "--init-scale"),
-        _FLOAT,
-        "std of the initial noise, pixel units (default 1)",
-    ),
-    (
-        "initialization",
-        "init_blur",
-        _flag("--initialization-blur", "--init-blur"),
-        _FLOAT,
-        "std (pixels) of the Gaussian blur of the initial noise (default 0)",
-    ),
-    ("initialization", "param", ["--param"], _STR, "parameterization: pixel (default) or fft"),
-    (
-        "initialization",
-        "fft_decay",
-        _flag("--fft-decay"),
-        _FLOAT,
-        "spectrum scaling exponent of fft (default 1)",
-    ),
-    ("resize", "initial_size", _flag("--initial-size"), _STR, "xF or HxW (default: the base size)"),
-    ("resize", "final_size", _flag("--final-size"), _STR, "xF or HxW (default: the initial size)"),
-    ("resize", "num_sizes", _flag("--num-sizes"), _INT, "number of sizes (default 1)"),
-    ("resize", "resize_type", _flag("--resize-type"), _STR, "geometric (default) or linear"),
-    (
-        "resize",
-        "tile_size",
-        _flag("--tile-size"),
-        _STR,
-        "HxW of the windows (default: the model input)",
-    ),
-    ("resize", "batch_size", _flag("--batch-size"), _INT, "tiles per forward pass (default 1)"),
-    (
-        "optimization",
-        "optimizer",
-        ["--optimizer"],
-        _STR,
-        "rmsprop (default, as cnn-vis), adam or sgd",
-    ),
-    (
-        "optimization",
-        "learning_rate",
-        _flag("--learning-rate", "--lr"),
-        _FLOAT,
-        "learning rate (default 1)",
-    ),
-    (
-        "optimization",
-        "decay_rate",
-        _flag("--decay-rate"),
-        _FLOAT,
-        "RMSProp decay rate (default 0.95)",
-    ),
-    ("optimization", "betas", ["--betas"], _pair, "Adam betas, e.g. 0.9,0.999"),
-    ("optimization", "momentum", ["--momentum"], _FLOAT, "SGD momentum (default 0)"),
-    (
-        "optimization",
-        "learning_rate_decay_iter",
-        _flag("--learning-rate-decay-iter"),
-        _INT,
-        "decay the learning rate every this many steps (default 100)",
-    ),
-    (
-        "optimization",
-        "learning_rate_decay_fraction",
-        _flag("--learning-rate-decay-fraction", "--learning-rate-decay-factor"),
-        _FLOAT,
-        "multiply the learning rate by this at each decay (default 1)",
-    ),
-    (
-        "optimization",
-        "num_steps",
-        _flag("--num-steps", "--steps"),
-        _INT,
-        "steps per size (default 1000)",
-    ),
-    (
-        "amplification",
-        "l1_weight",
-        _flag("--l1-weight", "--amplify-l1-weight"),
-        _FLOAT,
-        "amplify_layer: weight of |a| in the injected gradient (default 1)",
-    ),
-    (
-        "amplification",
-        "l2_weight",
-        _flag("--l2-weight", "--amplify-l2-weight"),
-        _FLOAT,
-        "amplify_layer: weight of clip(a) (default 1)",
-    ),
-    (
-        "amplification",
-        "amplify_clip",
-        _flag("--grad-clip", "--amplify-grad-clip"),
-        _FLOAT,
-        "amplify_layer: the clip value c (default 5)",
-    ),
-    ("p-norm", "alpha", ["--alpha"], _FLOAT, "p-norm exponent (default 6)"),
-    ("p-norm", "p_scale", _flag("--p-scale"), _FLOAT, "p-norm scale (default 1)"),
-    ("p-norm", "p_reg", _flag("--p-reg"), _FLOAT, "p-norm weight (default 1e-4)"),
-    ("p-norm", "alpha_aux", _flag("--alpha-aux"), _FLOAT, "auxiliary p-norm exponent (default 6)"),
-    ("p-norm", "p_scale_aux", _flag("--p-scale-aux"), _FLOAT, "auxiliary p-norm scale (default 1)"),
-    (
-        "p-norm",
-        "p_reg_aux",
-        _flag("--p-reg-aux"),
-        _FLOAT,
-        "auxiliary p-norm weight (default 0: off)",
-    ),
-    ("total variation", "beta", ["--beta"], _FLOAT, "TV exponent (default 2)"),
-    ("total variation", "tv_reg", _flag("--tv-reg"), _FLOAT, "TV weight (default 0.5)"),
-    ("total variation", "tv_reg_scale", _flag("--tv-reg-scale"), _FLOAT, "TV scale (default 1)"),
-    (
-        "total variation",
-        "tv_reg_step",
-        _flag("--tv-reg-step"),
-        _FLOAT,
-        "add this to the TV weight every --tv-reg-step-iter steps (default 0)",
-    ),
-    ("total variation", "tv_reg_step_iter", _flag("--tv-reg-step-iter"), _INT, "(default 50)"),
-    (
-        "total variation",
-        "tv_grad_operator",
-        _flag("--tv-grad-operator"),
-        _STR,
-        "naive (default), sobel or sobel_squish",
-    ),
-    ("other priors", "l1_decay", _flag("--l1-decay"), _FLOAT, "L1 decay weight (default 0)"),
-    (
-        "other priors",
-        "l2_decay",
-        _flag("--l2-decay"),
-        _FLOAT,
-        "L2 decay (weight decay) (default 0)",
-    ),
-    (
-        "other priors",
-        "blur_every",
-        _flag("--blur-every"),
-        _INT,
-        "Gaussian-blur the image every N steps (0: off)",
-    ),
-    (
-        "other priors",
-        "blur_sigma",
-        _flag("--blur-sigma"),
-        _FLOAT,
-        "std of that blur in pixels (default 1)",
-    ),
-    (
-        "other priors",
-        "clip_grad_norm",
-        _flag("--clip-grad-norm"),
-        _FLOAT,
-        "clip the image gradient's L2 norm to this (0: off)",
-    ),
-    (
-        "other priors",
-        "grad_blur",
-        _flag("--grad-blur"),
-        _FLOAT,
-        "Gaussian-blur the objective's image gradient with this std in pixels (0: off)",
-    ),
-    (
-        "transforms",
-        "pad",
-        ["--pad"],
-        _INT,
-        "pad pixels on each side before each forward (default 0)",
-    ),
-    (
-        "transforms",
-        "pad_mode",
-        _flag("--pad-mode"),
-        _STR,
-        "constant (mean colour), reflect or replicate",
-    ),
-    ("transforms", "jitter", ["--jitter"], _INT, "random crop of up to N pixels (default 0)"),
-    ("transforms", "scales", ["--scales"], _floats, "random scale factors, e.g. 0.95,1,1.05"),
-    ("transforms", "angles", ["--angles"], _floats, "random rotations in degrees, e.g. -5,0,5"),
-    (
-        "transforms",
-        "jitter2",
-        ["--jitter2"],
-        _INT,
-        "a second jitter after scale/rotate (default 0)",
-    ),
-    ("output", "output_iter", _flag("--output-iter"), _INT, "act every N steps (default 50)"),
-    ("output", "seed", ["--seed"], _INT, "random seed (default 0)"),
-]
+#: How ``dream`` reads a value of each :class:`SynthesisConfig` field type.
+_PARSERS: dict[str, Callable[[str], Any]] = {"int": int, "float": float, "str": str, "str | None": str,
+            "list[float]": _floats, "tuple[float, float]": _pair}  # fmt: skip
 
-#: Options that shape the amplify objective rather than being SynthesisConfig fields.
-_AMPLIFY = ("l1_weight", "l2_weight", "amplify_clip")
 
-_BOOL_OPTIONS = [
-    (
-        "resize",
-        "use_pixel_learning_rates",
-        _flag("--use-pixel-learning-rates"),
-        "divide each pixel's step by the number of tiles covering it",
-    ),
-    (
-        "output",
-        "rescale_image",
-        _flag("--rescale-image"),
-        "min-max stretch the output instead of clipping",
-    ),
-    (
-        "resize",
-        "keep_detail",
-        _flag("--keep-detail"),
-        "at each new size start from the photo at that size plus the upscaled changes (DeepDream octaves)",
-    ),
-    (
-        "other priors",
-        "clamp_pixels",
-        _flag("--clamp-pixels"),
-        "clip pixels to 0..255 after each step",
-    ),
-    (
-        "other priors",
-        "raw_priors",
-        _flag("--raw-priors"),
-        "take --p-reg, --p-reg-aux, --tv-reg as they are instead of dividing them by the "
-        "model's input std (cnn-vis's numbers were set for Caffe models that read 0..255 pixels)",
-    ),
-    (
-        "output",
-        "quirks",
-        ["--quirks"],
-        "reproduce cnn-vis's quirks: raw prior weights, x1.2 contrast at each conversion, uint8 "
-        "resizes, per-tile priors, channel blur",
-    ),
-]
+#: cnn-vis's options of the amplify objective (its ``l1``, ``l2``, ``clip``), not config fields.
+_AMPLIFY_OPTIONS = (
+    ("l1_weight", ("--l1-weight", "--amplify-l1-weight"),
+     "amplify_layer: weight of |a| in the injected gradient (default 1)"),
+    ("l2_weight", ("--l2-weight", "--amplify-l2-weight"),
+     "amplify_layer: weight of clip(a) (default 1)"),
+    ("amplify_clip", ("--grad-clip", "--amplify-grad-clip"),
+     "amplify_layer: the clip value c (default 5)"),
+)  # fmt: skip
+
+
+def add_config_arguments(groups: dict[str, argparse._ArgumentGroup]) -> None:
+    """One flag per :class:`SynthesisConfig` field, read from its :func:`~.config.option`.
+
+    Every value defaults to ``None`` (not given), so that the options given override a
+    preset or a ``--config`` record. A flag (bool field) switches the default: ``--name``
+    for an option off by default, ``--no-name`` for one on by default.
+    """
+    for f in dataclasses.fields(SynthesisConfig):
+        meta = f.metadata
+        group = groups[meta["group"]]
+        names = config_flags(f)
+        if f.type == "bool":
+            action = "store_false" if f.default else "store_true"
+            group.add_argument(*_flag(*names), dest=f.name, action=action, default=None,
+                               help=meta["help"])  # fmt: skip
+        else:
+            group.add_argument(*_flag(*names), dest=f.name, type=_PARSERS[str(f.type)],
+                               default=None, help=meta["help"])  # fmt: skip
+
+
+def config_flags(f: dataclasses.Field) -> tuple[str, ...]:
+    """The dashed flags of a :class:`SynthesisConfig` field in ``cnnscope dream`` (each is
+    also accepted with underscores): its :func:`~.config.option` flags, else ``--name``, or
+    ``--no-name`` for a bool field that is on by default.
+
+    Examples
+    --------
+    >>> fields = {f.name: f for f in dataclasses.fields(SynthesisConfig)}
+    >>> config_flags(fields["tv_reg"]), config_flags(fields["tile"]), config_flags(fields["init_scale"])
+    (('--tv-reg',), ('--no-tile',), ('--initialization-scale', '--init-scale'))
+    """
+    if f.metadata["flags"]:
+        return tuple(f.metadata["flags"])
+    negate = f.type == "bool" and f.default
+    return (("--no-" if negate else "--") + f.name.replace("_", "-"),)
+
+
+def given_config_options(args: argparse.Namespace) -> dict:
+    """The :class:`SynthesisConfig` fields that ``args`` gives (not ``None``)."""
+    given = {}
+    for f in dataclasses.fields(SynthesisConfig):
+        value = getattr(args, f.name, None)
+        if value is not None:
+            given[f.name] = tuple(value) if f.type.startswith("tuple") else value
+    return given
 
 
 def register(subparsers) -> None:
@@ -331,28 +139,11 @@ def register(subparsers) -> None:
         help="channel for amplify_neuron (default 0)",
     )
     groups = {"objective": g}
-    for group, dest, flags, typ, text in _DREAM_OPTIONS:
-        if group not in groups:
-            groups[group] = p.add_argument_group(group)
-        groups[group].add_argument(*flags, dest=dest, type=typ, default=None, help=text)
-    for group, dest, flags, text in _BOOL_OPTIONS:
-        if group not in groups:
-            groups[group] = p.add_argument_group(group)
-        groups[group].add_argument(*flags, dest=dest, action="store_true", default=None, help=text)
-    groups["initialization"].add_argument(
-        "--no-decorrelate",
-        dest="decorrelate",
-        action="store_false",
-        default=None,
-        help="fft: plain RGB instead of decorrelated colour",
-    )
-    groups["resize"].add_argument(
-        "--no-tile",
-        dest="tile",
-        action="store_false",
-        default=None,
-        help="feed the whole image at once instead of tiles",
-    )
+    for name in GROUPS[1:]:
+        groups[name] = p.add_argument_group(name)
+    for dest, names, text in _AMPLIFY_OPTIONS:
+        groups["amplification"].add_argument(*_flag(*names), dest=dest, type=float, help=text)
+    add_config_arguments(groups)
     out = groups["output"]
     out.add_argument(
         *_flag("--output-file"),
@@ -410,39 +201,62 @@ def register(subparsers) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=visualize)
 
-    p = subparsers.add_parser("invert", help="reconstruct an image from a layer's representation")
+    p = _single_image_command(
+        subparsers, "invert", "reconstruct an image from a layer's representation",
+        "inversion.png", _INVERT_OPTIONS, invert_cmd,
+    )  # fmt: skip
     p.add_argument("image", metavar="IMAGE", help="image file or gallery name")
     p.add_argument("--layer", required=True, help="the layer to invert")
-    add_model_args(p)
-    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
-    p.add_argument(
-        "--output", "-o", default="inversion.png", help="output image (default inversion.png)"
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, help="alpha-norm exponent (default 6)")
-    p.add_argument("--p-reg", type=float, help="alpha-norm weight (default 4e-5)")
-    p.add_argument("--beta", type=float, help="TV exponent (default 2)")
-    p.add_argument("--tv-reg", type=float, help="TV weight (default 2e-8)")
-    p.add_argument("--lr", type=float, help="learning rate (default 12)")
-    _add_output_iter(p)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=invert_cmd)
 
-    p = subparsers.add_parser("classimage", help="an image that the model scores high for a class")
+    p = _single_image_command(
+        subparsers, "classimage", "an image that the model scores high for a class",
+        "class.png", _CLASS_OPTIONS, classimage_cmd,
+    )  # fmt: skip
     p.add_argument("cls", metavar="CLASS", help="class name or index, e.g. tabby or 281")
+    p.add_argument("--size", type=int, help="image size (default: the model input)")
+
+
+#: ``invert``'s and ``classimage``'s own options, each a :class:`SynthesisConfig` field
+#: that overrides the command's defaults: ``(field, flag, type, help)``.
+_INVERT_OPTIONS = (
+    ("alpha", "--alpha", float, "alpha-norm exponent (default 6)"),
+    ("p_reg", "--p-reg", float, "alpha-norm weight (default 4e-5)"),
+    ("beta", "--beta", float, "TV exponent (default 2)"),
+    ("tv_reg", "--tv-reg", float, "TV weight (default 2e-8)"),
+    ("learning_rate", "--lr", float, "learning rate (default 12)"),
+)
+_CLASS_OPTIONS = (
+    ("blur_every", "--blur-every", int, "blur every N steps (default 10)"),
+    ("blur_sigma", "--blur-sigma", float, "blur std in pixels (default 0.5)"),
+    ("l2_decay", "--l2-decay", float, "L2 decay (default 3e-8)"),
+    ("clip_grad_norm", "--clip-grad-norm", float, "image gradient norm clip (default 1)"),
+    ("learning_rate", "--lr", float, "learning rate (default 0.05, Adam on the spectrum)"),
+)
+
+
+def _single_image_command(subparsers, name: str, help: str, output: str, options, func):
+    """The parser of ``invert`` or ``classimage``: the model, ``--steps``, ``--output``,
+    ``--seed``, the command's ``options`` (a table as :data:`_INVERT_OPTIONS`),
+    ``--output-iter`` and ``--no-progress``."""
+    from ..cli.common import add_model_args
+
+    p = subparsers.add_parser(name, help=help)
     add_model_args(p)
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
-    p.add_argument("--size", type=int, help="image size (default: the model input)")
-    p.add_argument("--output", "-o", default="class.png", help="output image (default class.png)")
+    p.add_argument("--output", "-o", default=output, help=f"output image (default {output})")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blur-every", type=int, help="blur every N steps (default 10)")
-    p.add_argument("--blur-sigma", type=float, help="blur std in pixels (default 0.5)")
-    p.add_argument("--l2-decay", type=float, help="L2 decay (default 3e-8)")
-    p.add_argument("--clip-grad-norm", type=float, help="image gradient norm clip (default 1)")
-    p.add_argument("--lr", type=float, help="learning rate (default 0.05, Adam on the spectrum)")
+    for dest, flag, kind, text in options:
+        metavar = flag[2:].upper().replace("-", "_")
+        p.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=text)
     _add_output_iter(p)
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=classimage_cmd)
+    p.set_defaults(func=func)
+    return p
+
+
+def _given_options(args: argparse.Namespace, options) -> dict:
+    """The fields of an option table (:data:`_INVERT_OPTIONS`) that ``args`` gives."""
+    return {dest: getattr(args, dest) for dest, *_ in options if getattr(args, dest) is not None}
 
 
 def _add_output_iter(p: argparse.ArgumentParser) -> None:
@@ -451,7 +265,7 @@ def _add_output_iter(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         *_flag("--output-iter"),
         dest="output_iter",
-        type=_INT,
+        type=int,
         metavar="N",
         help="also save a snapshot STEM_1_STEP.png every N steps, as dream (default: none)",
     )
@@ -491,14 +305,7 @@ def dream_config(args: argparse.Namespace) -> tuple[SynthesisConfig, dict]:
     if args.config:
         cfg, record = SynthesisConfig.load(args.config)
         opts = cfg.to_dict()
-    given = {
-        dest: getattr(args, dest)
-        for _, dest, *_ in _DREAM_OPTIONS + [(None, "decorrelate"), (None, "tile")]
-        if dest not in _AMPLIFY and getattr(args, dest, None) is not None
-    }
-    for _, dest, *_ in _BOOL_OPTIONS:
-        if getattr(args, dest) is not None:
-            given[dest] = True
+    given = given_config_options(args)
     amp_given = any(
         getattr(args, k) is not None for k in ("l1_weight", "l2_weight", "amplify_clip")
     )
@@ -520,8 +327,6 @@ def dream_config(args: argparse.Namespace) -> tuple[SynthesisConfig, dict]:
             if args.target_neuron is not None:
                 raise CnnscopeError("--target-neuron needs --image-type amplify_neuron")
             given["objective"] = _amplify_objective(args, layer)
-    if "betas" in given:
-        given["betas"] = tuple(given["betas"])
     opts.update(given)
     if not args.preset and not args.config and "objective" not in given:
         opts["objective"] = _amplify_objective(args, "blocks.9.expand_act")
@@ -537,8 +342,8 @@ def _preset_layer(objective: str) -> str | None:
 def dream(args: argparse.Namespace) -> int:
     """Run ``cnnscope dream``."""
     from ..cli.common import model_from_args
+    from .loop import synthesize
     from .presets import PRESETS
-    from .render import synthesize
 
     if args.list_presets:
         for p in PRESETS.values():
@@ -643,9 +448,9 @@ def visualize(args: argparse.Namespace) -> int:
     from ..engine import Unit
     from ..render import grid
     from .api import _safe_name, visualize_config
+    from .loop import synthesize
     from .objectives import Diversity, unit_objective
     from .outputs import save_result, write_png
-    from .render import synthesize
 
     _check_steps_and_size(args)
     snapshot, behaviors = _snapshots(args)
@@ -688,11 +493,6 @@ def _drop_unit_prefix(folder: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ invert / class
-def _given(**options) -> dict:
-    """The options that were given (not ``None``)."""
-    return {k: v for k, v in options.items() if v is not None}
-
-
 def _save_single(result, model, output: str, behaviors: set[str]) -> int:
     for path in _save_staged(result, model, output, "--output", behaviors=behaviors):
         print(path)
@@ -710,14 +510,7 @@ def invert_cmd(args: argparse.Namespace) -> int:
     resolve_image(args.image)  # one-line error for a bad image before loading the model
     _checked_output(args.output, "--output")
     model = model_from_args(args)
-    overrides = _given(
-        alpha=args.alpha,
-        p_reg=args.p_reg,
-        beta=args.beta,
-        tv_reg=args.tv_reg,
-        learning_rate=args.lr,
-        **snapshot,
-    )
+    overrides = {**_given_options(args, _INVERT_OPTIONS), **snapshot}
     result = invert(
         model,
         args.image,
@@ -740,14 +533,7 @@ def classimage_cmd(args: argparse.Namespace) -> int:
     _checked_output(args.output, "--output")
     model = model_from_args(args)
     model.class_index(args.cls)
-    overrides = _given(
-        blur_every=args.blur_every,
-        blur_sigma=args.blur_sigma,
-        l2_decay=args.l2_decay,
-        clip_grad_norm=args.clip_grad_norm,
-        learning_rate=args.lr,
-        **snapshot,
-    )
+    overrides = {**_given_options(args, _CLASS_OPTIONS), **snapshot}
     cls = model.class_index(args.cls)
     result = class_image(
         model, cls, args.steps, args.size, args.seed, progress=not args.no_progress, **overrides

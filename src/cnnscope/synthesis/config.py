@@ -20,7 +20,7 @@ from .params import PARAMS
 from .regularizers import TV_OPERATORS
 from .schedule import RESIZE_TYPES, parse_size
 
-__all__ = ["ITER_BEHAVIORS", "SynthesisConfig"]
+__all__ = ["GROUPS", "ITER_BEHAVIORS", "SynthesisConfig", "option", "parse_behaviors"]
 
 #: Tokens of ``iter_behavior`` (joined with ``+``).
 ITER_BEHAVIORS = ("print", "save", "show", "plot_pix", "gif")
@@ -48,9 +48,42 @@ _TYPES = {
 }
 
 
+#: The groups of options, in the order ``cnnscope dream --help`` shows them.
+GROUPS = (
+    "objective", "initialization", "resize", "optimization", "amplification", "p-norm",
+    "total variation", "other priors", "transforms", "output",
+)  # fmt: skip
+
+
+def option(default, group: str, help: str, *flags: str, low=None, above=None, choices=None):
+    """A :class:`SynthesisConfig` field with what the CLI and :meth:`~SynthesisConfig.validate`
+    need: its ``group`` and ``help`` in ``cnnscope dream --help``, its ``flags`` (default
+    ``--name-with-dashes``, or ``--no-name`` for an option that is on by default; each also
+    in cnn-vis's ``--name_with_underscores`` spelling), and its bounds: ``low`` (>=),
+    ``above`` (>) and ``choices``.
+
+    Examples
+    --------
+    >>> f = {f.name: f for f in dataclasses.fields(SynthesisConfig)}["learning_rate"]
+    >>> f.metadata["flags"], f.metadata["above"]
+    (('--learning-rate', '--lr'), 0)
+    """
+    meta = dict(group=group, help=help, flags=flags, low=low, above=above, choices=choices)
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+_POS = dict(above=0)
+_NONNEG = dict(low=0)
+
+
 @dataclass
 class SynthesisConfig:
     """Options of one synthesis run. See docs/synthesis.md for each option's meaning.
+
+    Each field is declared with :func:`option`: ``cnnscope dream``'s flags, help and the
+    checks of :meth:`validate` are read from it, so a new option is one field here.
 
     Examples
     --------
@@ -60,69 +93,131 @@ class SynthesisConfig:
     """
 
     # objective
-    objective: str = "amplify(blocks.9)"
-    batch: int = 1
+    objective: str = option(
+        "amplify(blocks.9)", "objective",
+        "objective expression (overrides --image-type), e.g. 'blocks.9:5 - 0.5*deepdream(blocks.10)'",
+    )  # fmt: skip
+    batch: int = option(1, "objective", "images rendered together (default 1)", low=1)
     # parameterization and initialisation
-    param: str = "pixel"
-    decorrelate: bool = True
-    fft_decay: float = 1.0
-    initial_image: str | None = None
-    init_scale: float = 1.0
-    init_blur: float = 0.0
+    param: str = option(
+        "pixel", "initialization", "parameterization: pixel (default) or fft", choices=PARAMS
+    )
+    decorrelate: bool = option(
+        True, "initialization", "fft: plain RGB instead of decorrelated colour"
+    )
+    fft_decay: float = option(1.0, "initialization", "spectrum scaling exponent of fft (default 1)")
+    initial_image: str | None = option(
+        None, "initialization",
+        "image file or gallery name to start from (default: blurred Gaussian noise)",
+    )  # fmt: skip
+    init_scale: float = option(
+        1.0, "initialization", "std of the initial noise, pixel units (default 1)",
+        "--initialization-scale", "--init-scale", **_NONNEG,
+    )  # fmt: skip
+    init_blur: float = option(
+        0.0, "initialization", "std (pixels) of the Gaussian blur of the initial noise (default 0)",
+        "--initialization-blur", "--init-blur", **_NONNEG,
+    )  # fmt: skip
     # sizes and tiling
-    initial_size: str | None = None
-    final_size: str | None = None
-    num_sizes: int = 1
-    resize_type: str = "geometric"
-    keep_detail: bool = False
-    tile: bool = True
-    tile_size: str | None = None
-    batch_size: int = 1
-    use_pixel_learning_rates: bool = False
+    initial_size: str | None = option(None, "resize", "xF or HxW (default: the base size)")
+    final_size: str | None = option(None, "resize", "xF or HxW (default: the initial size)")
+    num_sizes: int = option(1, "resize", "number of sizes (default 1)", low=1)
+    resize_type: str = option(
+        "geometric", "resize", "geometric (default) or linear", choices=RESIZE_TYPES
+    )
+    keep_detail: bool = option(
+        False, "resize",
+        "at each new size start from the photo at that size plus the upscaled changes (DeepDream octaves)",
+    )  # fmt: skip
+    tile: bool = option(True, "resize", "feed the whole image at once instead of tiles")
+    tile_size: str | None = option(None, "resize", "HxW of the windows (default: the model input)")
+    batch_size: int = option(1, "resize", "tiles per forward pass (default 1)", low=1)
+    use_pixel_learning_rates: bool = option(
+        False, "resize", "divide each pixel's step by the number of tiles covering it"
+    )
     # optimizer
-    optimizer: str = "rmsprop"
-    learning_rate: float = 1.0
-    decay_rate: float = 0.95
-    betas: tuple[float, float] = (0.9, 0.999)
-    momentum: float = 0.0
-    learning_rate_decay_iter: int = 100
-    learning_rate_decay_fraction: float = 1.0
-    num_steps: int = 1000
+    optimizer: str = option(
+        "rmsprop", "optimization", "rmsprop (default, as cnn-vis), adam or sgd", choices=OPTIMIZERS
+    )
+    learning_rate: float = option(
+        1.0, "optimization", "learning rate (default 1)", "--learning-rate", "--lr", **_POS
+    )
+    decay_rate: float = option(0.95, "optimization", "RMSProp decay rate (default 0.95)")
+    betas: tuple[float, float] = option((0.9, 0.999), "optimization", "Adam betas, e.g. 0.9,0.999")
+    momentum: float = option(0.0, "optimization", "SGD momentum (default 0)", **_NONNEG)
+    learning_rate_decay_iter: int = option(
+        100, "optimization", "decay the learning rate every this many steps (default 100)", low=1
+    )
+    learning_rate_decay_fraction: float = option(
+        1.0, "optimization", "multiply the learning rate by this at each decay (default 1)",
+        "--learning-rate-decay-fraction", "--learning-rate-decay-factor", **_POS,
+    )  # fmt: skip
+    num_steps: int = option(
+        1000, "optimization", "steps per size (default 1000)", "--num-steps", "--steps", low=0
+    )
     # regularizers
-    alpha: float = 6.0
-    p_scale: float = 1.0
-    p_reg: float = 1e-4
-    alpha_aux: float = 6.0
-    p_scale_aux: float = 1.0
-    p_reg_aux: float = 0.0
-    beta: float = 2.0
-    tv_reg: float = 0.5
-    tv_reg_scale: float = 1.0
-    tv_reg_step: float = 0.0
-    tv_reg_step_iter: int = 50
-    tv_grad_operator: str = "naive"
-    l1_decay: float = 0.0
-    l2_decay: float = 0.0
-    blur_every: int = 0
-    blur_sigma: float = 1.0
-    clip_grad_norm: float = 0.0
-    grad_blur: float = 0.0
-    clamp_pixels: bool = False
+    alpha: float = option(6.0, "p-norm", "p-norm exponent (default 6)", **_POS)
+    p_scale: float = option(1.0, "p-norm", "p-norm scale (default 1)", **_POS)
+    p_reg: float = option(1e-4, "p-norm", "p-norm weight (default 1e-4)", **_NONNEG)
+    alpha_aux: float = option(6.0, "p-norm", "auxiliary p-norm exponent (default 6)", **_POS)
+    p_scale_aux: float = option(1.0, "p-norm", "auxiliary p-norm scale (default 1)", **_POS)
+    p_reg_aux: float = option(0.0, "p-norm", "auxiliary p-norm weight (default 0: off)", **_NONNEG)
+    beta: float = option(2.0, "total variation", "TV exponent (default 2)", **_POS)
+    tv_reg: float = option(0.5, "total variation", "TV weight (default 0.5)", **_NONNEG)
+    tv_reg_scale: float = option(1.0, "total variation", "TV scale (default 1)", **_POS)
+    tv_reg_step: float = option(
+        0.0,
+        "total variation",
+        "add this to the TV weight every --tv-reg-step-iter steps (default 0)",
+    )
+    tv_reg_step_iter: int = option(50, "total variation", "(default 50)", low=1)
+    tv_grad_operator: str = option(
+        "naive", "total variation", "naive (default), sobel or sobel_squish", choices=TV_OPERATORS
+    )
+    l1_decay: float = option(0.0, "other priors", "L1 decay weight (default 0)", **_NONNEG)
+    l2_decay: float = option(0.0, "other priors", "L2 decay (weight decay) (default 0)", **_NONNEG)
+    blur_every: int = option(
+        0, "other priors", "Gaussian-blur the image every N steps (0: off)", low=0
+    )
+    blur_sigma: float = option(
+        1.0, "other priors", "std of that blur in pixels (default 1)", **_NONNEG
+    )
+    clip_grad_norm: float = option(
+        0.0, "other priors", "clip the image gradient's L2 norm to this (0: off)", **_NONNEG
+    )
+    grad_blur: float = option(
+        0.0, "other priors",
+        "Gaussian-blur the objective's image gradient with this std in pixels (0: off)", **_NONNEG,
+    )  # fmt: skip
+    clamp_pixels: bool = option(False, "other priors", "clip pixels to 0..255 after each step")
     # p_reg, p_reg_aux, tv_reg (and tv_reg_step) as written, not divided by the model's
     # input std (see docs/synthesis.md, "Units of the prior weights"); quirks implies it
-    raw_priors: bool = False
+    raw_priors: bool = option(
+        False, "other priors",
+        "take --p-reg, --p-reg-aux, --tv-reg as they are instead of dividing them by the "
+        "model's input std (cnn-vis's numbers were set for Caffe models that read 0..255 pixels)",
+    )  # fmt: skip
     # transforms
-    pad: int = 0
-    pad_mode: str = "constant"
-    jitter: int = 0
-    scales: list[float] = field(default_factory=list)
-    angles: list[float] = field(default_factory=list)
-    jitter2: int = 0
+    pad: int = option(
+        0, "transforms", "pad pixels on each side before each forward (default 0)", low=0
+    )
+    pad_mode: str = option(
+        "constant", "transforms", "constant (mean colour), reflect or replicate",
+        choices=("constant", "reflect", "replicate"),
+    )  # fmt: skip
+    jitter: int = option(0, "transforms", "random crop of up to N pixels (default 0)", low=0)
+    scales: list[float] = option([], "transforms", "random scale factors, e.g. 0.95,1,1.05")
+    angles: list[float] = option([], "transforms", "random rotations in degrees, e.g. -5,0,5")
+    jitter2: int = option(0, "transforms", "a second jitter after scale/rotate (default 0)", low=0)
     # outputs and reproducibility
-    output_iter: int = 50
-    rescale_image: bool = False
-    quirks: bool = False
-    seed: int = 0
+    output_iter: int = option(50, "output", "act every N steps (default 50)", low=0)
+    rescale_image: bool = option(False, "output", "min-max stretch the output instead of clipping")
+    quirks: bool = option(
+        False, "output",
+        "reproduce cnn-vis's quirks: raw prior weights, x1.2 contrast at each conversion, uint8 "
+        "resizes, per-tile priors, channel blur",
+    )  # fmt: skip
+    seed: int = option(0, "output", "random seed (default 0)", low=0)
 
     # ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -176,7 +271,7 @@ class SynthesisConfig:
             # A record made before the priors were scaled to the model used raw weights.
             data = {"raw_priors": True, **data}
             for f in dataclasses.fields(cls):
-                if f.name in data and not _TYPES[f.type](data[f.name]):
+                if f.name in data and not _TYPES[str(f.type)](data[f.name]):
                     raise CnnscopeError(
                         f"config {p}: {f.name} must be {f.type}, got {data[f.name]!r:.60}"
                     )
@@ -223,65 +318,29 @@ class SynthesisConfig:
             if not cond:
                 raise CnnscopeError(msg)
 
-        def finite(name: str) -> float:
-            v = getattr(self, name)
-            need(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                f"{name} must be a finite number, got {v!r}",
-            )
-            return float(v)
-
-        def integer(name: str, low: int) -> int:
-            v = getattr(self, name)
-            need(
-                isinstance(v, int) and not isinstance(v, bool) and v >= low,
-                f"{name} must be an integer >= {low}, got {v!r}",
-            )
-            return v
+        def number(v) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
         need(isinstance(self.objective, str) and self.objective.strip() != "", "objective is empty")
-        integer("batch", 1)
-        need(self.param in PARAMS, f"unknown param {self.param!r}: choose {' or '.join(PARAMS)}")
-        need(
-            self.optimizer in OPTIMIZERS,
-            f"unknown optimizer {self.optimizer!r}: choose {', '.join(OPTIMIZERS)}",
-        )
-        need(
-            self.tv_grad_operator in TV_OPERATORS,
-            f"unknown tv_grad_operator {self.tv_grad_operator!r}: choose {', '.join(TV_OPERATORS)}",
-        )
-        need(
-            self.resize_type in RESIZE_TYPES,
-            f"unknown resize_type {self.resize_type!r}: choose geometric or linear",
-        )
-        need(
-            self.pad_mode in ("constant", "reflect", "replicate"),
-            f"unknown pad_mode {self.pad_mode!r}",
-        )
-        for name in ("num_sizes", "batch_size", "learning_rate_decay_iter", "tv_reg_step_iter"):
-            integer(name, 1)
-        for name in ("num_steps", "output_iter", "blur_every", "pad", "jitter", "jitter2", "seed"):
-            integer(name, 0)
-        for name in (
-            "fft_decay", "init_scale", "init_blur", "learning_rate", "decay_rate", "momentum",
-            "learning_rate_decay_fraction", "alpha", "p_scale", "p_reg", "alpha_aux", "p_scale_aux",
-            "p_reg_aux", "beta", "tv_reg", "tv_reg_scale", "tv_reg_step", "l1_decay", "l2_decay",
-            "blur_sigma", "clip_grad_norm", "grad_blur",
-        ):  # fmt: skip
-            finite(name)
-        need(self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}")
+        for f in dataclasses.fields(self):
+            meta, v = f.metadata, getattr(self, f.name)
+            if meta["choices"] is not None:
+                choose = ", ".join(meta["choices"])
+                need(v in meta["choices"], f"unknown {f.name} {v!r}: choose {choose}")
+            elif f.type == "int":
+                low = meta["low"]
+                need(_integer(v) and v >= low, f"{f.name} must be an integer >= {low}, got {v!r}")
+            elif f.type == "float":
+                need(number(v), f"{f.name} must be a finite number, got {v!r}")
+                if meta["low"] is not None:
+                    need(v >= meta["low"], f"{f.name} must be >= {meta['low']}, got {v}")
+                if meta["above"] is not None:
+                    need(v > meta["above"], f"{f.name} must be > {meta['above']}, got {v}")
         need(0 <= self.decay_rate < 1, f"decay_rate must be in [0, 1), got {self.decay_rate}")
         need(
             len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
             f"betas must be two numbers in [0, 1), got {self.betas}",
         )
-        need(self.momentum >= 0, f"momentum must be >= 0, got {self.momentum}")
-        need(self.learning_rate_decay_fraction > 0, "learning_rate_decay_fraction must be > 0")
-        for name in ("alpha", "alpha_aux", "beta", "p_scale", "p_scale_aux", "tv_reg_scale"):
-            need(getattr(self, name) > 0, f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("p_reg", "p_reg_aux", "tv_reg", "l1_decay", "l2_decay", "clip_grad_norm",
-                     "init_scale", "init_blur", "blur_sigma", "grad_blur"):  # fmt: skip
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(all(float(s) > 0 for s in self.scales), f"scales must be positive, got {self.scales}")
         need(all(math.isfinite(float(a)) for a in self.angles), f"bad angles {self.angles}")
         for name in ("initial_size", "final_size", "tile_size"):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +15,9 @@ import torch
 from PIL import Image
 
 from ..errors import CnnscopeError
-from .render import SynthesisResult
+from .loop import SynthesisResult
 
-__all__ = ["run_record", "save_gif", "save_result", "write_png"]
+__all__ = ["run_record", "save_gif", "save_result", "write_png", "write_with_record"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,28 @@ def write_png(array: np.ndarray, path: str | Path) -> Path:
     except (OSError, ValueError) as exc:
         raise CnnscopeError(f"cannot write {p}: {exc}") from None
     return p
+
+
+def write_with_record(path: Path, picture: np.ndarray, record: dict) -> None:
+    """``path`` (a PNG) and its JSON record beside it; a reader never sees half a PNG.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "a.png"
+    >>> write_with_record(p, np.zeros((4, 4, 3), np.uint8), {"unit": "x:1"})
+    >>> sorted(f.name for f in p.parent.iterdir())
+    ['a.json', 'a.png']
+    """
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        write_png(picture, tmp)
+        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n", "utf-8")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def run_record(result: SynthesisResult, model, index: int = 0, extra: dict | None = None) -> dict:
@@ -120,7 +144,7 @@ def save_result(
     model,
     output_file: str | Path,
     *,
-    behaviors: set[str] = frozenset(),
+    behaviors: Set[str] = frozenset(),
     names: Sequence[str] | None = None,
     extra: dict | None = None,
 ) -> list[Path]:

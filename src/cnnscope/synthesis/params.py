@@ -275,8 +275,9 @@ def make_param(
     if kind == "pixel":
         return PixelParam(init)
     if kind == "fft":
+        n, c, h, w = init.shape
         p = FourierParam(
-            tuple(init.shape),
+            (int(n), int(c), int(h), int(w)),
             space,
             decay=decay,
             decorrelate=decorrelate,

@@ -59,22 +59,21 @@ class Preset:
         return SynthesisConfig(**opts).validate()
 
 
+# What every example shares: RMSProp on 8 tiles a pass, TV (beta 2.5, 0.128), a 16 px jitter.
+_EXAMPLE = dict(batch_size=8, optimizer="rmsprop", beta=2.5, tv_reg=0.128, jitter=16)
+
 # Shared recipe of the noise examples (cnn-vis ex 1-6): 270x480 -> 1080x1920, 5 sizes.
 _NOISE = dict(
+    _EXAMPLE,
     initial_size="270x480",
     final_size="1080x1920",
     num_sizes=5,
     resize_type="geometric",
     num_steps=100,
-    batch_size=8,
-    optimizer="rmsprop",
     learning_rate=5.0,
     decay_rate=0.25,
     alpha=6.0,
     p_reg=1.28e-08,
-    beta=2.5,
-    tv_reg=0.128,
-    jitter=16,
     grad_blur=1.5,
     output_iter=25,
 )
@@ -82,16 +81,12 @@ _NOISE_QUICK = dict(initial_size="96x170", final_size="192x340", num_sizes=3, nu
 
 # Shared recipe of the photo examples (cnn-vis ex 7-13): p-norm pulls toward the photo.
 _PHOTO = dict(
+    _EXAMPLE,
     num_steps=50,
-    batch_size=8,
-    optimizer="rmsprop",
     learning_rate=2.0,
     decay_rate=0.9,
     alpha=2.0,
     p_reg=0.256,
-    beta=2.5,
-    tv_reg=0.128,
-    jitter=16,
     grad_blur=1.0,
     output_iter=10,
 )

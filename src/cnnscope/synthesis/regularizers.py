@@ -1,4 +1,5 @@
-"""Image priors with hand-written gradients, as in cnn-vis, plus blur and clipping.
+"""Image priors with hand-written gradients, as in cnn-vis, plus clipping (and the blur,
+:func:`cnnscope.render.filters.gaussian_blur`).
 
 Every regularizer takes an image batch ``x`` (N x C x H x W, any float dtype) and
 returns ``(loss, grad)``: the scalar loss summed over the batch and its exact gradient
@@ -20,9 +21,9 @@ Formulas (``s`` a scale, ``t`` a target image):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import CnnscopeError
+from ..render.filters import gaussian_blur
 
 __all__ = [
     "TV_OPERATORS",
@@ -191,46 +192,12 @@ def tv(
     return loss, grad / scale
 
 
-def _gaussian_kernel(sigma: float, dtype, device) -> torch.Tensor:
-    radius = max(1, int(4.0 * sigma + 0.5))
-    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
-
-
-def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Blur each channel of ``x`` (N x C x H x W) with a Gaussian of std ``sigma`` pixels.
-
-    Separable, truncated at 4 sigma, with reflected borders (so a constant image stays
-    constant). ``sigma <= 0`` returns a copy.
-
-    Examples
-    --------
-    An impulse further than 4 sigma from the borders keeps its mass (nearer, the reflected
-    borders fold some of it back in):
-
-    >>> x = torch.zeros(1, 1, 17, 17); x[0, 0, 8, 8] = 1.0
-    >>> y = gaussian_blur(x, 1.0)
-    >>> round(y.sum().item(), 4), y[0, 0, 8, 8].item() < 1
-    (1.0, True)
-    """
-    if sigma <= 0:
-        return x.clone()
-    k = _gaussian_kernel(sigma, x.dtype, x.device)
-    r = (k.numel() - 1) // 2
-    n, c, h, w = x.shape
-    y = x.reshape(n * c, 1, h, w)
-    mode = "reflect" if (h > r and w > r) else "replicate"
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode=mode), k.view(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode=mode), k.view(1, 1, -1, 1))
-    return y.reshape(n, c, h, w)
-
-
 def clip_grad_norm(grad: torch.Tensor, max_norm: float) -> torch.Tensor:
     """Scale each image's gradient so that its L2 norm is at most ``max_norm``.
 
-    Unlike seed 2's ``clip_grad_norm(model.parameters())`` (which clipped the model's
-    gradients and so did nothing), this clips the gradient of the image itself.
+    Unlike pytorch-cnn-visualizations' regularized class images, whose
+    ``clip_grad_norm(model.parameters())`` clipped the model's gradients and so did
+    nothing, this clips the gradient of the image itself.
 
     Examples
     --------

@@ -138,7 +138,8 @@ def tiling(size: tuple[int, int], window: tuple[int, int]) -> Tiling:
     h, w = size
     ys = best_ranges(h, window[0])
     xs = best_ranges(w, window[1])
-    even, odd = [], []
+    even: list[Region] = []
+    odd: list[Region] = []
     for i, (x0, x1) in enumerate(xs):
         for j, (y0, y1) in enumerate(ys):
             region = Region(y0, y1, x0, x1, j, i)

@@ -30,6 +30,22 @@ def _pick(values: Sequence[float], gen: torch.Generator) -> float:
     return float(values[i])
 
 
+def _check_widths(**widths: int) -> None:
+    for name, v in widths.items():
+        if v < 0:
+            raise CnnscopeError(f"{name} must be >= 0, got {v}")
+
+
+def _offsets(d: int, h: int, w: int, gen: torch.Generator) -> tuple[int, int]:
+    """The random ``(dy, dx)`` of a jitter of ``d`` pixels on an ``h x w`` image (0, 0 when
+    ``d`` is 0 or not smaller than the image)."""
+    if d == 0 or d >= min(h, w):
+        return 0, 0
+    dy = int(torch.randint(d + 1, (1,), generator=gen).item())
+    dx = int(torch.randint(d + 1, (1,), generator=gen).item())
+    return dy, dx
+
+
 def pad(width: int, mode: str = "constant") -> Transform:
     """Pad ``width`` pixels on each side (``constant`` pads with the mean colour).
 
@@ -38,8 +54,7 @@ def pad(width: int, mode: str = "constant") -> Transform:
     >>> pad(2)(torch.ones(1, 3, 4, 4), torch.Generator()).shape
     torch.Size([1, 3, 8, 8])
     """
-    if width < 0:
-        raise CnnscopeError(f"pad must be >= 0, got {width}")
+    _check_widths(pad=width)
     if mode not in ("constant", "reflect", "replicate"):
         raise CnnscopeError(f"unknown pad mode {mode!r}: choose constant, reflect or replicate")
 
@@ -60,15 +75,13 @@ def jitter(d: int) -> Transform:
     >>> jitter(3)(torch.ones(1, 3, 10, 12), torch.Generator()).shape
     torch.Size([1, 3, 7, 9])
     """
-    if d < 0:
-        raise CnnscopeError(f"jitter must be >= 0, got {d}")
+    _check_widths(jitter=d)
 
     def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         h, w = x.shape[-2:]
         if d == 0 or d >= min(h, w):
             return x
-        dy = int(torch.randint(d + 1, (1,), generator=gen).item())
-        dx = int(torch.randint(d + 1, (1,), generator=gen).item())
+        dy, dx = _offsets(d, h, w, gen)
         return x[..., dy : h - d + dy, dx : w - d + dx]
 
     return apply
@@ -197,9 +210,7 @@ def standard_transforms(
     >>> t(torch.zeros(1, 3, 32, 40), torch.Generator().manual_seed(0)).shape
     torch.Size([1, 3, 32, 40])
     """
-    for v, name in ((pad_width, "pad"), (jitter_px, "jitter"), (second_jitter, "jitter2")):
-        if v < 0:
-            raise CnnscopeError(f"{name} must be >= 0, got {v}")
+    _check_widths(pad=pad_width, jitter=jitter_px, jitter2=second_jitter)
     if not (pad_width or jitter_px or scales or angles or second_jitter):
         return compose([])
     if pad_mode != "constant":
@@ -212,7 +223,7 @@ def standard_transforms(
         )
 
         def sequential(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-            return fit(chain(x, gen), tuple(x.shape[-2:]))
+            return fit(chain(x, gen), (int(x.shape[-2]), int(x.shape[-1])))
 
         return sequential
     scales = [float(f) for f in scales]
@@ -220,24 +231,17 @@ def standard_transforms(
     if scales and min(scales) <= 0:
         raise CnnscopeError(f"scale factors must be positive, got {scales}")
 
-    def offsets(d: int, h: int, w: int, gen) -> tuple[int, int]:
-        if d == 0 or d >= min(h, w):
-            return 0, 0
-        dy = int(torch.randint(d + 1, (1,), generator=gen).item())
-        dx = int(torch.randint(d + 1, (1,), generator=gen).item())
-        return dy, dx
-
     def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         h, w = x.shape[-2:]
         # Sizes and random draws, in the order of the steps in turn.
         hp, wp = h + 2 * pad_width, w + 2 * pad_width
-        oy, ox = offsets(jitter_px, hp, wp, gen)
+        oy, ox = _offsets(jitter_px, hp, wp, gen)
         d1 = jitter_px if jitter_px < min(hp, wp) else 0
         hc, wc = hp - d1, wp - d1
         f = _pick(scales, gen) if scales else 1.0
         hs, ws = (max(1, int(round(hc * f))), max(1, int(round(wc * f)))) if f != 1.0 else (hc, wc)
         a = _pick(angles, gen) if angles else 0.0
-        qy, qx = offsets(second_jitter, hs, ws, gen)
+        qy, qx = _offsets(second_jitter, hs, ws, gen)
         d2 = second_jitter if second_jitter < min(hs, ws) else 0
         # Their result is (hs - d2) x (ws - d2); keep its centre h x w.
         cy, cx = _centre(hs - d2 - h), _centre(ws - d2 - w)

@@ -8,8 +8,12 @@ Examples
 """
 
 from ..engine import Unit
-from .explorer import GAINS, SCORINGS, SIGNS, Explorer, Node, render_gradient, zoom_picture
-from .paths import Path, format_path, parse_path
+from . import paths as _paths
+from .explorer import Explorer
+from .node import Node
+from .options import GAINS, SCORINGS, SIGNS
+from .paths import TreePath, format_path, parse_path
+from .pictures import render_gradient, zoom_picture
 
 __all__ = [
     "GAINS",
@@ -17,10 +21,15 @@ __all__ = [
     "SIGNS",
     "Explorer",
     "Node",
-    "Path",
+    "TreePath",
     "Unit",
     "format_path",
     "parse_path",
     "render_gradient",
     "zoom_picture",
 ]
+
+
+def __getattr__(name: str):
+    """``Path``: the old name of :data:`TreePath`, with a DeprecationWarning."""
+    return _paths.__getattr__(name)

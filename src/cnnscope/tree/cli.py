@@ -6,10 +6,21 @@ import argparse
 import logging
 import sys
 
-from ..engine import LOGITS, RULES, Unit
+from ..engine import LOGITS, Unit
+from ..engine.rules import DEFAULT_RULE, RULE_TERMS
 from ..errors import CnnscopeError
-from .explorer import GAINS, SCORINGS, SIGNS, Explorer
+from ..vocabulary import help_line, names
+from .explorer import Explorer
 from .export import build_tree, count_nodes, tree_html
+from .options import (
+    DEFAULT_GAIN,
+    DEFAULT_K,
+    DEFAULT_SCORING,
+    DEFAULT_SIGN,
+    GAIN_TERMS,
+    SCORING_TERMS,
+    SIGN_TERMS,
+)
 from .paths import format_path, parse_path
 
 log = logging.getLogger(__name__)
@@ -33,29 +44,23 @@ def register(subparsers) -> None:
         "ROOT/UNIT/... (default: the top-1 class logit)",
     )
     p.add_argument("--depth", type=int, default=2, help="levels below the root (default: 2)")
-    p.add_argument("--k", type=int, default=5, help="children per node (default: 5)")
     p.add_argument(
-        "--rule", choices=RULES, default="guided", help="backward rule (default: guided)"
+        "--k", type=int, default=DEFAULT_K, help=f"children per node (default: {DEFAULT_K})"
     )
-    p.add_argument(
-        "--gain",
-        choices=GAINS,
-        default="auto",
-        help="gain of kept channels (scales the weights only; pictures are each scaled alone)",
-    )
-    p.add_argument(
-        "--scoring",
-        choices=SCORINGS,
-        default="path",
-        help="children scores: path (default), local, or seed (cnn_treevis's exact formula)",
-    )
-    p.add_argument(
-        "--sign",
-        choices=SIGNS,
-        default="pos",
-        help="pos: children with the rule's polarity (what it passes), neg: against it, "
-        "abs: either (the seed's |mean(A*G)|)",
-    )
+    for flag, what, terms, default in (
+        ("--rule", "backward rule", RULE_TERMS, DEFAULT_RULE),
+        (
+            "--gain",
+            "gain of kept channels (pictures are each scaled alone)",
+            GAIN_TERMS,
+            DEFAULT_GAIN,
+        ),
+        ("--scoring", "how children are ranked", SCORING_TERMS, DEFAULT_SCORING),
+        ("--sign", "which children", SIGN_TERMS, DEFAULT_SIGN),
+    ):
+        p.add_argument(
+            flag, choices=names(terms), default=default, help=help_line(what, terms, default)
+        )
     p.add_argument(
         "--no-zoom",
         action="store_true",

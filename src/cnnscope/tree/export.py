@@ -16,8 +16,9 @@ from tqdm import tqdm
 from ..engine import Unit
 from ..errors import CnnscopeError
 from ..render import png_bytes
-from .explorer import Explorer, Node
-from .paths import Path, format_path
+from .explorer import Explorer
+from .node import Node
+from .paths import TreePath, format_path
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class TreeNode:
     """A node of an exported tree, with its picture and its children."""
 
     unit: Unit
-    path: Path
+    path: TreePath
     weight: float | None
     sign: str
     picture: np.ndarray | None = None
@@ -42,7 +43,7 @@ class TreeNode:
 def build_tree(
     explorer: Explorer,
     x: torch.Tensor,
-    root: Path,
+    root: TreePath,
     depth: int,
     k: int,
     rule: str = "guided",

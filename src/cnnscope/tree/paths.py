@@ -8,17 +8,22 @@ in a URL unescaped: ``logits:285/blocks.15:120/blocks.11:33``.
 from __future__ import annotations
 
 import re
+import warnings
 
 from ..engine import Unit
 from ..errors import UnitSpecError
+from ..vocabulary import from_url_form, url_form
 
-Path = tuple[Unit, ...]
+__all__ = ["TreePath", "format_path", "parse_path"]
+
+#: A tree path: units, root first.
+TreePath = tuple[Unit, ...]
 
 _MAX_DEPTH = 64
 _SAFE = re.compile(r"^[A-Za-z0-9_.\-:@,~/#]+$")
 
 
-def parse_path(text: str) -> Path:
+def parse_path(text: str) -> TreePath:
     """Parse the text form of a path.
 
     Parameters
@@ -29,7 +34,7 @@ def parse_path(text: str) -> Path:
 
     Returns
     -------
-    Path
+    TreePath
         The units, root first.
 
     Raises
@@ -56,7 +61,7 @@ def parse_path(text: str) -> Path:
     for i, part in enumerate(parts):
         if not part:
             raise UnitSpecError(f"bad tree path {text!r}: empty unit between '/'")
-        unit = Unit.parse(part.replace("~", "#"))
+        unit = Unit.parse(from_url_form(part))
         if i and unit.pos is not None:
             raise UnitSpecError(
                 f"bad tree path {text!r}: only the root may carry a position (@Y,X)"
@@ -65,7 +70,7 @@ def parse_path(text: str) -> Path:
     return tuple(units)
 
 
-def format_path(path: Path) -> str:
+def format_path(path: TreePath) -> str:
     """The URL-safe text form of ``path`` (inverse of :func:`parse_path`).
 
     Examples
@@ -77,4 +82,16 @@ def format_path(path: Path) -> str:
     """
     if not path:
         raise UnitSpecError("empty tree path")
-    return "/".join(str(u).replace("#", "~") for u in path)
+    return "/".join(url_form(str(u)) for u in path)
+
+
+def __getattr__(name: str):
+    """``Path``, the old name of :data:`TreePath` (it shadowed :class:`pathlib.Path`)."""
+    if name == "Path":
+        warnings.warn(
+            "cnnscope.tree Path is now TreePath (Path shadowed pathlib.Path)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return TreePath
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,17 +26,18 @@ Examples
 True
 """
 
+from . import importance as _importance
 from .filters import filter_grid
 from .importance import (
     FilterImportance,
     PruningSweep,
-    evaluate,
     filter_importance,
     importance_grid,
     labelled_folder,
     plot_sweep,
     prune_filters,
     pruning_sweep,
+    top1_predictions,
 )
 from .mosaic import (
     NORMALIZE_MODES,
@@ -100,7 +101,6 @@ __all__ = [
     "apply_order",
     "as_ordering",
     "draw_grid",
-    "evaluate",
     "figure_html",
     "filter_grid",
     "filter_importance",
@@ -127,6 +127,7 @@ __all__ = [
     "series_frames",
     "slice_image",
     "to_uint8_volume",
+    "top1_predictions",
     "volume_figure",
     "volume_html",
     "volume_series_figure",
@@ -137,3 +138,8 @@ __all__ = [
     "write_vox",
     "write_vtk",
 ]
+
+
+def __getattr__(name: str):
+    """``evaluate``: the old name of :func:`top1_predictions`, with a DeprecationWarning."""
+    return _importance.__getattr__(name)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import re
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -20,12 +20,9 @@ from ..cli.common import (
     staged,
 )
 from ..errors import CnnscopeError
+from ..render import safe_file_name
 
 ORDERS = ("kmeans", "pca-slice", "pca")
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
 
 
 def _save_png(image: np.ndarray, path: str | Path, option: str = "--out") -> str:
@@ -62,7 +59,7 @@ def _check_outputs(
             check_output(value, option, suffixes=suffixes)
 
 
-def _print_files(files: dict[str, str | list[str]]) -> None:
+def _print_files(files: Mapping[str, str | list[str]]) -> None:
     for kind, path in files.items():
         print(f"  wrote {kind}: {path if isinstance(path, str) else ', '.join(path)}")
 
@@ -223,7 +220,9 @@ def activations(args: argparse.Namespace) -> int:
     files: dict[str, str] = {}
     wants_file = any((args.slice_out, args.vox, args.nrrd, args.vtk, args.npy, args.html))
     out = args.out or (
-        None if wants_file or args.json else f"{_slug(Path(name).stem)}-{_slug(layer)}.png"
+        None
+        if wants_file or args.json
+        else f"{safe_file_name(Path(name).stem, 'x')}-{safe_file_name(layer, 'x')}.png"
     )
     if out:
         m = render_mosaic(acts, ordering, args.normalize, args.cmap, layer=layer)
@@ -248,7 +247,7 @@ def activations(args: argparse.Namespace) -> int:
         files["nrrd"] = args.nrrd
     if args.vtk:
         with staged(args.vtk, "--vtk") as tmp:
-            write_vtk(tmp, acts, ordering, name=_slug(layer))
+            write_vtk(tmp, acts, ordering, name=safe_file_name(layer, "x"))
         files["vtk"] = args.vtk
     if npy:
         with staged(npy, "--npy") as tmp:
@@ -295,6 +294,7 @@ def weightgrad(args: argparse.Namespace) -> int:
     from ..images import resolve_image
     from .volume import figure_html, write_vox
     from .weightgrad import (
+        FRAME_MS,
         gradient_volume,
         save_gif,
         scale_volumes,
@@ -317,10 +317,10 @@ def weightgrad(args: argparse.Namespace) -> int:
     frames = series_frames(
         results, model, reduce=args.reduce, scale=args.scale, joint=not args.per_image
     )
-    out = args.out or f"weightgrad-{_slug(args.layer)}-{target}.gif"
+    out = args.out or f"weightgrad-{safe_file_name(args.layer, 'x')}-{target}.gif"
     if out.lower().endswith(".gif"):
         with staged(out, "--out") as tmp:
-            save_gif(frames, tmp)
+            save_gif(frames, tmp, FRAME_MS)
         files["animation"] = out
     else:
         files["frames"] = _save_png(np.concatenate(frames, axis=0), out)
@@ -335,7 +335,7 @@ def weightgrad(args: argparse.Namespace) -> int:
         )
         written = []
         for k, (g, vol) in enumerate(zip(results, vols)):
-            vox = vox_dir / f"{k:02d}_{_slug(g.name)}.vox"
+            vox = vox_dir / f"{k:02d}_{safe_file_name(g.name, 'x')}.vox"
             with staged(vox, "--vox-dir") as tmp:
                 write_vox(tmp, vol, rescale=False)
             written.append(str(vox))
@@ -344,7 +344,7 @@ def weightgrad(args: argparse.Namespace) -> int:
         with staged(npy, "--npy") as tmp:
             np.save(tmp, np.stack([g.gradient for g in results]).astype(np.float32))
         files["npy"] = str(npy)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "image": g.name,
             "predicted": g.predicted,
@@ -405,7 +405,7 @@ def prune(args: argparse.Namespace) -> int:
         through_bn=not args.conv_only,
     )
     files = {}
-    out = args.out or f"prune-{_slug(args.layer)}-{target}.png"
+    out = args.out or f"prune-{safe_file_name(args.layer, 'x')}-{target}.png"
     with staged(out, "--out") as tmp:
         plot_sweep(sweep, tmp)
     files["plot"] = out

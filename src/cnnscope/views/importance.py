@@ -22,14 +22,13 @@ import torch
 from torch import nn
 
 from ..engine import Engine
-from ..errors import CnnscopeError
+from ..errors import CnnscopeError, warn_renamed
 from ._common import class_index, conv_weight, module_of, to_input
 from .weightgrad import iter_weight_gradients
 
 __all__ = [
     "FilterImportance",
     "PruningSweep",
-    "evaluate",
     "filter_importance",
     "following_batchnorm",
     "importance_grid",
@@ -37,6 +36,7 @@ __all__ = [
     "plot_sweep",
     "prune_filters",
     "pruning_sweep",
+    "top1_predictions",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,23 @@ def filter_importance(
     ((2,), 1)
     """
     images = list(images)
-    total, count = None, 0
+    total: np.ndarray | None = None
+    count = 0
     for g in iter_weight_gradients(model, images, layer, target, progress=progress):
         norms = g.filter_norms()
         total = norms if total is None else total + norms
         count += 1
-    if not count:
+    if total is None:
         raise CnnscopeError("no images to measure the filter importance on")
     return FilterImportance(layer, class_index(model, target), total / count, count)
+
+
+def __getattr__(name: str):
+    """``evaluate``: the old name of :func:`top1_predictions`, with a DeprecationWarning."""
+    if name == "evaluate":
+        warn_renamed("cnnscope.views evaluate", "top1_predictions", stacklevel=3)
+        return top1_predictions
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _grid_cols(n: int) -> int:
@@ -163,9 +172,9 @@ def importance_grid(
     n = len(values)
     cols = cols or _grid_cols(n)
     rows = math.ceil(n / cols)
-    grid = np.full(rows * cols, np.nan)
-    grid[:n] = values
-    grid = grid.reshape(rows, cols)
+    cells = np.full(rows * cols, np.nan)
+    cells[:n] = values
+    grid = cells.reshape(rows, cols)
     fig, ax = plt.subplots(figsize=(min(16, 1.0 + 0.55 * cols), min(12, 1.3 + 0.55 * rows)))
     im = ax.imshow(grid, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     if n <= 400:
@@ -297,13 +306,17 @@ def _inputs(model, paths: Sequence) -> list[torch.Tensor]:
     return [to_input(model, str(p) if isinstance(p, Path) else p) for p in paths]
 
 
-def evaluate(module: nn.Module, inputs: Sequence[torch.Tensor], batch: int = 16) -> np.ndarray:
+def top1_predictions(
+    module: nn.Module, inputs: Sequence[torch.Tensor], batch: int = 16
+) -> np.ndarray:
     """Top-1 predictions of ``module`` for ``1 x C x H x W`` inputs (in batches).
+
+    (It was ``evaluate``, a name that :func:`cnnscope.attribution.evaluate` also has.)
 
     Examples
     --------
     >>> net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
-    >>> evaluate(net, [torch.randn(1, 3, 2, 2) for _ in range(5)], batch=2).shape
+    >>> top1_predictions(net, [torch.randn(1, 3, 2, 2) for _ in range(5)], batch=2).shape
     (5,)
     """
     engine = Engine(module)
@@ -424,7 +437,9 @@ def pruning_sweep(
     is_target = labels == target
 
     def score(filters) -> tuple[float, float | None]:
-        pred = evaluate(prune_filters(module, layer, filters, through_bn=through_bn), inputs, batch)
+        pred = top1_predictions(
+            prune_filters(module, layer, filters, through_bn=through_bn), inputs, batch
+        )
         ok = pred == labels
         return float(ok.mean()), (float(ok[is_target].mean()) if is_target.any() else None)
 
@@ -475,7 +490,7 @@ def plot_sweep(sweep: PruningSweep, path: str | Path | None = None, title: str =
     if sweep.target_images:
         ax.plot(
             t,
-            [100 * v for v in sweep.target_accuracy],
+            [np.nan if v is None else 100 * v for v in sweep.target_accuracy],
             "s--",
             label=f"class {sweep.target} ({sweep.target_images})",
         )

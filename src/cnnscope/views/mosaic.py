@@ -16,11 +16,14 @@ from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import CnnscopeError
 from ..render import colorize
+from ..vocabulary import Term, names
 from ._common import layer_maps
 from .ordering import Ordering, as_ordering
 
 __all__ = [
+    "DEFAULT_NORMALIZE",
     "NORMALIZE_MODES",
+    "NORMALIZE_TERMS",
     "Mosaic",
     "Tile",
     "draw_grid",
@@ -33,7 +36,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: ``joint``: one min/max over the whole layer; ``channel``: each map stretched alone.
-NORMALIZE_MODES = ("joint", "channel")
+NORMALIZE_TERMS: tuple[Term, ...] = (
+    Term("joint", "Joint", "one colour scale for the whole layer"),
+    Term("channel", "Per channel", "each map on its own scale"),
+)
+NORMALIZE_MODES: tuple[str, ...] = names(NORMALIZE_TERMS)
+#: The scale a mosaic has unless told.
+DEFAULT_NORMALIZE = "joint"
 
 # Light tints that tell neighbouring clusters apart in the label strips.
 _CLUSTER_TINTS = [
@@ -99,7 +108,7 @@ class Mosaic:
     vmin: np.ndarray = field(default_factory=lambda: np.zeros(0))
     vmax: np.ndarray = field(default_factory=lambda: np.zeros(0))
     cmap: str = "viridis"
-    normalize: str = "joint"
+    normalize: str = DEFAULT_NORMALIZE
 
     def channel_at(self, x: float, y: float) -> int | None:
         """The channel drawn at pixel ``(x, y)``, or ``None`` between tiles.
@@ -241,7 +250,7 @@ def draw_grid(
         img = Image.fromarray(np.asarray(tile, dtype=np.uint8))
         if (th, tw) != (h, w):
             img = img.resize((tw, th), resample)
-        if show_labels:
+        if show_labels and labels:
             tint = tints[k] if tints else (235, 235, 235)
             draw.rectangle([x0, y0, x0 + tw - 1, y0 + label_h - 1], fill=tint)
             draw.text((x0 + 2, y0 + 1), labels[k], fill=(0, 0, 0), font=font)
@@ -257,7 +266,7 @@ def draw_grid(
 def render_mosaic(
     acts,
     ordering: Ordering | None = None,
-    normalize: str = "joint",
+    normalize: str = DEFAULT_NORMALIZE,
     cmap: str = "viridis",
     labels: bool = True,
     min_tile: int = 40,
@@ -336,9 +345,8 @@ def render_mosaic(
         span = hi[ch] - lo[ch]
         values = (a[ch] - lo[ch]) / span if span > 0 else np.zeros(a.shape[1:], np.float32)
         tiles.append(colorize(values, cmap))
-    clustered = ordering is not None and bool(ordering.separators)
     tints = marks = None
-    if clustered:
+    if ordering is not None and ordering.separators:
         group = ordering.group_of_position()
         tints = [_CLUSTER_TINTS[g % len(_CLUSTER_TINTS)] for g in group]
         seps = set(ordering.separators)
@@ -372,7 +380,7 @@ def mosaic(
     image_or_tensor,
     layer: str,
     order: str | Ordering | list[int] | None = None,
-    normalize: str = "joint",
+    normalize: str = DEFAULT_NORMALIZE,
     *,
     order_options: dict | None = None,
     **render_options,

@@ -15,9 +15,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CnnscopeError
+from ..vocabulary import Term, names
 
 __all__ = [
+    "DEFAULT_CLUSTERS",
+    "NO_ORDER",
     "ORDER_METHODS",
+    "ORDER_TERMS",
     "Ordering",
     "apply_order",
     "as_ordering",
@@ -27,8 +31,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: The orderings of :func:`order_channels`, with their titles and help.
+ORDER_TERMS: tuple[Term, ...] = (
+    Term("kmeans", "K-means (row)", "channels clustered by their values along one row"),
+    Term("pca-slice", "PCA (row)", "channels sorted by their first principal component on one row"),
+    Term("pca", "PCA (maps)", "channels sorted by the principal image of their whole maps"),
+)
 #: Names accepted by :func:`order_channels` (``pca`` is PCA over whole maps).
-ORDER_METHODS = ("kmeans", "pca-slice", "pca")
+ORDER_METHODS: tuple[str, ...] = names(ORDER_TERMS)
+#: No ordering (``order=None``): the channels as the layer numbers them.
+NO_ORDER = Term("none", "Channel order", "the channels as the layer numbers them")
+#: How many clusters :func:`kmeans_slice` makes unless told.
+DEFAULT_CLUSTERS = 6
 
 
 @dataclass
@@ -158,7 +172,11 @@ def _pc1(x: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def kmeans_slice(
-    acts, k: int = 6, row: int | None = None, seed: int = 0, restarts: int = 20
+    acts,
+    k: int = DEFAULT_CLUSTERS,
+    row: int | None = None,
+    seed: int = 0,
+    restarts: int = 20,
 ) -> Ordering:
     """Cluster the channels by their values along one row (k-means), grouped by cluster.
 

@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
+from .. import render
 from ..engine import Engine
 from ..errors import CnnscopeError, UnitSpecError
 from ._common import class_index, class_label, grad_ready, module_of, to_input
 from .mosaic import draw_grid
 
 __all__ = [
+    "FRAME_MS",
     "REDUCTIONS",
     "SCALES",
     "WeightGradient",
@@ -40,7 +41,25 @@ __all__ = [
     "weightgrad_figure",
 ]
 
+#: Milliseconds each image of a weight-gradient series shows in its GIF.
+FRAME_MS = 1200
+
+
 log = logging.getLogger(__name__)
+
+
+def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = FRAME_MS) -> Path:
+    """:func:`cnnscope.render.save_gif` with the weight-gradient frame time as default.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> p = save_gif([np.zeros((4, 4, 3), np.uint8)] * 2, os.path.join(tempfile.mkdtemp(), "w.gif"))
+    >>> p.suffix
+    '.gif'
+    """
+    return render.save_gif(frames, path, duration_ms)
+
 
 #: How a filter's in-channels are folded into one ``kh x kw`` slab.
 REDUCTIONS = ("sum", "l2", "abs", "none")
@@ -341,34 +360,6 @@ def series_frames(
         canvas[: f.shape[0], : f.shape[1]] = f
         padded.append(canvas)
     return padded
-
-
-def save_gif(frames: Sequence[np.ndarray], path: str | Path, duration_ms: int = 1200) -> Path:
-    """Write frames as an endlessly looping animated GIF.
-
-    Examples
-    --------
-    >>> import tempfile, os
-    >>> f = [np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)]
-    >>> p = save_gif(f, os.path.join(tempfile.mkdtemp(), "a.gif"))
-    >>> Image.open(p).n_frames
-    2
-    """
-    if not frames:
-        raise CnnscopeError("no frames to write")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(np.asarray(f, dtype=np.uint8)) for f in frames]
-    images[0].save(
-        path,
-        save_all=True,
-        append_images=images[1:],
-        duration=int(duration_ms),
-        loop=0,
-        optimize=False,
-        disposal=1,
-    )
-    return path
 
 
 def weightgrad_figure(

@@ -56,12 +56,13 @@ import copy
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from ...engine import INPUT, LOGITS, Engine
-from ...errors import CnnscopeError
+from ...errors import CnnscopeError, warn_renamed
 from ..context import Context, upsample
 from ..registry import MethodOutput, register
 from .canonizers import (
@@ -76,16 +77,16 @@ from .rules import (
     _ACTIVATIONS,
     _BNS,
     _TINY,
-    FIRST_LAYER_RULES,
-    RULE_KINDS,
-    Rule,
+    FIRST_LAYER_LRP_RULES,
+    LRP_RULES,
+    LrpRule,
     _ConstantGate,
     _is_linear,
-    _LayerNormRule,
+    _LrpLayer,
+    _LrpLayerNorm,
     _PassActivation,
-    _RuleLayer,
-    parse_rule,
-    rule_layer,
+    lrp_layer,
+    parse_lrp_rule,
 )
 
 log = logging.getLogger(__name__)
@@ -93,20 +94,37 @@ log = logging.getLogger(__name__)
 __all__ = [
     "COMPOSITES",
     "CONSERVATION_TOLERANCE",
-    "FIRST_LAYER_RULES",
-    "RULE_KINDS",
+    "FIRST_LAYER_LRP_RULES",
+    "LRP_RULES",
     "Composite",
     "LRPModel",
-    "Rule",
+    "LrpRule",
     "build_lrp_model",
     "find_gates",
     "fold_batchnorms",
     "make_composite",
-    "parse_rule",
+    "parse_lrp_rule",
     "unfuse_batchnorm_acts",
 ]
 #: Relative conservation error above which LRP logs a warning with the figure.
 CONSERVATION_TOLERANCE = 0.05
+
+#: Old names (before issue 16: "rule" alone now means the engine's backward rule).
+_RENAMED = {
+    "Rule": "LrpRule",
+    "RULE_KINDS": "LRP_RULES",
+    "FIRST_LAYER_RULES": "FIRST_LAYER_LRP_RULES",
+    "parse_rule": "parse_lrp_rule",
+}
+
+
+def __getattr__(name: str):
+    """The old names of :data:`_RENAMED`, with a DeprecationWarning."""
+    if name in _RENAMED:
+        warn_renamed(f"cnnscope.attribution.lrp.{name}", _RENAMED[name])
+        return globals()[_RENAMED[name]]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # ---------------------------------------------------------------------------------------
 # The rewritten model
@@ -120,7 +138,7 @@ class LRPModel:
     engine: Engine
     rules: dict[str, str]
     folded: list[tuple[str, str]]
-    first: _RuleLayer | None  # the first layer when its rule reads the input's range (box, ...)
+    first: _LrpLayer | None  # the first layer when its rule reads the input's range (box, ...)
     wrappers: list = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -176,7 +194,7 @@ def build_lrp_model(
         m = modules[name]
         if isinstance(m, nn.LayerNorm):
             if id(m) not in wrapped:
-                wrapped[id(m)] = _LayerNormRule(m)
+                wrapped[id(m)] = _LrpLayerNorm(m)
                 _replace_all(model, m, wrapped[id(m)])
             rules[name] = "layernorm (std constant)"
             continue
@@ -187,12 +205,12 @@ def build_lrp_model(
             )
         index = linear.index(name) if name in linear else -1
         rule = composite.rule_for(name, m, index, len(linear))
-        if rule.kind in FIRST_LAYER_RULES and index != 0:
+        if rule.kind in FIRST_LAYER_LRP_RULES and index != 0:
             raise CnnscopeError(f"the {rule} rule is only for the first layer, not {name!r}")
         if id(m) in wrapped:
             continue
-        w = rule_layer(m, rule)
-        if rule.kind in FIRST_LAYER_RULES:
+        w = lrp_layer(m, rule)
+        if rule.kind in FIRST_LAYER_LRP_RULES:
             first = w  # it reads the input's range or shape
         wrapped[id(m)] = w
         rules[name] = str(rule)
@@ -201,7 +219,7 @@ def build_lrp_model(
         if isinstance(m, _ACTIVATIONS) and id(m) not in wrapped:
             wrapped[id(m)] = _PassActivation(m)
             _replace_all(model, m, wrapped[id(m)])
-    layers = [w for w in wrapped.values() if isinstance(w, _RuleLayer)]
+    layers = [w for w in wrapped.values() if isinstance(w, _LrpLayer)]
     return LRPModel(model, Engine(model), rules, folded, first, layers)
 
 
@@ -278,8 +296,8 @@ def lrp(
     ``(sum R + absorbed) / f(x)``, 1 when nothing else leaks.
     """
     comp = make_composite(composite, epsilon, gamma, alpha, beta, rules)
-    if ctx.legacy:
-        log.info("LRP has no legacy variant; running the regular one")
+    if ctx.quirks:
+        log.info("LRP has no quirks variant; running the regular one")
     lm = lrp_model_for(ctx, comp, canonize)
     targets = ctx.targets  # from the original model, so top-1 ties cannot differ
     top = ctx.target_layer
@@ -298,21 +316,22 @@ def lrp(
         absorbed = None
         if read is not None:
             name = fwd.resolve(read)
-            g = fwd.grad(top, seeds, to=name)
+            g = fwd.grad(top, seeds, to=[name])[0]
             rel = (fwd.activation(name) * g).detach()
             total = rel.flatten(1).sum(1)
             maps = rel.sum(1) if rel.dim() == 4 else rel.flatten(1).sum(1).view(-1, 1, 1)
             maps = upsample(maps, ctx.size).unsqueeze(1)
         else:
-            extras = list(lm.first.bounds) if lm.first is not None else []
+            first = lm.first
+            extras = list(first.bounds) if first is not None else []
             to = [INPUT, *extras]
             probes = [p for w in lm.wrappers for p in w.probes]
             grads = fwd.grad(top, seeds, to=to + probes)
             rel = ctx.x * grads[0]
             for t, g in zip(extras, grads[1 : len(to)]):
-                if t.numel() != rel.numel():
+                if first is not None and t.numel() != rel.numel():
                     raise CnnscopeError(
-                        f"the {lm.first.rule} rule needs a first layer that reads the input: "
+                        f"the {first.rule} rule needs a first layer that reads the input: "
                         "pick another composite"
                     )
                 rel = rel + (t.detach() * g).reshape(rel.shape)
@@ -327,7 +346,7 @@ def lrp(
     score = ctx.scores.to(total.device).double()
     # a zero score has nothing to conserve: the ratios are NaN there
     safe = torch.where(score.abs() > _TINY, score, torch.full_like(score, float("nan")))
-    meta = {
+    meta: dict[str, Any] = {
         "rules": dict(lm.rules),
         "folded": list(lm.folded),
         "relevance": total.detach().float().cpu(),
@@ -336,8 +355,9 @@ def lrp(
     }
     if absorbed is not None:
         meta["absorbed"] = absorbed.float().cpu()
-        meta["conservation"] = ((total.double() + absorbed) / safe).float().cpu()
-        _warn_on_leaks(meta["conservation"], lm.rules)
+        conservation = ((total.double() + absorbed) / safe).float().cpu()
+        meta["conservation"] = conservation
+        _warn_on_leaks(conservation, lm.rules)
     return MethodOutput(maps.detach(), meta, read)
 
 

@@ -10,9 +10,10 @@ from collections import defaultdict
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...engine import Engine
-from .rules import _BNS, _bn_affine, _is_linear
+from .rules import _BNS, _bn_affine, _is_linear, _Linear
 
 _GATES = (nn.Sigmoid, nn.Hardsigmoid)
 
@@ -118,12 +119,14 @@ def unfuse_batchnorm_acts(model: nn.Module) -> list[str]:
         base = next(c for c in _BNS if isinstance(bn, c))
         plain = base(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
         plain.load_state_dict({k: v for k, v in bn.state_dict().items() if "." not in k})
-        parts = [plain.eval()]
+        parts: list[nn.Module] = [plain.eval()]
         for attr in ("drop", "act"):
             sub = getattr(bn, attr, None)
             if isinstance(sub, nn.Module):
                 if getattr(sub, "inplace", False):
-                    sub.inplace = False  # a private copy: the BN output must stay recorded
+                    # a private copy: the BN output must stay recorded (torch's stubs type
+                    # module attributes they do not know as Tensor | Module)
+                    sub.inplace = False  # type: ignore[assignment]
                 parts.append(sub)
         _replace_all(model, bn, nn.Sequential(*parts))
     return [n for n, _ in fused]
@@ -196,16 +199,17 @@ def fold_batchnorms(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str]]:
 def _fold(model: nn.Module, fwd) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
     names = fwd.layers
-    calls = defaultdict(int)
+    calls: defaultdict[str, int] = defaultdict(int)
     for n in names:
         calls[n.partition("#")[0]] += 1
-    by_node = {}
+    by_node: dict[int, str] = {}
     for n in names:
         t = fwd.tensor(n)
         if t.grad_fn is not None and calls[n.partition("#")[0]] == 1:
             by_node.setdefault(id(t.grad_fn), n)
     consumers = _consumers(fwd.output.grad_fn)
-    pairs = []
+    pairs: list[tuple[str, str]] = []
+    folds: list[tuple[_Linear, _BatchNorm]] = []
     for n in names:
         bn = modules.get(n)
         if not isinstance(bn, _BNS) or calls[n] != 1 or bn.running_mean is None:
@@ -216,12 +220,14 @@ def _fold(model: nn.Module, fwd) -> list[tuple[str, str]]:
         parent = node.next_functions[0][0]
         conv_name = by_node.get(id(parent)) if parent is not None else None
         conv = modules.get(conv_name) if conv_name else None
-        if conv is None or not _is_linear(conv) or consumers.get(id(parent), 0) != 1:
+        if conv_name is None or conv is None or not _is_linear(conv):
+            continue
+        if consumers.get(id(parent), 0) != 1:
             continue
         pairs.append((conv_name, n))
+        folds.append((conv, bn))
     with torch.no_grad():
-        for conv_name, bn_name in pairs:
-            conv, bn = modules[conv_name], modules[bn_name]
+        for conv, bn in folds:
             scale, shift = _bn_affine(bn)
             shape = (-1,) + (1,) * (conv.weight.dim() - 1)
             conv.weight.mul_(scale.view(shape))

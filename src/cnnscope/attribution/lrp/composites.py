@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ...errors import CnnscopeError
-from .rules import _BNS, Rule, parse_rule
+from .rules import _BNS, LrpRule, parse_lrp_rule
 
 # ---------------------------------------------------------------------------------------
 # Composites
@@ -21,17 +21,17 @@ class Composite:
 
     Attributes
     ----------
-    dense, conv : Rule
+    dense, conv : LrpRule
         Rules of linear and convolutional layers.
-    first : Rule or None
+    first : LrpRule or None
         Rule of the first linear layer in execution order (reads the input).
-    depth : list of (float, Rule), optional
+    depth : list of (float, LrpRule), optional
         ``(upper, rule)`` bands over the relative depth ``d`` in (0, 1] of each linear
         layer, counted from the input: the first band with ``d <= upper`` wins. When
         given they override ``dense`` and ``conv``.
-    names : dict of str to Rule
+    names : dict of str to LrpRule
         ``fnmatch`` patterns of module names that override everything.
-    batchnorm : Rule
+    batchnorm : LrpRule
         Rule of BatchNorms that could not be folded.
 
     Examples
@@ -41,14 +41,14 @@ class Composite:
     ('gamma:0.25', 'box')
     """
 
-    dense: Rule
-    conv: Rule
-    first: Rule | None = None
-    depth: list[tuple[float, Rule]] | None = None
-    names: dict[str, Rule] = field(default_factory=dict)
-    batchnorm: Rule = field(default_factory=lambda: Rule("epsilon", epsilon=1e-6))
+    dense: LrpRule
+    conv: LrpRule
+    first: LrpRule | None = None
+    depth: list[tuple[float, LrpRule]] | None = None
+    names: dict[str, LrpRule] = field(default_factory=dict)
+    batchnorm: LrpRule = field(default_factory=lambda: LrpRule("epsilon", epsilon=1e-6))
 
-    def rule_for(self, name: str, module: nn.Module, index: int, total: int) -> Rule:
+    def rule_for(self, name: str, module: nn.Module, index: int, total: int) -> LrpRule:
         """The rule of linear layer ``name``, the ``index``-th of ``total`` in execution order."""
         for pattern, rule in self.names.items():
             if fnmatch.fnmatchcase(name, pattern):
@@ -68,7 +68,7 @@ class Composite:
 
 def _c(dense, conv, first=None, depth=None):
     def make(epsilon, gamma, alpha, beta):
-        r = lambda s: parse_rule(s, epsilon, gamma, alpha, beta)  # noqa: E731
+        r = lambda s: parse_lrp_rule(s, epsilon, gamma, alpha, beta)  # noqa: E731
         bands = [(u, r(s)) for u, s in depth] if depth else None
         return Composite(r(dense), r(conv), r(first) if first else None, bands)
 
@@ -122,6 +122,6 @@ def make_composite(
             raise CnnscopeError("LRP rules must be a dict {layer name pattern: rule}")
         comp.names = {
             **comp.names,
-            **{str(k): parse_rule(v, epsilon, gamma, alpha, beta) for k, v in rules.items()},
+            **{str(k): parse_lrp_rule(v, epsilon, gamma, alpha, beta) for k, v in rules.items()},
         }
     return comp

@@ -1,9 +1,12 @@
 """LRP rules: wrappers whose forward returns the layer's output and whose gradient is the rule.
 
-Each rule is one small subclass of :class:`_RuleLayer` (its modified forward), listed in
-:data:`RULE_LAYERS` under its :class:`Rule` kind, which :func:`parse_rule` names. LayerNorm
-(:class:`_LayerNormRule`), elementwise activations (:class:`_PassActivation`) and
+Each rule is one small subclass of :class:`_LrpLayer` (its modified forward), listed in
+:data:`LRP_LAYERS` under its :class:`LrpRule` kind, which :func:`parse_lrp_rule` names.
+LayerNorm (:class:`_LrpLayerNorm`), elementwise activations (:class:`_PassActivation`) and
 multiplicative gates (:class:`_ConstantGate`) have their own classes.
+
+"Rule" alone, elsewhere in cnnscope, is the engine's backward rule (gradient, deconvnet,
+guided, guided_neg: :mod:`cnnscope.engine.rules`); LRP's names say ``lrp``.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...errors import CnnscopeError
 
@@ -26,13 +31,13 @@ _TINY = 1e-12
 
 
 @dataclass(frozen=True)
-class Rule:
+class LrpRule:
     """One LRP rule with its parameters (``kind`` in epsilon, gamma, alpha_beta, box, pass).
 
     Examples
     --------
-    >>> parse_rule("gamma:0.1")
-    Rule(kind='gamma', epsilon=1e-09, gamma=0.1, alpha=2.0, beta=1.0)
+    >>> parse_lrp_rule("gamma:0.1")
+    LrpRule(kind='gamma', epsilon=1e-09, gamma=0.1, alpha=2.0, beta=1.0)
     """
 
     kind: str
@@ -55,23 +60,23 @@ class Rule:
         return self.kind
 
 
-RULE_KINDS = ("epsilon", "zero", "gamma", "alpha_beta", "zplus", "box", "flat", "wsquare", "pass")
+LRP_RULES = ("epsilon", "zero", "gamma", "alpha_beta", "zplus", "box", "flat", "wsquare", "pass")
 #: Rules that read the input's range or shape, not its values: first layer only.
-FIRST_LAYER_RULES = ("box", "flat", "wsquare")
+FIRST_LAYER_LRP_RULES = ("box", "flat", "wsquare")
 
 
-def parse_rule(
+def parse_lrp_rule(
     spec, epsilon: float = 1e-6, gamma: float = 0.25, alpha: float = 2.0, beta: float = 1.0
-) -> Rule:
-    """A :class:`Rule` from ``epsilon[:E]``, ``zero``, ``gamma[:G]``, ``alpha_beta[:A,B]``,
+) -> LrpRule:
+    """A :class:`LrpRule` from ``epsilon[:E]``, ``zero``, ``gamma[:G]``, ``alpha_beta[:A,B]``,
     ``zplus``, ``box``, ``flat``, ``wsquare`` or ``pass`` (parameters default to the given values).
 
     Examples
     --------
-    >>> str(parse_rule("alpha_beta:1,0")), str(parse_rule("epsilon", epsilon=0.25))
+    >>> str(parse_lrp_rule("alpha_beta:1,0")), str(parse_lrp_rule("epsilon", epsilon=0.25))
     ('zplus', 'epsilon:0.25')
     """
-    if isinstance(spec, Rule):
+    if isinstance(spec, LrpRule):
         return spec
     text = str(spec).strip().lower().replace("-", "_")
     name, _, arg = text.partition(":")
@@ -94,38 +99,45 @@ def parse_rule(
     except ValueError:
         raise CnnscopeError(f"bad LRP rule {spec!r}: parameters must be numbers") from None
     if name == "epsilon":
-        return Rule("epsilon", epsilon=values[0] if values else epsilon)
+        return LrpRule("epsilon", epsilon=values[0] if values else epsilon)
     if name == "zero":
-        return Rule("epsilon", epsilon=0.0)
+        return LrpRule("epsilon", epsilon=0.0)
     if name == "gamma":
-        return Rule("gamma", epsilon=1e-9, gamma=values[0] if values else gamma)
+        return LrpRule("gamma", epsilon=1e-9, gamma=values[0] if values else gamma)
     if name == "alpha_beta":
         a, b = (values + [alpha, beta][len(values) :])[:2] if values else (alpha, beta)
         if len(values) == 1:
             b = a - 1
-        return Rule("alpha_beta", alpha=a, beta=b)
+        return LrpRule("alpha_beta", alpha=a, beta=b)
     if name == "zplus":
-        return Rule("alpha_beta", alpha=1.0, beta=0.0)
-    if name in ("box", "flat", "wsquare", "pass"):
-        return Rule(name)
-    raise CnnscopeError(f"unknown LRP rule {spec!r}: choose one of {', '.join(RULE_KINDS)}")
+        return LrpRule("alpha_beta", alpha=1.0, beta=0.0)
+    if name in LRP_LAYERS:  # a rule without parameters: its wrapper class names it
+        return LrpRule(name)
+    raise CnnscopeError(f"unknown LRP rule {spec!r}: choose one of {', '.join(LRP_RULES)}")
 
 
 # ---------------------------------------------------------------------------------------
 # Wrappers: forward value unchanged, gradient = the rule
 
 
+def _tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """A module's parameter or buffer ``name``, or None when it has none."""
+    value = getattr(module, name, None)
+    return value if isinstance(value, torch.Tensor) else None
+
+
 def _variant(layer: nn.Module, weight_fn=None, bias_fn=None, no_bias: bool = False) -> nn.Module:
     """A private copy of ``layer`` with modified parameters (not registered anywhere)."""
     twin = copy.deepcopy(layer)
+    weight, bias = _tensor(twin, "weight"), _tensor(twin, "bias")
     with torch.no_grad():
-        if weight_fn is not None:
-            twin.weight.copy_(weight_fn(layer.weight))
-        if getattr(twin, "bias", None) is not None:
+        if weight_fn is not None and weight is not None:
+            weight.copy_(weight_fn(weight))
+        if bias is not None:
             if no_bias:
-                twin.bias.zero_()
+                bias.zero_()
             elif bias_fn is not None:
-                twin.bias.copy_(bias_fn(layer.bias))
+                bias.copy_(bias_fn(bias))
     for p in twin.parameters():
         p.requires_grad_(False)
     return twin
@@ -145,7 +157,7 @@ def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))
 
 
-class _RuleLayer(nn.Module):
+class _LrpLayer(nn.Module):
     """Wraps a linear layer: ``forward`` returns ``layer(x)``, the gradient follows the rule.
 
     Every rule has the form ``out = mod(x) * k + s * (z - mod(x) * k)`` (``k`` and the
@@ -156,13 +168,22 @@ class _RuleLayer(nn.Module):
     contribution): per layer ``R_in + R_absorbed = R_out`` exactly.
 
     A rule is a subclass that sets :attr:`variants` (bias-free copies of the layer with
-    modified weights) and implements :meth:`modified`, and is listed in :data:`RULE_LAYERS`.
+    modified weights) and implements :meth:`modified`, and is listed in :data:`LRP_LAYERS`.
     """
 
     #: name -> weight modifier of the bias-free copies the rule needs
     variants: dict = {}
 
-    def __init__(self, layer: nn.Module, rule: Rule):
+    layer: nn.Module
+    rule: LrpRule
+    # set with object.__setattr__ (not submodules, not state): declared for the type checker
+    _v: dict[str, nn.Module]
+    bounds: Any
+    probes: list[torch.Tensor]
+    low: torch.Tensor | None
+    high: torch.Tensor | None
+
+    def __init__(self, layer: nn.Module, rule: LrpRule):
         super().__init__()
         self.layer = layer
         self.rule = rule
@@ -237,7 +258,7 @@ def _sign(zd: torch.Tensor) -> torch.Tensor:
 _SIGNED = {"plus": lambda w: w.clamp(min=0), "minus": lambda w: w.clamp(max=0)}
 
 
-class _Epsilon(_RuleLayer):
+class _Epsilon(_LrpLayer):
     """epsilon (and ``pass``: eps = 0): ``k = z / (z + eps sign z)``; the bias keeps its share."""
 
     def modified(self, x, zd, plain, bias):
@@ -246,7 +267,7 @@ class _Epsilon(_RuleLayer):
         return plain, k
 
 
-class _Gamma(_RuleLayer):
+class _Gamma(_LrpLayer):
     """gamma: ``w + gamma w+`` on positive outputs, ``w + gamma w-`` on negative ones."""
 
     variants = _SIGNED
@@ -267,7 +288,7 @@ class _Gamma(_RuleLayer):
         return mod, _ratio(zd, den)
 
 
-class _AlphaBeta(_RuleLayer):
+class _AlphaBeta(_LrpLayer):
     """alpha-beta (z+: alpha 1, beta 0): the bias is left out of both denominators."""
 
     variants = _SIGNED
@@ -279,7 +300,7 @@ class _AlphaBeta(_RuleLayer):
         return mod, torch.ones_like(zd)
 
 
-class _Flat(_RuleLayer):
+class _Flat(_LrpLayer):
     """flat (first layer): relevance spread evenly over each output's inputs."""
 
     variants = {"spread": torch.ones_like}
@@ -298,7 +319,7 @@ class _WSquare(_Flat):
     variants = {"spread": lambda w: w * w}
 
 
-class _Box(_RuleLayer):
+class _Box(_LrpLayer):
     """z^B (first layer): bounded inputs, with the lowest and highest input values."""
 
     variants = _SIGNED
@@ -306,6 +327,8 @@ class _Box(_RuleLayer):
     def modified(self, x, zd, plain, bias):
         # the bounds are graph tensors made from x, so their gradients can be read
         lo, hi = self.low, self.high
+        if lo is None or hi is None:  # lrp() sets them before each call
+            raise RuntimeError("the z^B rule needs the input bounds (low, high) first")
         if lo.dim() != x.dim():  # e.g. a linear first layer on the flattened input
             shape = (-1,) + (1,) * (x.dim() - 1)
             lo = lo.reshape(lo.shape[0], -1).amin(1).view(shape)
@@ -318,7 +341,7 @@ class _Box(_RuleLayer):
 
 
 #: The wrapper class of each rule kind: a new rule is a new entry.
-RULE_LAYERS = {
+LRP_LAYERS = {
     "epsilon": _Epsilon,
     "pass": _Epsilon,
     "gamma": _Gamma,
@@ -329,25 +352,29 @@ RULE_LAYERS = {
 }
 
 
-def rule_layer(layer: nn.Module, rule: Rule) -> _RuleLayer:
+def lrp_layer(layer: nn.Module, rule: LrpRule) -> _LrpLayer:
     """``layer`` wrapped so that its gradient follows ``rule``.
 
     Examples
     --------
-    >>> w = rule_layer(nn.Linear(3, 2), parse_rule("zplus"))
+    >>> w = lrp_layer(nn.Linear(3, 2), parse_lrp_rule("zplus"))
     >>> type(w).__name__, str(w.rule)
     ('_AlphaBeta', 'zplus')
     """
-    return RULE_LAYERS[rule.kind](layer, rule)
+    return LRP_LAYERS[rule.kind](layer, rule)
 
 
 class _PassActivation(nn.Module):
     """Elementwise activation whose backward passes relevance unchanged: ``g * act(z) / z``."""
 
+    _act: nn.Module  # not a submodule (object.__setattr__)
+
     def __init__(self, act: nn.Module):
         super().__init__()
         if getattr(act, "inplace", False):
-            act.inplace = False  # a private copy: the ratio must not overwrite z
+            # a private copy: the ratio must not overwrite z (torch's stubs type module
+            # attributes they do not know as Tensor | Module)
+            act.inplace = False  # type: ignore[assignment]
         object.__setattr__(self, "_act", act)
 
     def extra_repr(self) -> str:
@@ -379,24 +406,33 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
-def _bn_affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _bn_affine(bn: _BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)`` per channel of an eval-mode BatchNorm: ``bn(x) = x * scale + shift``."""
-    scale = torch.rsqrt(bn.running_var + bn.eps)
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise CnnscopeError("LRP needs BatchNorms with running statistics (track_running_stats)")
+    scale = torch.rsqrt(var + bn.eps)
     if bn.weight is not None:
         scale = scale * bn.weight
-    shift = -bn.running_mean * scale
+    shift = -mean * scale
     if bn.bias is not None:
         shift = shift + bn.bias
     return scale, shift
 
 
-def _is_linear(m: nn.Module) -> bool:
+#: The layers LRP rewrites with a rule.
+_Linear = nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear
+
+
+def _is_linear(m: nn.Module | None) -> TypeGuard[_Linear]:
     return isinstance(m, (*_CONVS, nn.Linear))
 
 
 class _ConstantGate(nn.Module):
     """A gate ``g`` of ``x * g(x)`` (squeeze-excitation, attention) as a constant: relevance
     flows only through ``x``, and none into the branch that computes the gate."""
+
+    _gate: nn.Module  # not a submodule (object.__setattr__)
 
     def __init__(self, gate: nn.Module):
         super().__init__()
@@ -409,17 +445,20 @@ class _ConstantGate(nn.Module):
         return self._gate(z).detach()
 
 
-class _LayerNormRule(_RuleLayer):
+class _LrpLayerNorm(_LrpLayer):
     """LayerNorm with its standard deviation held constant (the LN-rule of Ali et al. 2022):
     ``w (x - mean x) / std + b`` is then linear in ``x`` and passes relevance on; the bias
     share is absorbed as for other layers. Handles channels-last and channels-first
     (``LayerNorm2d``) use; a LayerNorm it cannot reproduce is left as it is, with a warning.
     """
 
+    layer: nn.LayerNorm
+    warned: bool
+
     def __init__(self, layer: nn.LayerNorm):
         nn.Module.__init__(self)
         self.layer = layer
-        self.rule = Rule("pass")
+        self.rule = LrpRule("pass")
         for key, value in (("_v", {}), ("bounds", None), ("probes", []), ("low", None)):
             object.__setattr__(self, key, value)
         object.__setattr__(self, "warned", False)

@@ -1,1 +1,1 @@
-"""HTTP routes of the explorer: thin wrappers around :mod:`cnnscope.server.service`."""
+"""HTTP routes of the explorer: checks in :mod:`.deps`, answers from :mod:`cnnscope.server.services`."""

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.requests import ClientDisconnect
 
-from ...attribution.render import STYLES
+from ...attribution import Method
+from ...attribution.figures import STYLES
+from ...tree.options import DEFAULT_GAIN
+from ...vocabulary import url_form
+from ..refs import ImageRef, LayerRef, UnitRef
 from ..schemas import (
     GalleryOut,
     ImageOut,
@@ -20,8 +24,8 @@ from ..schemas import (
     UploadOut,
 )
 from ..service import ExplorerService
+from ..services.models import DEFAULTS
 from ..store import (
-    ID_PATTERN,
     BadRequestError,
     ImageRecord,
     ImageStore,
@@ -31,24 +35,22 @@ from ..store import (
 )
 from .deps import (
     ERRORS,
-    LAYER_PATTERN,
-    UNIT_PATTERN,
+    Responses,
+    cam_layer_ref,
     checked_model,
+    image_ref,
     image_url,
+    map_unit_query_ref,
+    method_ref,
     recon_url,
     service,
+    target_class,
 )
 
 router = APIRouter(prefix="/api/images", tags=["images"], responses=ERRORS)
 
-ImageId = Path(
-    ...,
-    max_length=64,
-    description="image id from /api/images",
-    examples=["chelsea"],
-    json_schema_extra={"pattern": ID_PATTERN},  # checked by the store: 400 otherwise
-)
-PNG = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+PNG: Responses = {200: {"content": {"image/png": {}}, "description": "a PNG image"}}
+JPEG: Responses = {200: {"content": {"image/jpeg": {}}, "description": "a JPEG image"}}
 CACHE = {"Cache-Control": "public, max-age=3600"}
 
 
@@ -166,47 +168,51 @@ async def read_capped(request: Request, store: ImageStore, timeout_s: float) -> 
 
 @router.get("/{image_id}", response_model=ImageOut, summary="One image")
 def get_image(
-    request: Request, image_id: str = ImageId, model: str = Depends(checked_model)
+    model: str = Depends(checked_model), image: ImageRef = Depends(image_ref)
 ) -> ImageOut:
     """Name, source and URLs of one image."""
-    return image_out(request.app.state.store.get(image_id), model)
+    return image_out(image.record, model)
 
 
 @router.get(
     "/{image_id}/thumbnail.jpg",
-    responses={200: {"content": {"image/jpeg": {}}}},
+    responses=JPEG,
     summary="Thumbnail",
 )
-async def thumbnail(image_id: str = ImageId, svc: ExplorerService = Depends(service)) -> Response:
+async def thumbnail(
+    image: ImageRef = Depends(image_ref), svc: ExplorerService = Depends(service)
+) -> Response:
     """A JPEG thumbnail of the original image (at most 320 px)."""
-    return Response(await svc.thumbnail(image_id), media_type="image/jpeg", headers=CACHE)
+    return Response(await svc.images.thumbnail(image), media_type="image/jpeg", headers=CACHE)
 
 
 @router.get("/{image_id}/input.png", responses=PNG, summary="The image as the model sees it")
-async def input_png(image_id: str = ImageId, svc: ExplorerService = Depends(service)) -> Response:
+async def input_png(
+    image: ImageRef = Depends(image_ref), svc: ExplorerService = Depends(service)
+) -> Response:
     """The image resized and cropped to the model's input size."""
-    return Response(await svc.input_png(image_id), media_type="image/png", headers=CACHE)
+    return Response(await svc.images.input_png(image), media_type="image/png", headers=CACHE)
 
 
 @router.get("/{image_id}/predictions", response_model=PredictionsOut, summary="Top classes")
 async def predictions(
-    image_id: str = ImageId,
+    _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
     k: int = Query(5, ge=1, le=20, description="how many classes"),
     svc: ExplorerService = Depends(service),
-    _model: str = Depends(checked_model),
 ) -> PredictionsOut:
     """The model's top-``k`` classes with probabilities."""
-    preds = await svc.predictions(image_id, k)
-    return PredictionsOut(image=image_id, predictions=[Prediction(**p) for p in preds])
+    preds = await svc.images.predictions(image, k)
+    return PredictionsOut(image=image.id, predictions=[Prediction(**p) for p in preds])
 
 
 @router.get("/{image_id}/overview", response_model=OverviewOut, summary="Top units per chain layer")
 async def overview(
-    image_id: str = ImageId,
-    per_layer: int = Query(8, ge=1, le=16, description="units per layer"),
-    rule: Rule = Query("guided", description="backward rule of the reconstructions"),
-    svc: ExplorerService = Depends(service),
     model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    per_layer: int = Query(8, ge=1, le=16, description="units per layer"),
+    rule: Rule = Query(DEFAULTS["rule"], description="backward rule of the reconstructions"),
+    svc: ExplorerService = Depends(service),
 ) -> OverviewOut:
     """For each chain layer, its strongest units (`cnnscope.engine.strength`: the maximum,
     read before a ReLU-family activation so that units clipped at 6 do not tie).
@@ -214,10 +220,10 @@ async def overview(
     Each unit comes with the URL of its reconstruction; they are queued at once, in one
     batched backward per chunk.
     """
-    layers = await svc.overview(image_id, per_layer)
+    image_id = image.id
     out = []
-    for entry in layers:
-        info = svc.layer_info(entry["layer"])
+    for entry in await svc.images.overview(image, per_layer):
+        info = svc.layers[entry["layer"]]  # the library's own names: nothing to check
         is_class = svc.is_class_layer(info.name)
         units = []
         for u in entry["units"]:
@@ -230,7 +236,7 @@ async def overview(
                     label=svc.model.label(channel) if is_class else None,
                     reconstruction=class_picture_url(image_id, channel, model)
                     if is_class
-                    else recon_url(image_id, u["unit"].replace("#", "~"), rule, "auto", model),
+                    else recon_url(image_id, url_form(u["unit"]), rule, DEFAULT_GAIN, model),
                 )
             )
         picture = CLASS_PICTURE if is_class else f"reconstruction ({rule})"
@@ -238,7 +244,7 @@ async def overview(
             OverviewLayer(layer=info.name, shape=list(info.shape), units=units, picture=picture)
         )
     drawn = [u.unit for layer in out if layer.picture != CLASS_PICTURE for u in layer.units]
-    svc.prefetch(image_id, [u.replace("#", "~") for u in drawn], rule, "auto")
+    svc.compute.prefetch(image_id, [url_form(u) for u in drawn], rule, DEFAULT_GAIN)
     return OverviewOut(image=image_id, rule=rule, layers=out)
 
 
@@ -259,19 +265,11 @@ def class_picture_url(image_id: str, channel: int, model: str) -> str:
 @router.get("/{image_id}/attribution.png", responses=PNG, summary="Attribution map")
 async def attribution(
     response: Response,
-    image_id: str = ImageId,
-    method: str = Query(
-        "grad_cam", max_length=64, description="see /api/models attribution_methods"
-    ),
-    target: int | None = Query(
-        None, ge=0, le=1_000_000, description="class index (default: top class)"
-    ),
-    layer: str | None = Query(
-        None,
-        max_length=200,
-        description="layer for CAM methods",
-        json_schema_extra={"pattern": LAYER_PATTERN},
-    ),
+    _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    method: Method = Depends(method_ref),
+    target: int | None = Depends(target_class),
+    layer: LayerRef | None = Depends(cam_layer_ref),
     style: str | None = Query(
         None,
         max_length=32,
@@ -279,27 +277,21 @@ async def attribution(
         json_schema_extra={"enum": list(STYLES)},
     ),
     svc: ExplorerService = Depends(service),
-    _model: str = Depends(checked_model),
 ) -> Response:
     """Why the model predicts ``target``: an attribution map over the model's view."""
     if style is not None and style not in STYLES:
         raise BadRequestError(f"unknown style {style!r}: choose one of {', '.join(STYLES)}")
-    png, cls = await svc.attribution(image_id, method, target, layer, style)
+    png, cls = await svc.images.attribution(image, method, target, layer, style)
     return Response(png, media_type="image/png", headers={**CACHE, "X-Target-Class": str(cls)})
 
 
 @router.get("/{image_id}/activation.png", responses=PNG, summary="A unit's activation map")
 async def activation(
-    image_id: str = ImageId,
-    unit: str = Query(
-        ...,
-        max_length=200,
-        description="LAYER:CHANNEL",
-        examples=["blocks.15:120"],
-        json_schema_extra={"pattern": UNIT_PATTERN},
-    ),
-    svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    unit: UnitRef = Depends(map_unit_query_ref),
+    svc: ExplorerService = Depends(service),
 ) -> Response:
     """Where on the image a unit fires, over the model's view."""
-    return Response(await svc.activation(image_id, unit), media_type="image/png", headers=CACHE)
+    png = await svc.images.activation(image, unit)
+    return Response(png, media_type="image/png", headers=CACHE)

@@ -15,32 +15,44 @@ import gzip
 import hashlib
 import threading
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeAlias
 from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from ...engine import INPUT, LOGITS
+from ...views import NORMALIZE_MODES
+from ...vocabulary import url_form
+from ..refs import LAYER_ORDERS, ImageRef, LayerRef, OrderingRef, References
 from ..service import ExplorerService
-from .deps import ERRORS, LAYER_PATTERN, checked_model, image_url, service
-from .images import CACHE, PNG, ImageId
+from ..services.models import DEFAULTS
+from .deps import (
+    ERRORS,
+    Responses,
+    checked_model,
+    image_ref,
+    layer_url,
+    maps_layer_ref,
+    references,
+    service,
+)
+from .images import CACHE, PNG
 
 router = APIRouter(tags=["layers"], responses=ERRORS)
 
-Order = Literal["none", "kmeans", "pca-slice", "pca"]
-Normalize = Literal["joint", "channel"]
+# The choices are the library's lists (views.ORDER_METHODS, views.NORMALIZE_MODES).
+if TYPE_CHECKING:
+    Order: TypeAlias = str
+    Normalize: TypeAlias = str
+else:
+    Order = Literal[LAYER_ORDERS]
+    Normalize = Literal[NORMALIZE_MODES]
 
-LayerPath = Path(
-    ...,
-    min_length=1,
-    max_length=200,
-    description="layer name (a layer's call K is written ~K)",
-    examples=["blocks.5.expand_act"],
-    json_schema_extra={"pattern": LAYER_PATTERN},
+OrderQuery = Query(DEFAULTS["order"], description="channel ordering: see /api/vocabulary orders")
+KQuery = Query(
+    None, ge=1, le=4096, description=f"k-means clusters (default {DEFAULTS['clusters']})"
 )
-OrderQuery = Query("none", description="channel ordering: none, kmeans, pca-slice or pca")
-KQuery = Query(None, ge=1, le=4096, description="k-means clusters (default 6)")
 RowQuery = Query(None, ge=0, le=100_000, description="row of the slice (default: the middle)")
 
 
@@ -53,12 +65,21 @@ class OrderingQuery:
     row: int | None = RowQuery
 
 
-@dataclass
-class MosaicQuery(OrderingQuery):
-    """A mosaic: its ordering and normalisation."""
+NormalizeQuery = Query(
+    DEFAULTS["normalize"], description="colour scale: see /api/vocabulary normalizations"
+)
 
-    normalize: Normalize = Query("joint", description="joint (one scale) or channel")
 
+def ordering_ref(
+    layer: LayerRef = Depends(maps_layer_ref),
+    q: OrderingQuery = Depends(),
+    refs: References = Depends(references),
+) -> OrderingRef:
+    """The ordering of ``?order=&k=&row=``, checked against the layer (400 out of range)."""
+    return refs.ordering(layer, q.order, q.k, q.row)
+
+
+FIGURE: Responses = {200: {"content": {"application/json": {}}, "description": "a plotly figure"}}
 
 #: plotly.js never changes for one installed plotly: the browser may keep it for a year.
 VENDOR_CACHE = {"Cache-Control": "public, max-age=31536000, immutable"}
@@ -136,21 +157,11 @@ class MosaicOut(BaseModel):
 # ---------------------------------------------------------------------------- helpers
 
 
-def url_name(layer: str) -> str:
-    """A layer name as written in URLs (``name#K`` -> ``name~K``)."""
-    return layer.replace("#", "~")
-
-
-def layer_url(image_id: str, layer: str, what: str, **params) -> str:
-    """``/api/images/{id}/layers/{layer}/{what}?params``."""
-    return image_url(image_id, f"layers/{quote(url_name(layer), safe='~')}/{what}", **params)
-
-
 def _layer_view(svc: ExplorerService, info) -> LayerViewInfo:
     maps = len(info.shape) == 3 and info.name != LOGITS
     return LayerViewInfo(
         name=info.name,
-        url_name=url_name(info.name),
+        url_name=url_form(info.name),
         kind=info.kind,
         shape=[int(v) for v in info.shape],
         channels=int(info.shape[0]) if info.shape else 1,
@@ -212,23 +223,22 @@ def _gzip_response(request: Request, body: bytes, media_type: str, headers: dict
 
 @router.get("/api/images/{image_id}/layers", response_model=LayersOut, summary="Layers with maps")
 def layers(
-    image_id: str = ImageId,
-    svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    svc: ExplorerService = Depends(service),
 ) -> LayersOut:
     """Every layer of the model (kind, shape), for the layer views of an image.
 
     Chain layers come first (top first); ``maps`` tells which layers have ``C x H x W``
     maps, the only ones with a mosaic and a volume.
     """
-    svc.store.get(image_id)
     chain = [svc.layers[name] for name in svc.chain if name in svc.layers]
     rest = [info for name, info in svc.layers.items() if name not in svc.chain]
     return LayersOut(
-        image=image_id,
+        image=image.id,
         default=default_layer(svc),
-        orders=list(svc.LAYER_ORDERS),
-        normalize=["joint", "channel"],
+        orders=list(LAYER_ORDERS),
+        normalize=list(NORMALIZE_MODES),
         plotly_js=f"/vendor/plotly.min.js?v={quote(plotly_version())}",
         layers=[_layer_view(svc, info) for info in chain + rest],
     )
@@ -240,11 +250,13 @@ def layers(
     summary="A layer's activation mosaic",
 )
 async def mosaic(
-    image_id: str = ImageId,
-    layer: str = LayerPath,
-    q: MosaicQuery = Depends(),
-    svc: ExplorerService = Depends(service),
     model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    layer: LayerRef = Depends(maps_layer_ref),
+    ordering: OrderingRef = Depends(ordering_ref),
+    q: OrderingQuery = Depends(),
+    normalize: Normalize = NormalizeQuery,
+    svc: ExplorerService = Depends(service),
 ) -> MosaicOut:
     """Every channel of ``layer`` as one tile: each tile's box in the PNG, its channel,
     max and mean, and the ordering's permutation and cluster separators.
@@ -252,15 +264,15 @@ async def mosaic(
     ``order``: ``kmeans`` (k-means on row ``row``, ``k`` clusters), ``pca-slice`` (PCA on
     row ``row``), ``pca`` (PCA over whole maps) or ``none``.
     """
-    _, meta = await svc.layer_mosaic(image_id, layer, q.order, q.normalize, k=q.k, row=q.row)
-    info = svc.check_layer_maps(layer)
-    params = {**asdict(q), "model": model}
-    order, normalize, k, row = q.order, q.normalize, q.k, q.row
-    ordering = meta["ordering"]
+    _, meta = await svc.layer_views.mosaic(image, layer, ordering, normalize)
+    info = layer.info
+    params = {**asdict(q), "normalize": normalize, "model": model}
+    order, k, row = q.order, q.k, q.row
+    found = meta["ordering"]
     return MosaicOut(
-        image=image_id,
+        image=image.id,
         layer=info.name,
-        url_name=url_name(info.name),
+        url_name=layer.url_name,
         kind=info.kind,
         shape=[int(v) for v in info.shape],
         order=order,
@@ -268,12 +280,12 @@ async def mosaic(
         cmap=meta["cmap"],
         width=meta["width"],
         height=meta["height"],
-        png=layer_url(image_id, info.name, "mosaic.png", **params),
-        volume=layer_url(image_id, info.name, "volume", order=order, k=k, row=row, model=model),
+        png=layer_url(image.id, info.name, "mosaic.png", **params),
+        volume=layer_url(image.id, info.name, "volume", order=order, k=k, row=row, model=model),
         tree=info.name != INPUT,
         permutation=meta["permutation"],
-        separators=ordering["separators"] if ordering else [],
-        ordering=OrderingOut(**ordering) if ordering else None,
+        separators=found["separators"] if found else [],
+        ordering=OrderingOut(**found) if found else None,
         tiles=[MosaicTile(**tile) for tile in meta["tiles"]],
     )
 
@@ -284,36 +296,37 @@ async def mosaic(
     summary="A layer's activation mosaic (PNG)",
 )
 async def mosaic_png(
-    image_id: str = ImageId,
-    layer: str = LayerPath,
-    q: MosaicQuery = Depends(),
-    svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    layer: LayerRef = Depends(maps_layer_ref),
+    ordering: OrderingRef = Depends(ordering_ref),
+    normalize: Normalize = NormalizeQuery,
+    svc: ExplorerService = Depends(service),
 ) -> Response:
     """The mosaic picture: channel numbers above the tiles; with k-means, each cluster's
     label strips in their own tint and a red mark where a cluster starts."""
-    png, _ = await svc.layer_mosaic(image_id, layer, q.order, q.normalize, k=q.k, row=q.row)
+    png, _ = await svc.layer_views.mosaic(image, layer, ordering, normalize)
     return Response(png, media_type="image/png", headers=CACHE)
 
 
 @router.get(
     "/api/images/{image_id}/layers/{layer}/volume",
-    responses={200: {"content": {"application/json": {}}, "description": "a plotly figure"}},
+    responses=FIGURE,
     summary="A layer's maps as a 3D volume (plotly figure)",
 )
 async def volume(
     request: Request,
-    image_id: str = ImageId,
-    layer: str = LayerPath,
-    q: OrderingQuery = Depends(),
-    svc: ExplorerService = Depends(service),
     _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    layer: LayerRef = Depends(maps_layer_ref),
+    ordering: OrderingRef = Depends(ordering_ref),
+    svc: ExplorerService = Depends(service),
 ) -> Response:
     """The stacked maps in display order as a plotly figure (``data``, ``layout``,
     ``frames``): the volume rendering with the selected slice, the slice at full
     resolution, and a slider through the slices. Draw it with plotly.js from
     ``/vendor/plotly.min.js``."""
-    body = await svc.layer_volume(image_id, layer, q.order, k=q.k, row=q.row)
+    body = await svc.layer_views.volume(image, layer, ordering)
     return _gzip_response(request, body, "application/json", CACHE)
 
 

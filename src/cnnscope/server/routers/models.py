@@ -4,15 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Request
 
-from ..schemas import IndexOut, LayerOut, ModelOut, ModelsOut
-from ..service import GAINS, RULES, ExplorerService
+from ...engine.rules import RULES
+from ...tree.options import GAINS
+from ..schemas import IndexOut, LayerOut, ModelOut, ModelsOut, VocabularyOut
+from ..service import ExplorerService
+from ..services.models import picker_methods
+from ..services.models import vocabulary as vocabulary_lists
 from .deps import GUARDED, service
+from .pages import page_urls
 
 router = APIRouter(prefix="/api", tags=["models"], responses=GUARDED)
 
 
 def layer_out(svc: ExplorerService, name: str) -> LayerOut:
-    info = svc.layer_info(name)
+    info = svc.layers[name]  # a chain layer: the library's own name
     field = info.field
     return LayerOut(
         name=info.name,
@@ -25,8 +30,6 @@ def layer_out(svc: ExplorerService, name: str) -> LayerOut:
 
 
 def model_out(svc: ExplorerService) -> ModelOut:
-    from .. import service as service_module
-
     return ModelOut(
         name=svc.model.name,
         input_size=list(svc.input_size),
@@ -35,11 +38,13 @@ def model_out(svc: ExplorerService) -> ModelOut:
         chain=[layer_out(svc, name) for name in svc.chain],
         rules=list(RULES),
         gains=list(GAINS),
-        attribution_methods=svc.attribution_methods,
-        attribution_source="engine" if service_module._attribute is None else "attribution",
-        index=svc.index_available,
-        index_state=svc.index_state()["state"],
-        synthesis=svc.synthesis_available,
+        attribution_methods={
+            m.name: m.title + (" (slow)" if m.slow else "") for m in picker_methods()
+        },
+        attribution_source="attribution",
+        index=svc.index.available,
+        index_state=svc.index.state()["state"],
+        synthesis=svc.units.synthesis_available,
     )
 
 
@@ -53,11 +58,19 @@ def models(request: Request, svc: ExplorerService = Depends(service)) -> ModelsO
     )
 
 
+@router.get("/vocabulary", response_model=VocabularyOut, summary="Every list of choices")
+def vocabulary() -> VocabularyOut:
+    """The choices the pages offer, with titles and help, as the library owns them:
+    backward rules, gains, scorings, signs, attribution methods (with their cost), the
+    call suffix of layer names (``#`` in names, ``~`` in URLs) and every page's URL."""
+    return VocabularyOut(**vocabulary_lists(page_urls()))
+
+
 @router.get("/index", response_model=IndexOut, tags=["units"], summary="The dataset index")
 def index_state(svc: ExplorerService = Depends(service)) -> IndexOut:
     """Whether dataset examples are ready; while the gallery's default index is built in
     the background (on the first start), how many images are done."""
-    return IndexOut(**svc.index_state())
+    return IndexOut(**svc.index.state())
 
 
 @router.get("/stats", tags=["system"], summary="Cache and worker counters")

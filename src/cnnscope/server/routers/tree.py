@@ -7,33 +7,31 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from ...tree import Node
+from ...tree.options import DEFAULT_GAIN, DEFAULT_SCORING
+from ..refs import ImageRef, TreePathRef, UnitRef
 from ..schemas import ChildrenOut, FaithfulnessOut, Gain, NodeOut, ParentsOut, Rule, Scoring, Sign
 from ..service import ExplorerService
-from .deps import ERRORS, PATH_PATTERN, UNIT_PATTERN, checked_model, recon_url, service
-from .images import CACHE, PNG, ImageId
+from ..services.models import DEFAULTS
+from .deps import (
+    ERRORS,
+    checked_model,
+    image_ref,
+    recon_url,
+    service,
+    tree_path_ref,
+    unit_query_ref,
+)
+from .images import CACHE, PNG
 
 router = APIRouter(prefix="/api/images", tags=["tree"], responses=ERRORS)
 
-PathQuery = Query(
-    ...,
-    min_length=1,
-    max_length=2000,
-    description="tree path, root first, units joined by '/' (a layer's call K is written ~K)",
-    examples=["logits:285/head_act:254"],
-    json_schema_extra={"pattern": PATH_PATTERN},
-)
-K = Query(5, ge=1, le=16, description="how many children")
-RULE = Query("guided", description="backward rule: gradient, deconvnet, guided or guided_neg")
-SCORING = Query(
-    "path",
-    description="path: conditioned on the path (default); local: own max; "
-    "seed: cnn_treevis's formula (G after the child's rule, |mean(A*G)|)",
-)
-GAIN = Query("auto", description="gain of each deeper node: auto (L1 mass), fixed or none")
-SIGN = Query(
-    "pos",
-    description="pos: children with the rule's polarity (what it passes); neg: against it",
-)
+# The defaults are the library's, as /api/vocabulary serves them (defaults).
+K = Query(DEFAULTS["k"], ge=1, le=16, description="how many children")
+RULE = Query(DEFAULTS["rule"], description="backward rule: see /api/vocabulary rules")
+SCORING = Query(DEFAULTS["scoring"], description="how children are ranked: see scorings")
+GAIN = Query(DEFAULTS["gain"], description="gain of each deeper node: see gains")
+SIGN = Query(DEFAULTS["sign"], description="which children: see signs")
 
 
 @dataclass
@@ -49,32 +47,32 @@ class Expansion:
 
 def node_out(
     svc: ExplorerService,
-    image_id: str,
-    node: dict,
+    image: ImageRef,
+    node: Node,
     rule: str,
     gain: str,
     model: str,
     alone: bool = False,
-    scoring: str = "path",
+    scoring: str = DEFAULT_SCORING,
 ) -> NodeOut:
-    """A node as JSON; ``alone``: its reconstruction as a root rather than along its path."""
-    label = svc.model.label(node["channel"]) if svc.is_class_layer(node["layer"]) else None
-    recon = node["path"].split("/")[0] if alone else node["path"]
-    url = recon_url(image_id, recon, rule, gain, model)
+    """A tree node as JSON; ``alone``: its reconstruction as a root rather than along its path."""
+    recon = TreePathRef.of(node.path[:1] if alone else node.path).text
+    url = recon_url(image.id, recon, rule, gain, model)
     if scoring == "seed" and not alone:  # seed scoring's nodes have seeds of their own
         url += "&scoring=seed"
     if alone:  # a drill-up list's small picture: a low unit's few pixels, zoomed
         url += "&crop=support"
-    return NodeOut(**node, label=label, reconstruction=url)
+    label = svc.model.label(node.unit.channel) if svc.is_class_layer(node.unit.layer) else None
+    return NodeOut.of(node, label=label, reconstruction=url)
 
 
 @router.get("/{image_id}/children", response_model=ChildrenOut, summary="Expand a node")
 async def children(
-    image_id: str = ImageId,
-    path: str = PathQuery,
+    model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    path: TreePathRef = Depends(tree_path_ref),
     how: Expansion = Depends(),
     svc: ExplorerService = Depends(service),
-    model: str = Depends(checked_model),
 ) -> ChildrenOut:
     """The top-``k`` units of the next lower chain layer that feed the last unit of ``path``.
 
@@ -83,70 +81,64 @@ async def children(
     ``|mean(A_c * G_c)|`` with ``G`` taken through the child's rule (``scoring=seed``).
     ``share`` is a child's part of its parent's evidence of the same sign. Their
     reconstructions are queued at once, so the URLs given here are fast to fetch.
+    Without children, ``reason`` says why (the bottom of the chain, or no unit of the
+    sign asked for).
     """
-    nodes = await svc.children(image_id, path, **asdict(how))
-    units, canonical = svc.check_path(path)
+    found = await svc.tree.children(image, path, **asdict(how))
+    nodes = found.nodes
     return ChildrenOut(
-        image=image_id,
-        path=canonical,
-        layer=nodes[0]["layer"] if nodes else svc.chain_below(units[-1].layer),
+        image=image.id,
+        path=path.text,
+        layer=nodes[0].unit.layer if nodes else svc.chain_below(path.last.layer),
         **asdict(how),
         children=[
-            node_out(svc, image_id, n, how.rule, how.gain, model, scoring=how.scoring)
-            for n in nodes
+            node_out(svc, image, n, how.rule, how.gain, model, scoring=how.scoring) for n in nodes
         ],
+        reason=found.reason,
     )
 
 
 @router.get("/{image_id}/parents", response_model=ParentsOut, summary="Drill up from a unit")
 async def parents(
-    image_id: str = ImageId,
-    unit: str = Query(
-        ...,
-        min_length=3,
-        max_length=200,
-        description="LAYER:CHANNEL",
-        examples=["blocks.11:33"],
-        json_schema_extra={"pattern": UNIT_PATTERN},
-    ),
+    model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    unit: UnitRef = Depends(unit_query_ref),
     k: int = K,
     rule: Rule = RULE,
     svc: ExplorerService = Depends(service),
-    model: str = Depends(checked_model),
 ) -> ParentsOut:
     """The units of the chain layer above ``unit`` that it feeds most.
 
     Each parent's ``path`` is ``PARENT/UNIT`` (re-rooting there keeps ``unit`` in view);
     its ``reconstruction`` is the parent's own, as a root.
     """
-    nodes = await svc.parents(image_id, unit, k=k, rule=rule)
-    parsed = svc.check_unit(unit)
+    nodes = await svc.tree.parents(image, unit, k=k, rule=rule)
     return ParentsOut(
-        image=image_id,
-        unit=str(parsed),
-        layer=nodes[0]["layer"] if nodes else svc.chain_above(parsed.layer),
-        parents=[node_out(svc, image_id, n, rule, "auto", model, alone=True) for n in nodes],
+        image=image.id,
+        unit=str(unit),
+        layer=nodes[0].unit.layer if nodes else svc.chain_above(unit.layer),
+        parents=[node_out(svc, image, n, rule, DEFAULT_GAIN, model, alone=True) for n in nodes],
     )
 
 
 @router.get("/{image_id}/faithfulness", response_model=FaithfulnessOut, summary="Edge faithfulness")
 async def faithfulness(
-    image_id: str = ImageId,
-    path: str = PathQuery,
+    _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    path: TreePathRef = Depends(tree_path_ref),
     how: Expansion = Depends(),
     svc: ExplorerService = Depends(service),
-    _model: str = Depends(checked_model),
 ) -> FaithfulnessOut:
     """Zero the node's shown children and measure the node's drop, against random channels."""
-    result = await svc.faithfulness(image_id, path, **asdict(how))
-    _, canonical = svc.check_path(path)
-    return FaithfulnessOut(image=image_id, path=canonical, **result)
+    result = await svc.tree.faithfulness(image, path, **asdict(how))
+    return FaithfulnessOut(image=image.id, path=path.text, **result)
 
 
 @router.get("/{image_id}/reconstruction.png", responses=PNG, summary="A node's reconstruction")
 async def reconstruction(
-    image_id: str = ImageId,
-    path: str = PathQuery,
+    _model: str = Depends(checked_model),
+    image: ImageRef = Depends(image_ref),
+    path: TreePathRef = Depends(tree_path_ref),
     rule: Rule = RULE,
     gain: Gain = GAIN,
     crop: Literal["none", "support", "focus"] = Query(
@@ -154,14 +146,13 @@ async def reconstruction(
         description="support: zoom on the pixels the gradient reaches; "
         "focus: on the cells where the node carries its evidence",
     ),
-    scoring: Scoring = Query("path", description="seed: the seed of a node scored so"),
+    scoring: Scoring = Query(DEFAULTS["scoring"], description="seed: the seed of a node scored so"),
     svc: ExplorerService = Depends(service),
-    _model: str = Depends(checked_model),
 ) -> Response:
     """The path-conditioned reconstruction of the last unit of ``path``, as PNG.
 
     Requests for the same image, rule and gain that arrive within a few milliseconds are
     answered by one batched backward.
     """
-    png = await svc.reconstruction(image_id, path, rule, gain, crop, scoring)
+    png = await svc.tree.reconstruction(image, path, rule, gain, crop, scoring)
     return Response(png, media_type="image/png", headers=CACHE)

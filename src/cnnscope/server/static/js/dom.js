@@ -1,4 +1,6 @@
-// Small DOM helpers: element builders, toasts and error cards. No framework.
+// Small DOM helpers and the widgets every page shares: element builders, toasts, error
+// cards, segmented controls, selects, switches, copy buttons and parent-unit links. No
+// framework.
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -121,4 +123,65 @@ export function lazyImage(src, { alt = "", cls = "", width, height, onFail } = {
   });
   wrap.append(img);
   return wrap;
+}
+
+/** A segmented control: `options` are [value, label] pairs; `onChange(value)` on a click. */
+export function segmented(options, current, onChange, label) {
+  const group = h("div", { class: "segmented", role: "radiogroup", "aria-label": label });
+  for (const [value, text] of options) {
+    const b = h("button", { type: "button", role: "radio", "aria-checked": String(value === current), "data-value": value }, text);
+    b.addEventListener("click", () => {
+      for (const other of group.children) other.setAttribute("aria-checked", String(other === b));
+      onChange(value);
+    });
+    group.append(b);
+  }
+  return group;
+}
+
+/** A <select>: `options` are [value, label] pairs; `onChange(value)` gets the option's value
+ *  as a string; `attrs` (id, aria-label, title) go on the element. */
+export function choice(options, current, onChange, attrs = {}) {
+  const sel = h(
+    "select",
+    { class: "select", ...attrs },
+    options.map(([value, text]) => h("option", { value, selected: String(value) === String(current) }, text)),
+  );
+  sel.addEventListener("change", () => onChange(sel.value));
+  return sel;
+}
+
+/** A labelled on/off switch (a checkbox); `onChange(checked)`. */
+export function toggleSwitch(id, text, checked, onChange, { title, accent = false } = {}) {
+  const input = h("input", { type: "checkbox", id, checked });
+  input.addEventListener("change", () => onChange(input.checked));
+  return h("label", { class: `switch${accent ? " switch-accent" : ""}`, for: id, title }, input, h("span", { class: "switch-track" }), text);
+}
+
+/** Copy `text` to the clipboard and say `done`; where the clipboard is refused, a prompt
+ *  (titled `ask`) shows the text to copy by hand. */
+export async function copyText(text, done, ask = "Copy this:") {
+  try {
+    await navigator.clipboard.writeText(text);
+    toast(done);
+  } catch (_) {
+    window.prompt(ask, text);
+  }
+}
+
+/** The "Copy link" button of a page whose URL restores its view. */
+export function copyLinkButton() {
+  const b = h("button", { type: "button", class: "btn btn-ghost", id: "copy-link", title: "copy a link to this view" }, "Copy link");
+  b.addEventListener("click", () => copyText(window.location.href, "Link copied: it restores this exact view", "Copy this link:"));
+  return b;
+}
+
+/** A link to a parent unit (the drill-up answers): its reconstruction, name, label, weight. */
+export function parentLink(p, href, title) {
+  return h(
+    "a",
+    { class: `parent-item${p.sign === "neg" ? " neg" : ""}`, href, title },
+    lazyImage(p.reconstruction, { alt: p.unit, cls: "parent-img" }),
+    h("span", {}, h("code", {}, p.unit), p.label ? h("span", { class: "muted small" }, ` ${p.label.split(",")[0]}`) : null, h("span", { class: "muted small" }, ` · ${num(p.weight)}`)),
+  );
 }

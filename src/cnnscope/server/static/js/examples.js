@@ -2,7 +2,7 @@
 // On the first start the server builds the gallery's index in the background: until it is
 // ready, slots show its progress and fill in by themselves when it is done.
 
-import { api, enc, splitUnit } from "./api.js";
+import { api, enc, splitUnit, unitFromUrl, unitToUrl } from "./api.js";
 import { h, lazyImage, mount } from "./dom.js";
 
 const POLL_MS = 2000;
@@ -41,7 +41,7 @@ function buildingText(state) {
 
 /** Whether the index covers `unit`'s layer (older servers do not list their layers). */
 export function covers(state, unit) {
-  return !state.layers || state.layers.includes(splitUnit(unit.replace(/~/g, "#").split("@")[0]).layer);
+  return !state.layers || state.layers.includes(splitUnit(unitFromUrl(unit).split("@")[0]).layer);
 }
 
 /** The flag that points the examples at the user's own photos. */
@@ -86,7 +86,7 @@ export function examplesSlot(unit, { cls = "panel-img", onShow = null, onHide = 
         if (onHide) onHide();
         else shown();
       } else if (state.state === "ready") {
-        const img = lazyImage(`/api/units/${enc(unit.replace(/#/g, "~"))}/examples.png`, { alt: `dataset examples of ${unit}`, cls, onFail: () => onHide && onHide() });
+        const img = lazyImage(`/api/units/${enc(unitToUrl(unit))}/examples.png`, { alt: `dataset examples of ${unit}`, cls, onFail: () => onHide && onHide() });
         img.querySelector("img").addEventListener("load", shown);
         mount(box, img, about ? indexNote(state, about === "short") : null);
       } else if (state.state === "building") {

@@ -1,22 +1,29 @@
 // The explorer's front end: one shell, one module per page, routed by the URL path.
 
-import { ApiError, getModel, pages } from "./api.js";
+import { ApiError, getModel, getVocabulary, pages } from "./api.js";
 import { crumbs, errorCard, h, mount } from "./dom.js";
 
-const ROUTES = [
-  [/^\/$/, () => import("./pages/gallery.js"), []],
-  [/^\/images\/([^/]+)\/tree\/?$/, () => import("./pages/tree.js"), ["image"]],
-  [/^\/images\/([^/]+)\/layers\/?$/, () => import("./pages/layers.js"), ["image"]],
-  [/^\/images\/([^/]+)\/?$/, () => import("./pages/image.js"), ["image"]],
-  [/^\/units\/([^/]+)\/?$/, () => import("./pages/unit.js"), ["unit"]],
-];
+/** One route per page of the vocabulary: its URL template as a pattern, its module
+ *  (pages/<name>.js) and the names of its placeholders. */
+function routes(templates) {
+  return Object.entries(templates).map(([name, template]) => {
+    const names = [...template.matchAll(/\{(\w+)\}/g)].map((m) => m[1]);
+    const body = template
+      .split(/\{\w+\}/)
+      .map((part) => part.replace(/[.*+?^$()|[\]\\]/g, "\\$&"))
+      .join("([^/]+)");
+    const pattern = new RegExp(`^${body}${template.endsWith("/") ? "" : "\\/?"}$`);
+    return [pattern, () => import(`./pages/${name}.js`), names];
+  });
+}
 
 async function start() {
   const app = document.getElementById("app");
   const badge = document.getElementById("model-badge");
   let model;
+  let vocabulary;
   try {
-    model = await getModel();
+    [model, vocabulary] = await Promise.all([getModel(), getVocabulary()]);
     badge.textContent = model.name;
   } catch (err) {
     mount(app, errorCard("The explorer is not answering", err.message));
@@ -26,7 +33,7 @@ async function start() {
   const params = new URLSearchParams(window.location.search);
   const wanted = params.get("model");
   if (wanted && wanted !== model.name) {
-    crumbs([["Gallery", "/"], ["Wrong model"]]);
+    crumbs([["Gallery", pages.gallery()], ["Wrong model"]]);
     mount(
       app,
       errorCard(
@@ -35,13 +42,13 @@ async function start() {
           `Restart it with cnnscope serve --model ${wanted}, or open the link on this model.`,
         [
           h("a", { class: "btn", href: window.location.pathname + "?" + withModel(params, model.name) }, `Open with ${model.name}`),
-          h("a", { class: "btn btn-ghost", href: "/" }, "Gallery"),
+          h("a", { class: "btn btn-ghost", href: pages.gallery() }, "Gallery"),
         ],
       ),
     );
     return;
   }
-  for (const [pattern, load, names] of ROUTES) {
+  for (const [pattern, load, names] of routes(vocabulary.pages)) {
     const match = path.match(pattern);
     if (!match) continue;
     const args = {};
@@ -62,10 +69,10 @@ async function start() {
     }
     return;
   }
-  crumbs([["Gallery", "/"], ["Not found"]]);
+  crumbs([["Gallery", pages.gallery()], ["Not found"]]);
   mount(
     app,
-    errorCard("Page not found", `There is no page at ${path}.`, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]),
+    errorCard("Page not found", `There is no page at ${path}.`, [h("a", { class: "btn", href: pages.gallery() }, "Back to the gallery")]),
   );
 }
 

@@ -4,7 +4,7 @@
 // Polling is what tells the server that the picture is still wanted: the unit polled last
 // is rendered first, and a slot that left the page stops polling, so its job is dropped.
 
-import { api, enc } from "./api.js";
+import { api, enc, unitToUrl } from "./api.js";
 import { h, lazyImage, mount } from "./dom.js";
 
 const POLL_MS = 1000; // the server overtakes a job nobody polled for 3 s (BackgroundLane.recent_s)
@@ -15,7 +15,7 @@ export function visualizationSlot(unit, model) {
   if (!model.synthesis) {
     return mount(box, h("div", { class: "slot" }, "Feature synthesis is not available in this version of cnnscope."));
   }
-  const url = `/api/units/${enc(unit.replace(/#/g, "~"))}/visualization`;
+  const url = `/api/units/${enc(unitToUrl(unit))}/visualization`;
   let started = false;
 
   const start = async () => {

@@ -1,14 +1,8 @@
 // Gallery: built-in photos, the --gallery folder, uploads (file picker and drag and drop).
 
-import { ApiError, api, pages, query } from "../api.js";
+import { ApiError, api, pages, query, vocabulary } from "../api.js";
 import { crumbs, errorCard, h, mount, spinner, toast } from "../dom.js";
 import { indexBanner } from "../examples.js";
-
-const SECTIONS = [
-  ["builtin", "Built-in photos", "Ship with cnnscope; always available offline."],
-  ["folder", "Your folder", "From cnnscope serve --gallery DIR."],
-  ["upload", "Uploaded", "Stored in the server's data directory under a hash of their bytes."],
-];
 
 export async function render(app, { model }) {
   document.title = "Gallery · cnnscope explorer";
@@ -92,7 +86,8 @@ async function fill(grid, model) {
   const bySource = Object.groupBy ? Object.groupBy(data.images, (i) => i.source) : group(data.images);
   mount(
     grid,
-    SECTIONS.filter(([key]) => bySource[key]?.length).map(([key, title, hint]) =>
+    // one section per image source, in the vocabulary's order, with its title and help
+    vocabulary().sources.filter(({ name }) => bySource[name]?.length).map(({ name: key, title, help: hint }) =>
       h(
         "section",
         { class: "gallery-section" },

@@ -1,22 +1,20 @@
 // Image page: the model's view, top-5, an attribution map, and the overview of top units.
 
-import { RULES as RULE_NAMES, api, enc, pages, query, splitUnit } from "../api.js";
-import { crumbs, errorCard, h, lazyImage, mount, num, pct, spinner } from "../dom.js";
+import { api, defaults, enc, known, pages, query, splitUnit, termChoices, unitToUrl, vocabulary } from "../api.js";
+import { choice, crumbs, errorCard, h, lazyImage, mount, num, pct, spinner } from "../dom.js";
 
 const PER_LAYER = [4, 6, 8, 12, 16];
-const RULES = RULE_NAMES.map(([rule]) => rule);
 
 export async function render(app, { image, params, model }) {
   const info = await api(`/api/images/${enc(image)}`);
   document.title = `${info.name} · cnnscope explorer`;
-  crumbs([["Gallery", "/"], [info.name]]);
+  crumbs([["Gallery", pages.gallery()], [info.name]]);
   const state = {
     perLayer: clampChoice(Number(params.get("per_layer")), PER_LAYER, 6),
-    rule: RULES.includes(params.get("rule")) ? params.get("rule") : "guided",
-    method: params.get("method") || Object.keys(model.attribution_methods)[0],
+    rule: known("rules", params.get("rule"), defaults().rule),
+    method: known("methods", params.get("method"), defaults().method),
     target: params.get("target"),
   };
-  if (!(state.method in model.attribution_methods)) state.method = Object.keys(model.attribution_methods)[0];
 
   const predsBox = h("div", { class: "preds" }, spinner());
   const attrBox = h("div", { class: "attr-body" });
@@ -32,7 +30,7 @@ export async function render(app, { image, params, model }) {
         "div",
         { class: "page-head" },
         h("div", {}, h("h1", {}, info.name), h("p", { class: "muted" }, info.description, " · ", h("span", { class: `tag tag-${info.source}` }, info.source))),
-        h("div", { class: "head-actions" }, h("a", { class: "btn", href: `/images/${enc(image)}/layers${query({ model: model.name })}`, id: "open-layers", title: "activation mosaics, channel orderings and 3D volumes of any layer" }, "Layer views"), treeLink),
+        h("div", { class: "head-actions" }, h("a", { class: "btn", href: pages.layers(image, { model: model.name }), id: "open-layers", title: "activation mosaics, channel orderings and 3D volumes of any layer" }, "Layer views"), treeLink),
       ),
       h(
         "div",
@@ -98,7 +96,7 @@ function syncUrl(state) {
   history.replaceState(null, "", `${window.location.pathname}?${params}`);
 }
 
-export function treeUrl(image, model, path, rule = "guided") {
+export function treeUrl(image, model, path, rule = defaults().rule) {
   return pages.tree(image, { model: model.name, rule, path });
 }
 
@@ -115,24 +113,18 @@ function predRow(p, i, image, model, state) {
 
 function renderAttribution(box, image, model, state, preds) {
   const img = h("div", { class: "attr-image" });
-  const methodSel = h(
-    "select",
-    { class: "select", id: "attr-method", "aria-label": "attribution method" },
-    Object.entries(model.attribution_methods).map(([id, name]) => h("option", { value: id, selected: id === state.method }, name)),
-  );
-  methodSel.addEventListener("change", () => {
-    state.method = methodSel.value;
+  const pick = (key) => (value) => {
+    state[key] = value;
     draw();
-  });
-  const targetSel = h(
-    "select",
-    { class: "select", "aria-label": "target class" },
-    preds.map((p) => h("option", { value: String(p.index), selected: String(p.index) === state.target }, `${p.label.split(",")[0]} (#${p.index})`)),
+  };
+  const methods = vocabulary().methods.map((m) => [m.name, m.slow ? `${m.title} (slow)` : m.title]);
+  const methodSel = choice(methods, state.method, pick("method"), { id: "attr-method", "aria-label": "attribution method" });
+  const targetSel = choice(
+    preds.map((p) => [String(p.index), `${p.label.split(",")[0]} (#${p.index})`]),
+    state.target,
+    pick("target"),
+    { "aria-label": "target class" },
   );
-  targetSel.addEventListener("change", () => {
-    state.target = targetSel.value;
-    draw();
-  });
   const note = h(
     "p",
     { class: "muted small" },
@@ -147,30 +139,25 @@ function renderAttribution(box, image, model, state, preds) {
   draw();
 }
 
-export function segmented(options, current, onChange, label) {
-  const group = h("div", { class: "segmented", role: "radiogroup", "aria-label": label });
-  for (const [value, text] of options) {
-    const b = h("button", { type: "button", role: "radio", "aria-checked": String(value === current), "data-value": value }, text);
-    b.addEventListener("click", () => {
-      for (const other of group.children) other.setAttribute("aria-checked", String(other === b));
-      onChange(value);
-    });
-    group.append(b);
-  }
-  return group;
-}
-
 function controlsRow(state, reload) {
-  const per = h("select", { class: "select", "aria-label": "units per layer", id: "per-layer" }, PER_LAYER.map((n) => h("option", { value: n, selected: n === state.perLayer }, `${n} per layer`)));
-  per.addEventListener("change", () => {
-    state.perLayer = Number(per.value);
-    reload();
-  });
-  const rule = h("select", { class: "select", "aria-label": "backward rule", id: "overview-rule" }, RULE_NAMES.map(([r, name]) => h("option", { value: r, selected: r === state.rule }, name)));
-  rule.addEventListener("change", () => {
-    state.rule = rule.value;
-    reload();
-  });
+  const per = choice(
+    PER_LAYER.map((n) => [n, `${n} per layer`]),
+    state.perLayer,
+    (v) => {
+      state.perLayer = Number(v);
+      reload();
+    },
+    { "aria-label": "units per layer", id: "per-layer" },
+  );
+  const rule = choice(
+    termChoices("rules", defaults().rule),
+    state.rule,
+    (v) => {
+      state.rule = v;
+      reload();
+    },
+    { "aria-label": "backward rule", id: "overview-rule" },
+  );
   return h("div", { class: "controls" }, per, rule);
 }
 
@@ -188,7 +175,7 @@ function overviewRow(layer, image, model, state) {
           "a",
           {
             class: "unit-tile",
-            href: treeUrl(image, model, u.unit.replace(/#/g, "~"), state.rule),
+            href: treeUrl(image, model, unitToUrl(u.unit), state.rule),
             title: `${u.unit}${u.label ? " — " + u.label : ""} · strength ${num(u.score)} (max activation; pre-activation max for ReLU-family units)`,
             "data-unit": u.unit,
           },

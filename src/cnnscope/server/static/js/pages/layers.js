@@ -2,25 +2,16 @@
 // (k-means or PCA on a row slice, PCA over whole maps) with their permutation, and the
 // stacked maps as a 3D volume drawn by plotly.js, which the server serves from the
 // installed plotly Python package (loaded only when the volume is opened; no CDN).
-// The URL keeps the layer, ordering, normalisation and view.
+// The URL keeps the layer, ordering, normalisation and view. The orderings and scales, and
+// their defaults, are the library's (the vocabulary's orders and normalizations); the two
+// views and the k-means picker's sizes are the page's own.
 
-import { ApiError, api, enc, pages, query } from "../api.js";
-import { crumbs, errorCard, h, mount, num, pct, spinner, toast } from "../dom.js";
-import { segmented } from "./image.js";
+import { api, defaults, enc, errorText, known, pages, query, termChoices, unitFromUrl, unitToUrl, vocabulary } from "../api.js";
+import { choice, copyLinkButton, copyText, crumbs, errorCard, h, mount, num, pct, segmented, spinner } from "../dom.js";
 
 const VIEWS = [
   ["mosaic", "Mosaic"],
   ["volume", "3D volume"],
-];
-const ORDERS = [
-  ["none", "Channel order"],
-  ["kmeans", "K-means (row)"],
-  ["pca-slice", "PCA (row)"],
-  ["pca", "PCA (maps)"],
-];
-const NORMALIZE = [
-  ["joint", "Joint"],
-  ["channel", "Per channel"],
 ];
 const KS = [2, 3, 4, 5, 6, 8, 10, 12, 16];
 const MAX_CHIPS = 2048;
@@ -28,13 +19,13 @@ const MAX_CHIPS = 2048;
 export async function render(app, { image, params, model }) {
   const [info, listing] = await Promise.all([api(`/api/images/${enc(image)}`), api(`/api/images/${enc(image)}/layers${query({ model: model.name })}`)]);
   document.title = `Layer views · ${info.name} · cnnscope explorer`;
-  crumbs([["Gallery", "/"], [info.name, pages.image(image, model.name)], ["Layer views"]]);
+  crumbs([["Gallery", pages.gallery()], [info.name, pages.image(image, model.name)], ["Layer views"]]);
   const k = Number(params.get("k"));
   const state = {
-    layer: (params.get("layer") || listing.default).replace(/#/g, "~"),
+    layer: unitToUrl(params.get("layer") || listing.default),
     view: VIEWS.some(([v]) => v === params.get("view")) ? params.get("view") : "mosaic",
-    order: ORDERS.some(([o]) => o === params.get("order")) ? params.get("order") : "none",
-    normalize: NORMALIZE.some(([n]) => n === params.get("normalize")) ? params.get("normalize") : "joint",
+    order: known("orders", params.get("order"), defaults().order),
+    normalize: known("normalizations", params.get("normalize"), defaults().normalize),
     k: KS.includes(k) ? k : null,
   };
   new LayersView(app, { image, info, model, listing, state }).start();
@@ -69,20 +60,18 @@ class LayersView {
     layerSel.addEventListener("change", () => this.set("layer", layerSel.value));
     this.viewSeg = segmented(VIEWS, st.view, (v) => this.set("view", v), "view");
     this.viewSeg.id = "opt-view";
-    const orderSeg = segmented(ORDERS, st.order, (v) => this.set("order", v), "channel ordering");
+    const orderSeg = segmented(termChoices("orders"), st.order, (v) => this.set("order", v), "channel ordering");
     orderSeg.id = "opt-order";
-    this.kSel = h(
-      "select",
-      { class: "select", id: "opt-k", "aria-label": "k-means clusters", title: "number of k-means clusters" },
-      h("option", { value: "", selected: st.k === null }, "k = auto (6)"),
-      KS.map((n) => h("option", { value: n, selected: n === st.k }, `k = ${n}`)),
+    this.kSel = choice(
+      [["", `k = auto (${defaults().clusters})`], ...KS.map((n) => [n, `k = ${n}`])],
+      st.k ?? "",
+      (v) => this.set("k", v ? Number(v) : null),
+      { id: "opt-k", "aria-label": "k-means clusters", title: "number of k-means clusters" },
     );
-    this.kSel.addEventListener("change", () => this.set("k", this.kSel.value ? Number(this.kSel.value) : null));
-    this.normSeg = segmented(NORMALIZE, st.normalize, (v) => this.set("normalize", v), "normalisation");
+    this.normSeg = segmented(termChoices("normalizations"), st.normalize, (v) => this.set("normalize", v), "normalisation");
     this.normSeg.id = "opt-normalize";
-    this.normGroup = h("div", { class: "toolbar-group", title: "joint: one colour scale for the whole layer; per channel: each map on its own scale" }, h("span", { class: "toolbar-label" }, "Scale"), this.normSeg);
-    const copy = h("button", { type: "button", class: "btn btn-ghost", id: "copy-link", title: "copy a link to this view" }, "Copy link");
-    copy.addEventListener("click", () => copyLink());
+    this.normGroup = h("div", { class: "toolbar-group", title: vocabulary().normalizations.map((t) => `${t.title.toLowerCase()}: ${t.help}`).join("; ") }, h("span", { class: "toolbar-label" }, "Scale"), this.normSeg);
+    const copy = copyLinkButton();
 
     this.title = h("h1", {}, "Layer views");
     this.subtitle = h("p", { class: "muted" }, "");
@@ -132,12 +121,12 @@ class LayersView {
     const params = {
       model: this.model.name,
       layer: st.layer,
-      order: st.order === "none" ? null : st.order,
+      order: st.order === defaults().order ? null : st.order,
       k: st.order === "kmeans" ? st.k : null,
-      normalize: st.normalize === "joint" ? null : st.normalize,
+      normalize: st.normalize === defaults().normalize ? null : st.normalize,
       view: st.view === "mosaic" ? null : st.view,
     };
-    history.replaceState(null, "", `/images/${enc(this.image)}/layers${query(params)}`);
+    history.replaceState(null, "", pages.layers(this.image, params));
   }
 
   // ---------------------------------------------------------------- loading
@@ -153,8 +142,8 @@ class LayersView {
       meta = await api(`/api/images/${enc(this.image)}/layers/${enc(st.layer)}/mosaic${query(params)}`);
     } catch (err) {
       if (gen !== this.generation) return;
-      this.subtitle.textContent = `${this.info.name} · ${st.layer.replace(/~/g, "#")}`;
-      mount(this.body, errorCard("This layer cannot be shown", err instanceof ApiError ? err.detail : String(err)));
+      this.subtitle.textContent = `${this.info.name} · ${unitFromUrl(st.layer)}`;
+      mount(this.body, errorCard("This layer cannot be shown", errorText(err)));
       mount(this.side, h("p", { class: "muted small" }, "Pick a layer with channel maps."));
       return;
     }
@@ -170,7 +159,7 @@ class LayersView {
 
   // ---------------------------------------------------------------- mosaic
   treeUrl(channel) {
-    return pages.tree(this.image, { model: this.model.name, rule: "guided", path: `${this.meta.url_name}:${channel}` });
+    return pages.tree(this.image, { model: this.model.name, rule: defaults().rule, path: `${this.meta.url_name}:${channel}` });
   }
 
   renderMosaic(meta) {
@@ -265,15 +254,7 @@ class LayersView {
     list.addEventListener("mouseover", (ev) => this.highlight(ev.target.closest(".perm-chip")?.dataset.channel));
     list.addEventListener("mouseleave", () => this.highlight(null));
     const copy = h("button", { type: "button", class: "btn btn-ghost btn-sm", title: "copy the permutation as a list" }, "Copy");
-    copy.addEventListener("click", async () => {
-      const text = `[${meta.permutation.join(", ")}]`;
-      try {
-        await navigator.clipboard.writeText(text);
-        toast("Permutation copied");
-      } catch (_) {
-        window.prompt("The permutation:", text);
-      }
-    });
+    copy.addEventListener("click", () => copyText(`[${meta.permutation.join(", ")}]`, "Permutation copied", "The permutation:"));
     mount(
       this.side,
       h("div", { class: "card-title-row" }, h("h2", { class: "card-title" }, "Order"), o ? copy : null),
@@ -297,7 +278,7 @@ class LayersView {
       const [, figure] = await Promise.all([loadPlotly(this.listing.plotly_js), api(meta.volume)]);
       fig = figure;
     } catch (err) {
-      if (gen === this.generation) mount(this.body, errorCard("The 3D view cannot be shown", err instanceof ApiError ? err.detail : String(err.message || err)));
+      if (gen === this.generation) mount(this.body, errorCard("The 3D view cannot be shown", String(err.message || err)));
       return;
     }
     if (gen !== this.generation) return;
@@ -367,14 +348,4 @@ function loadPlotly(url) {
     });
   }
   return plotlyPromise;
-}
-
-async function copyLink() {
-  const url = window.location.href;
-  try {
-    await navigator.clipboard.writeText(url);
-    toast("Link copied: it restores this exact view");
-  } catch (_) {
-    window.prompt("Copy this link:", url);
-  }
 }

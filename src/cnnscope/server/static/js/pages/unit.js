@@ -2,20 +2,20 @@
 // feature visualization, and its dataset examples: the grid, then one card per example
 // (receptive-field patch, activation, image) that opens the example image's tree.
 
-import { ApiError, api, enc, pages, query } from "../api.js";
-import { crumbs, errorCard, h, lazyImage, mount, num, spinner, toast } from "../dom.js";
+import { ApiError, api, defaults, enc, errorText, pages, query, unitFromUrl, unitToUrl } from "../api.js";
+import { crumbs, errorCard, h, lazyImage, mount, num, parentLink, spinner, toast } from "../dom.js";
 import { covers, examplesSlot, watch } from "../examples.js";
 import { visualizationSlot } from "../vis.js";
 
 export async function render(app, { unit, params, model }) {
   const image = params.get("image");
-  const rule = params.get("rule") || "guided";
+  const rule = params.get("rule") || defaults().rule;
   let info;
   try {
     info = await api(`/api/units/${enc(unit)}`);
   } catch (err) {
-    crumbs([["Gallery", "/"], ["Unit"]]);
-    mount(app, errorCard("Unknown unit", err.message, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]));
+    crumbs([["Gallery", pages.gallery()], ["Unit"]]);
+    mount(app, errorCard("Unknown unit", err.message, [h("a", { class: "btn", href: pages.gallery() }, "Back to the gallery")]));
     return;
   }
   let imageInfo = null;
@@ -23,13 +23,13 @@ export async function render(app, { unit, params, model }) {
     try {
       imageInfo = await api(`/api/images/${enc(image)}`);
     } catch (err) {
-      mount(app, errorCard("Unknown image", err.message, [h("a", { class: "btn", href: "/" }, "Back to the gallery")]));
+      mount(app, errorCard("Unknown image", err.message, [h("a", { class: "btn", href: pages.gallery() }, "Back to the gallery")]));
       return;
     }
   }
   document.title = `${info.unit} · cnnscope explorer`;
-  crumbs([["Gallery", "/"], ...(imageInfo ? [[imageInfo.name, pages.image(image, model.name)]] : []), [info.unit]]);
-  const urlUnit = info.unit.replace(/#/g, "~");
+  crumbs([["Gallery", pages.gallery()], ...(imageInfo ? [[imageInfo.name, pages.image(image, model.name)]] : []), [info.unit]]);
+  const urlUnit = unitToUrl(info.unit);
   const spatial = info.shape.length === 3;
   const parentsBox = h("div", { class: "parents-box" });
   mount(
@@ -105,7 +105,7 @@ async function loadParents(box, image, unit, rule, model) {
   try {
     const ans = await api(`/api/images/${enc(image)}/parents${query({ unit, k: 6, rule, model: model.name })}`);
     if (!ans.parents.length) {
-      mount(box, h("p", { class: "muted" }, `On this image ${unit.replace(/~/g, "#")} feeds no unit of ${ans.layer}: the path from it upward is silent here.`));
+      mount(box, h("p", { class: "muted" }, `On this image ${unitFromUrl(unit)} feeds no unit of ${ans.layer}: the path from it upward is silent here.`));
       return;
     }
     mount(
@@ -114,17 +114,12 @@ async function loadParents(box, image, unit, rule, model) {
         "div",
         { class: "parents-grid" },
         ans.parents.map((p) =>
-          h(
-            "a",
-            { class: `parent-item${p.sign === "neg" ? " neg" : ""}`, href: pages.tree(image, { model: model.name, rule, path: p.path, open: p.path.split("/")[0] }) },
-            lazyImage(p.reconstruction, { alt: p.unit, cls: "parent-img" }),
-            h("span", {}, h("code", {}, p.unit), p.label ? h("span", { class: "muted small" }, ` ${p.label.split(",")[0]}`) : null, h("span", { class: "muted small" }, ` · ${num(p.weight)}`)),
-          ),
+          parentLink(p, pages.tree(image, { model: model.name, rule, path: p.path, open: p.path.split("/")[0] })),
         ),
       ),
     );
   } catch (err) {
-    mount(box, h("p", { class: "status-error" }, err instanceof ApiError ? err.detail : String(err)));
+    mount(box, h("p", { class: "status-error" }, errorText(err)));
   }
 }
 

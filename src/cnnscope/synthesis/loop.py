@@ -37,11 +37,12 @@ from tqdm.auto import tqdm
 
 from ..engine import Engine
 from ..errors import CnnscopeError
+from ..render.filters import gaussian_blur
 from .config import SynthesisConfig
-from .objectives import Batch, Context, Objective, objective_seeds, parse_objective
+from .expression import Batch, ModelBinding, Objective, objective_seeds, parse_objective
 from .optim import Optimizer
 from .params import FourierParam, ImageSpace, PixelParam, make_param
-from .regularizers import clip_grad_norm, gaussian_blur, l1_decay, l2_decay, pnorm, tv
+from .regularizers import clip_grad_norm, l1_decay, l2_decay, pnorm, tv
 from .schedule import parse_size, size_sequence
 from .tiling import Region, Tiling, tiling
 from .transforms import standard_transforms
@@ -136,8 +137,8 @@ def _blur_noise(noise: torch.Tensor, sigma: float, space: ImageSpace, quirks: bo
         # cnn-vis: to uint8 (x1.2 + mean, clipped), blur over H, W *and* channels, back.
         out = []
         for img in noise:
-            u = space.to_pixels(img[None] * QUIRK_CONTRAST).round().clamp(0, 255)[0]
-            u = u.permute(1, 2, 0).numpy().astype(np.uint8)
+            t = space.to_pixels(img[None] * QUIRK_CONTRAST).round().clamp(0, 255)[0]
+            u = t.permute(1, 2, 0).numpy().astype(np.uint8)
             if sigma > 0:
                 u = gaussian_filter(u, sigma)
             p = torch.from_numpy(u.astype(np.float32)).permute(2, 0, 1)[None]
@@ -174,14 +175,14 @@ class _Run:
 
     # ---------------------------------------------------------------- setup
     def bind(self, image_size: tuple[int, int]) -> None:
-        ctx = Context(
+        where = ModelBinding(
             engine=self.engine,
             input_size=self.input_size,
             class_index=getattr(self.model, "class_index", None),
             prepare_image=self._model_input,
             image_size=image_size,
         )
-        self.objective = self.raw_objective.bind(ctx)
+        self.objective = self.raw_objective.bind(where)
 
     def _model_input(self, spec: str, size: tuple[int, int]) -> torch.Tensor:
         x = _pil_to_working(prepare_image(spec, size), self.space)
@@ -209,7 +210,7 @@ class _Run:
 
     def target(self, size: tuple[int, int]) -> torch.Tensor | None:
         """The p-norm target at ``size``: the initial image (bilinear), or None for noise."""
-        if self.initial is None:
+        if self.initial is None or self.cfg.initial_image is None:
             return None
         img = prepare_image(self.cfg.initial_image, size)
         return _pil_to_working(img, self.space).to(self.device)
@@ -388,10 +389,10 @@ def synthesize(
         for si, size in enumerate(sizes):
             if si > 0:
                 old = param.image().cpu()
-                if cfg.keep_detail and target is not None:
+                photo = run.target(size) if cfg.keep_detail and target is not None else None
+                if target is not None and photo is not None:
                     # DeepDream octaves: the photo at the new size plus the upscaled dream.
-                    detail = _resize(old - target.cpu(), size)
-                    img = run.target(size).cpu() + detail
+                    img = photo.cpu() + _resize(old - target.cpu(), size)
                 else:
                     img = _resize(old, size)
                 if cfg.quirks:
@@ -481,25 +482,25 @@ def synthesize(
         stats=stats_log,
         sizes=sizes,
         config=cfg,
-        objective=run.objective.spec if _has_spec(run.objective) else cfg.objective,
+        objective=_spec_or(run.objective, cfg.objective),
         seconds=seconds,
         steps=done,
         pixel_history=pixel_history,
     )
 
 
-def _has_spec(obj) -> bool:
+def _spec_or(obj: Objective | None, default: str) -> str:
+    """``obj``'s text form, or ``default`` for an objective without one."""
     try:
-        _ = obj.spec
+        return obj.spec if obj is not None else default
     except CnnscopeError:
-        return False
-    return True
+        return default
 
 
 def _probe_pixels(image: torch.Tensor) -> list[float]:
     """cnn-vis ``plot_pix``: pixels (100,100), (200,200), (100,200), (200,100), 3 channels."""
     h, w = image.shape[-2:]
-    out = []
+    out: list[float] = []
     for y, x in ((100, 100), (200, 200), (100, 200), (200, 100)):
         yy, xx = min(y, h - 1), min(x, w - 1)
         out.extend(float(v) for v in image[0, :, yy, xx])
@@ -541,18 +542,19 @@ def _tiled_update(run, param, regions, target, tv_reg, lr, pix_lr, opt, stats) -
     grads: dict[Region, torch.Tensor] = {}
     for start in range(0, len(regions), cfg.batch_size):
         chunk = regions[start : start + cfg.batch_size]
-        crops = torch.cat([img[(slice(None), slice(None), *r.slices)] for r in chunk])
+        crops = torch.cat([img[(slice(None), slice(None)) + r.slices] for r in chunk])
         vals, g = run.cnn_grad(crops)
         total += vals.sum()
         for k, r in enumerate(chunk):
             grads[r] = g[k : k + 1]
     for r in regions:
-        sl = (slice(None), slice(None), *r.slices)
+        sl = (slice(None), slice(None)) + r.slices
         view = img[sl]
         if quirky:  # cnn-vis: regularizers on the tile alone
             tgt = None if target is None else target[sl]
             reg = run.reg_grad(view, tgt, tv_reg, stats)
         else:
+            assert reg_full is not None
             reg = reg_full[sl]
         d = _finish_grad(run, _smooth(run, -grads[r]) + reg)
         rate = lr if pix_lr is None else lr * pix_lr[r.slices]

@@ -1,12 +1,12 @@
-"""Pictures of attribution maps: the renderings of seed 2 plus a symmetric one for LRP.
+"""Figures of attribution maps: the styles of pytorch-cnn-visualizations, and seismic for LRP.
 
 Every style takes a raw ``C x H x W`` map (C = 3 for pixel methods, 1 for CAM-like maps)
 and returns an ``H x W x 3`` uint8 picture. They use the shared helpers of
 :mod:`cnnscope.render`, so maps look the same in the CLI, the explorer and the docs.
 
 =========  ===================================================================
-colored    min-max of the signed map over all channels (seed 2's ``_color``), after
-           clipping at the ``100 - p`` and ``p`` percentiles
+colored    min-max of the signed map over all channels (pytorch-cnn-visualizations'
+           ``_color``), after clipping at the ``100 - p`` and ``p`` percentiles
 grayscale  ``sum_c |a|``, scaled from its min to its ``p``-th percentile, clipped
 positive   ``max(a, 0) / max(a)``, the max taken as the ``p``-th percentile, clipped
 negative   ``max(-a, 0) / -min(a)``, likewise
@@ -20,7 +20,7 @@ masked     the picture the model saw weighted by the mask, the mask first smooth
 
 ``p`` is the ``percentile`` argument (99 by default): gradients have a few extreme
 pixels that would leave a plain min-max picture grey or black. ``percentile=100`` gives
-seed 2's exact pictures.
+pytorch-cnn-visualizations' exact pictures.
 """
 
 from __future__ import annotations
@@ -60,7 +60,8 @@ def _hwc(maps: np.ndarray) -> np.ndarray:
 
 
 def grayscale(maps: np.ndarray, percentile: float = 99.0) -> np.ndarray:
-    """Seed 2's ``convert_to_grayscale``: ``sum |a|`` over channels, min to P99, clipped.
+    """``sum |a|`` over channels, min to P99, clipped (pytorch-cnn-visualizations'
+    ``convert_to_grayscale``).
 
     Examples
     --------
@@ -97,15 +98,15 @@ def masked(picture: np.ndarray, maps: np.ndarray, percentile: float = 99.0) -> n
     >>> pic = np.full((8, 8, 3), 200, np.uint8)
     >>> m = np.zeros((3, 8, 8), np.float32); m[:, 4, 4] = 1.0
     >>> out = masked(pic, m)
-    >>> int(out[4, 4, 0]), int(out[0, 0, 0])  # bright where the map is, black elsewhere
-    (200, 0)
+    >>> int(out[4, 4, 0]), int(out[0, 0, 0]) <= 1  # bright where the map is, dark elsewhere
+    (200, True)
     """
     import torch
 
-    from .gradient import _gaussian_blur
+    from ..render.filters import gaussian_blur
 
-    mask = torch.from_numpy(np.ascontiguousarray(heat(maps, 100.0), np.float32))[None, None]
-    mask = _gaussian_blur(mask, MASK_SIGMA)[0, 0].numpy()
+    soft = torch.from_numpy(np.ascontiguousarray(heat(maps, 100.0), np.float32))[None, None]
+    mask = gaussian_blur(soft, MASK_SIGMA)[0, 0].numpy()
     top = float(np.percentile(mask, percentile))
     mask = np.clip(mask / top, 0, 1) if top > 0 else mask
     return (picture.astype(np.float32) * mask[..., None]).round().clip(0, 255).astype(np.uint8)
