@@ -58,7 +58,8 @@ def wait_for(url: str, done, what: str, seconds: float = 900) -> dict:
 def settle(page) -> None:
     expect(page.locator(".img-frame.loading")).to_have_count(0)
     page.wait_for_function(
-        "[...document.images].every(i => i.getBoundingClientRect().top > innerHeight"
+        # a function, not an expression: the page's CSP forbids the eval that polls one
+        "() => [...document.images].every(i => i.getBoundingClientRect().top > innerHeight"
         " || (i.complete && i.naturalWidth > 0))"
     )
     page.wait_for_timeout(500)
@@ -83,7 +84,7 @@ def main() -> None:
 
         page.goto(base + "/")
         expect(page.locator("a.image-card")).to_have_count(8)
-        page.wait_for_timeout(1500)
+        settle(page)  # the thumbnails, while the banner shows the build
         page.screenshot(path=str(args.out / "gallery_first_start.png"))  # index banner
         wait_for(base + "/api/index", lambda s: s["state"] == "ready", "the gallery index")
         page.reload()

@@ -42,7 +42,7 @@ GAIN_TERMS: tuple[Term, ...] = (
 SCORING_TERMS: tuple[Term, ...] = (
     Term("path", "Path", "mean(A*G) with G conditioned on the whole path"),
     Term("local", "Local", "mean(A*G) with G seeded at the node alone"),
-    Term("seed", "cnn_treevis", "cnn_treevis's formula: |mean(A*G)|, G after the child's rule"),
+    Term("seed", "Treevis", "cnn_treevis's formula: |mean(A*G)|, G after the child's rule"),
 )
 #: Which children: with the rule's polarity, against it, or either.
 SIGN_TERMS: tuple[Term, ...] = (

@@ -73,7 +73,7 @@ export function legend(data, sc = scales(data)) {
     h(
       "p",
       { class: "cg-thresholds" },
-      `Pruned to the ${t.units_per_layer ?? "–"} units of largest positive importance per layer and, per unit, its ${t.edges_per_node ?? "–"} strongest edges into the layer below of at least ${share} of its positive edge weight; edges were summed over each image's top ${t.edge_k ?? "–"} units per layer. The right column gives each layer's cut-offs (smallest importance and smallest edge shown).`,
+      `Pruned from the class down: ${t.units_per_layer ?? "–"} units per layer (the top layer's of largest importance; below, those that feed the units kept above most, topped up by importance, so a unit of negative mean importance can stay) and, per unit, its ${t.edges_per_node ?? "–"} strongest edges into the layer below of at least ${share} of the strongest edge between those two layers; edges were summed over each image's top ${t.edge_k ?? "–"} units per layer. The right column gives each layer's cut-offs (smallest importance and smallest edge shown).`,
     ),
   );
 }
