@@ -51,7 +51,9 @@ def test_the_class_page_draws_the_graph_and_links_units(server, page):
     drawn = {g.get_attribute("data-id") for g in page.locator(NODES).all()}
     assert drawn == {n["id"] for n in graph["nodes"]}
     expect(page.locator("#graph-covers")).to_contain_text("from 2 images of")
-    expect(page.locator(".cg-thresholds")).to_contain_text("Pruned to the 6 units")
+    expect(page.locator(".cg-thresholds")).to_contain_text(
+        "Pruned from the class down: 6 units per layer"
+    )
     # every example with a tree in the API is a link on the page
     trees = [ex["tree"] for n in graph["nodes"] for ex in n["examples"][:5] if ex.get("tree")]
     assert trees

@@ -19,6 +19,7 @@ from cnnscope.images import load_gallery_image
 from cnnscope.server import create_app
 from cnnscope.server.routers.pages import PAGES
 from cnnscope.server.services.graphs import SERVED_IMAGES
+from cnnscope.synthesis.api import unit_visualization
 
 CLASS = 281  # tabby
 
@@ -104,6 +105,35 @@ def test_nodes_link_to_unit_pages_and_example_trees(setup):
         f"/api/images/{ex['image_id']}/children", params={"path": ex["tree"].split("path=")[1]}
     )
     assert r.status_code == 200, r.text  # the tree page's root is a valid path
+
+
+def test_examples_carry_thumbnails_and_rendered_visualizations(setup, model):
+    client, _, _ = setup
+    got = client.get("/api/graphs/tabby").json()
+    seen = 0
+    for node in got["nodes"]:
+        # not rendered yet: no visualization, and asking for the graph started none
+        assert node["visualization"] is None
+        state = client.get("/api" + node["page"] + "/visualization")
+        assert state.status_code == 200 and state.json()["state"] == "none", state.text
+        for ex in node["examples"]:
+            assert ex["thumbnail"] == f"/api/images/{ex['image_id']}/thumbnail.jpg"
+            r = client.get(ex["thumbnail"])
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+            assert r.content[:3] == b"\xff\xd8\xff"  # a JPEG
+            seen += 1
+    assert seen
+    # once a unit's picture is in the cache (rendered by the library itself), its node has it
+    svc = client.app.state.service
+    node = got["nodes"][1]
+    unit = svc.refs.unit(node["id"]).unit
+    path = unit_visualization(model, unit, svc.units._vis_dir, steps=2, size=32)
+    again = {n["id"]: n for n in client.get("/api/graphs/tabby").json()["nodes"]}
+    assert again[node["id"]]["visualization"] == "/api" + node["page"] + "/visualization.png"
+    r = client.get(again[node["id"]]["visualization"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.content == path.read_bytes()
+    assert sum(n["visualization"] is not None for n in again.values()) == 1
 
 
 def test_export_is_the_static_html_as_an_attachment(setup):

@@ -351,6 +351,9 @@ class GraphExampleOut(BaseModel):
     tree: str | None = Field(
         None, description="URL of the image's tree page rooted at the unit, if in the explorer"
     )
+    thumbnail: str | None = Field(
+        None, description="URL of the image's JPEG thumbnail, if in the explorer"
+    )
 
 
 class GraphNodeOut(BaseModel):
@@ -362,6 +365,9 @@ class GraphNodeOut(BaseModel):
     top_count: int = Field(description="images where it was among its layer's edge_k top units")
     examples: list[GraphExampleOut] = Field(description="images where it matters most")
     page: str = Field(description="URL of its unit page")
+    visualization: str | None = Field(
+        None, description="URL of its feature visualization PNG, only once it is rendered"
+    )
 
 
 class GraphEdgeOut(BaseModel):

@@ -12,12 +12,13 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from ...errors import CnnscopeError
 from ...graph.export import graph_html
 from ...render.files import safe_file_name
 from ..refs import ClassRef, TreePathRef
 from ..schemas import GraphBuildOut, GraphOpenOut, GraphOut, GraphsOut, GraphSummaryOut
 from ..service import ExplorerService
-from .deps import ERRORS, checked_model, class_ref, service, tree_path_ref
+from .deps import ERRORS, checked_model, class_ref, image_url, service, tree_path_ref, unit_url
 from .pages import page_url
 
 router = APIRouter(prefix="/api/graphs", tags=["graphs"], responses=ERRORS)
@@ -70,6 +71,9 @@ def _graph(svc: ExplorerService, cls: ClassRef, prune: Pruning):
     class_node = f"logits:{cls.index}"
     for node in data["nodes"]:
         node["page"] = page_url("unit", unit=node["id"])
+        vis = _rendered_visualization(svc, node["id"])
+        if vis is not None:
+            node["visualization"] = vis
         spatial = (
             len(svc.layers[node["layer"]].shape) == 3 if node["layer"] in svc.layers else False
         )
@@ -79,7 +83,19 @@ def _graph(svc: ExplorerService, cls: ClassRef, prune: Pruning):
                 ex["path"] += "@{},{}".format(*ex["position"])
             if ex.get("image_id") is not None:
                 ex["tree"] = _tree_page(ex["image_id"], ex["path"], model)
+                ex["thumbnail"] = image_url(ex["image_id"], "thumbnail.jpg")
     return data
+
+
+def _rendered_visualization(svc: ExplorerService, unit: str) -> str | None:
+    """URL of a unit's feature visualization if it is already rendered (never starts one)."""
+    try:
+        ref = svc.refs.unit(unit)
+    except CnnscopeError:  # a node the explorer cannot name as a unit
+        return None
+    if svc.units.visualization_state(ref)["state"] != "done":
+        return None
+    return unit_url(str(ref.unit), "visualization.png")
 
 
 def _tree_page(image_id: str, path: str, model: str) -> str:
