@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...engine import Engine
+from ...engine.recorder import first_tensor
 from .rules import _BNS, _bn_affine, _is_linear, _Linear
 
 _GATES = (nn.Sigmoid, nn.Hardsigmoid)
@@ -20,15 +21,6 @@ _GATES = (nn.Sigmoid, nn.Hardsigmoid)
 
 def _is_gate_type(m: nn.Module) -> bool:
     return isinstance(m, _GATES) or "sigmoid" in type(m).__name__.lower()
-
-
-def _first_tensor(out) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    values = (
-        out.values() if isinstance(out, dict) else out if isinstance(out, (list, tuple)) else []
-    )
-    return next((t for t in map(_first_tensor, values) if t is not None), None)
 
 
 def _consumer_kinds(root) -> dict[int, list[str]]:
@@ -73,7 +65,7 @@ def find_gates(model: nn.Module, x: torch.Tensor) -> list[str]:
     ]
     try:
         with torch.enable_grad():
-            out = _first_tensor(model(x.detach().clone().requires_grad_(True)))
+            out = first_tensor(model(x.detach().clone().requires_grad_(True)))
     finally:
         for h in handles:
             h.remove()
